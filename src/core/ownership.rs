@@ -1,0 +1,994 @@
+//! The ownership state machine: one lease, granted by a majority, held by at most one agent.
+//!
+//! `Core::handle(now, event)` is the only way state changes; it returns the [`Action`]s the shell
+//! must carry out **in order** (a `Persist` always comes before the `Send` that relies on it).
+//! `Core::next_deadline()` tells the shell when to deliver the next [`Event::Tick`] at the latest.
+//! The rules, timing and the safety argument are in `docs/protocol.md`.
+
+use super::message::{Ack, Heartbeat, Message, NodeIdx, Position, Release, Term, Vote, VoteRequest};
+use super::rank::Candidate;
+use super::time::Instant;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Largest cluster the core supports (votes and acks are tracked in a `u64` bit set).
+pub const MAX_MEMBERS: usize = 64;
+
+/// At most this many unacknowledged owner heartbeats are remembered; older ones cannot extend
+/// the lease beyond what newer ones will.
+const MAX_PENDING: usize = 128;
+
+/// Subtracted from the owner's lease to cover clock granularity and rounding.
+const LEASE_MARGIN: Duration = Duration::from_millis(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub witness: bool,
+    pub priority: u8,
+}
+
+/// Static parameters of one agent's core. Built by the configuration layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub me: NodeIdx,
+    /// All members (including `me`), indexed by [`NodeIdx`].
+    pub members: Vec<Member>,
+    pub interval: Duration,
+    /// L: how long a voter's grant lasts on its own clock.
+    pub lease: Duration,
+    /// ρ in parts per million: clock rates differ from real time by at most this much.
+    pub drift_ppm: u32,
+    /// Time the shell needs to give the VIP up (remove it, fence the database); the owner starts
+    /// releasing this long before its lease ends.
+    pub release_budget: Duration,
+    /// `Some(delay)`: hand ownership to a higher-priority eligible agent once it has been
+    /// eligible for `delay`. `None`: never move a healthy owner.
+    pub preempt_delay: Option<Duration>,
+    /// Seed for election jitter (the shell passes something random per process).
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("the cluster has {0} members; between 1 and {MAX_MEMBERS} are supported")]
+    MemberCount(usize),
+    #[error("this node's index {0} is not in the member list")]
+    UnknownSelf(NodeIdx),
+    #[error("the heartbeat interval must be at least 1 ms")]
+    Interval,
+    #[error("clock drift must be below 10 % (100000 ppm); got {0} ppm")]
+    Drift(u32),
+    #[error(
+        "the owner's usable lease ({usable:?} = lease shortened for clock drift, minus the {budget:?} \
+         release budget) must cover at least one heartbeat interval ({interval:?}); lengthen the lease"
+    )]
+    LeaseTooShort {
+        usable: Duration,
+        budget: Duration,
+        interval: Duration,
+    },
+}
+
+impl Settings {
+    pub fn check(&self) -> Result<(), SettingsError> {
+        let n = self.members.len();
+        if n == 0 || n > MAX_MEMBERS {
+            return Err(SettingsError::MemberCount(n));
+        }
+        if usize::from(self.me) >= n {
+            return Err(SettingsError::UnknownSelf(self.me));
+        }
+        if self.interval < Duration::from_millis(1) {
+            return Err(SettingsError::Interval);
+        }
+        if self.drift_ppm >= 100_000 {
+            return Err(SettingsError::Drift(self.drift_ppm));
+        }
+        let usable = self.owner_lease().saturating_sub(self.release_budget);
+        if usable < self.interval {
+            return Err(SettingsError::LeaseTooShort {
+                usable,
+                budget: self.release_budget,
+                interval: self.interval,
+            });
+        }
+        Ok(())
+    }
+
+    /// Votes (or acks) needed: a majority of all configured members.
+    pub fn majority(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    /// How long after sending a message that a majority acknowledged the owner may believe
+    /// its lease: `L·(1−ρ)/(1+ρ) − margin`. Measured on the owner's clock, this ends no later
+    /// (in real time) than the earliest grant of that majority.
+    pub fn owner_lease(&self) -> Duration {
+        let l = self.lease.as_micros();
+        let ppm = u128::from(self.drift_ppm);
+        let shortened = l * (1_000_000 - ppm) / (1_000_000 + ppm);
+        Duration::from_micros(u64::try_from(shortened).unwrap_or(u64::MAX)).saturating_sub(LEASE_MARGIN)
+    }
+
+    /// How long a candidate waits for votes before giving the term up.
+    pub fn election_timeout(&self) -> Duration {
+        self.interval * 2
+    }
+
+    fn is_witness(&self, n: NodeIdx) -> bool {
+        self.members.get(usize::from(n)).is_none_or(|m| m.witness)
+    }
+}
+
+/// What must survive a restart, written with fsync before any message that relies on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistentState {
+    /// Highest term this agent voted or acknowledged in (never decreases).
+    pub term: Term,
+    /// Whom it voted for (or acknowledged as owner) in `term`.
+    pub voted_for: Option<NodeIdx>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Time passed; deliver at `next_deadline()` at the latest.
+    Tick,
+    /// An authenticated, de-duplicated message from a peer.
+    Received { from: NodeIdx, message: Message },
+    /// The local database's state: whether this node may own, and how far its data has got.
+    Health { eligible: bool, position: Position },
+    /// Operator or shutdown: give ownership up, preferably to `to` (or the best known peer).
+    Release { to: Option<NodeIdx> },
+    /// The shell finished an [`Action::Release`] (VIP removed, database fenced).
+    Released { term: Term },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// No majority renewed the lease in time.
+    LeaseExpiring,
+    /// The local database is no longer healthy or promotable.
+    Ineligible,
+    /// An operator (or a graceful stop) asked for it.
+    Requested,
+    /// A higher-priority agent has been eligible for the preemption delay.
+    Preempted,
+    /// Another agent claims a lease in a newer term.
+    NewerOwner,
+}
+
+impl ReleaseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseReason::LeaseExpiring => "lease not renewed by a majority",
+            ReleaseReason::Ineligible => "local node no longer eligible",
+            ReleaseReason::Requested => "release requested",
+            ReleaseReason::Preempted => "preempted by a higher-priority node",
+            ReleaseReason::NewerOwner => "a newer owner exists",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Write this state durably (fsync) before carrying out the actions after it.
+    Persist(PersistentState),
+    Send {
+        to: NodeIdx,
+        message: Message,
+    },
+    /// Send to every other member.
+    Broadcast(Message),
+    /// Become the owner for `term`: take the VIP (and, later, promote the database). The lease
+    /// ends at `lease_end` unless renewed; the shell must never hold the VIP past the last
+    /// `lease_end` it was given.
+    Acquire {
+        term: Term,
+        lease_end: Instant,
+    },
+    /// The lease was renewed: the shell's hard deadline moves to `lease_end`.
+    Renewed {
+        term: Term,
+        lease_end: Instant,
+    },
+    /// Give up ownership of `term`: remove the VIP (fence the database) before `lease_end`, then
+    /// report [`Event::Released`].
+    Release {
+        term: Term,
+        reason: ReleaseReason,
+        lease_end: Instant,
+    },
+}
+
+/// What this agent is doing about ownership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleKind {
+    Follower,
+    Candidate,
+    Owner,
+    Releasing,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    seq: u64,
+    sent: Instant,
+    acks: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Role {
+    Follower,
+    Candidate {
+        term: Term,
+        first_sent: Instant,
+        deadline: Instant,
+        granted: u64,
+        denied: u64,
+    },
+    Owner {
+        term: Term,
+        lease_end: Instant,
+        pending: VecDeque<Pending>,
+    },
+    Releasing {
+        term: Term,
+        lease_end: Instant,
+        to: Option<NodeIdx>,
+    },
+}
+
+/// This agent's grant: it supports `to` as owner of `term` until `until` (its own clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub to: NodeIdx,
+    pub term: Term,
+    pub until: Instant,
+}
+
+/// The latest a peer told us about itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerView {
+    pub last_heard: Option<Instant>,
+    pub term: Term,
+    pub owner: Option<NodeIdx>,
+    pub lease_claim: bool,
+    pub eligible: bool,
+    pub position: Position,
+    pub priority: u8,
+}
+
+/// Deliberate protocol bugs, used only to show that the simulator catches them.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The owner counts its lease from when an ack arrives instead of when it sent the heartbeat.
+    AckFromReceiveTime,
+    /// A restarted agent votes and acknowledges at once, forgetting grants it made before.
+    NoQuietAfterRestart,
+}
+
+pub struct Core {
+    s: Settings,
+    persisted: PersistentState,
+    role: Role,
+    grant: Option<Grant>,
+    /// The last release we accepted from our grant holder: acks to its older heartbeats stop.
+    released: Option<(NodeIdx, Term)>,
+    /// A releasing owner named this successor; voters skip the ranking check for it.
+    handover: Option<(NodeIdx, Instant)>,
+    /// No votes, acks or candidacy before this (grants made before a restart may still be live).
+    quiet_until: Instant,
+    /// After handing over, do not compete with the successor before this.
+    hold_until: Instant,
+    /// Backoff after a failed election.
+    retry_after: Instant,
+    jitter: Duration,
+    rng: u64,
+    peers: Vec<PeerView>,
+    eligible: bool,
+    position: Position,
+    seq: u64,
+    next_heartbeat: Instant,
+    /// When we last heard someone claim a lease, and who.
+    last_claim: Option<(NodeIdx, Instant)>,
+    max_term_seen: Term,
+    preempt: Option<(NodeIdx, Instant)>,
+    #[cfg(test)]
+    fault: Option<Fault>,
+}
+
+fn bit(n: NodeIdx) -> u64 {
+    1u64 << n
+}
+
+fn count(set: u64) -> usize {
+    set.count_ones() as usize
+}
+
+impl Core {
+    /// Starts (or restarts) an agent at `now` with the state it persisted before. It neither
+    /// votes nor acknowledges for one lease, since it may have granted one it no longer remembers.
+    pub fn new(settings: Settings, persisted: PersistentState, now: Instant) -> Core {
+        debug_assert!(settings.check().is_ok(), "settings must be checked by the caller");
+        let n = settings.members.len();
+        let mut core = Core {
+            quiet_until: now + settings.lease,
+            rng: settings.seed ^ 0x9e37_79b9_7f4a_7c15,
+            s: settings,
+            persisted,
+            role: Role::Follower,
+            grant: None,
+            released: None,
+            handover: None,
+            hold_until: now,
+            retry_after: now,
+            jitter: Duration::ZERO,
+            peers: vec![PeerView::default(); n],
+            eligible: false,
+            position: 0,
+            seq: 0,
+            next_heartbeat: now,
+            last_claim: None,
+            max_term_seen: persisted.term,
+            preempt: None,
+            #[cfg(test)]
+            fault: None,
+        };
+        core.jitter = core.draw_jitter();
+        core
+    }
+
+    #[cfg(test)]
+    pub(crate) fn inject(&mut self, fault: Fault, now: Instant) {
+        self.fault = Some(fault);
+        if fault == Fault::NoQuietAfterRestart {
+            self.quiet_until = now;
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.s
+    }
+
+    pub fn persisted(&self) -> PersistentState {
+        self.persisted
+    }
+
+    pub fn term(&self) -> Term {
+        self.persisted.term
+    }
+
+    pub fn role(&self) -> RoleKind {
+        match self.role {
+            Role::Follower => RoleKind::Follower,
+            Role::Candidate { .. } => RoleKind::Candidate,
+            Role::Owner { .. } => RoleKind::Owner,
+            Role::Releasing { .. } => RoleKind::Releasing,
+        }
+    }
+
+    /// The end of the lease this agent believes it holds, if it owns.
+    pub fn lease_end(&self) -> Option<Instant> {
+        match self.role {
+            Role::Owner { lease_end, .. } => Some(lease_end),
+            _ => None,
+        }
+    }
+
+    /// Whether this agent believes, at `now`, that it holds an unexpired lease.
+    pub fn holds_lease(&self, now: Instant) -> bool {
+        self.lease_end().is_some_and(|end| now < end)
+    }
+
+    /// Whom this agent considers the owner: itself if it owns, else the holder of its live grant.
+    pub fn owner(&self, now: Instant) -> Option<NodeIdx> {
+        if self.holds_lease(now) {
+            return Some(self.s.me);
+        }
+        self.live_grant(now).map(|g| g.to)
+    }
+
+    pub fn grant(&self) -> Option<Grant> {
+        self.grant
+    }
+
+    pub fn peers(&self) -> &[PeerView] {
+        &self.peers
+    }
+
+    pub fn eligible(&self) -> bool {
+        self.eligible && !self.s.is_witness(self.s.me)
+    }
+
+    /// Eligible and not standing back after handing ownership over.
+    fn candidate_now(&self, now: Instant) -> bool {
+        self.eligible() && now >= self.hold_until
+    }
+
+    /// True while a restarted agent waits out grants it may have forgotten.
+    pub fn quiet(&self, now: Instant) -> bool {
+        now < self.quiet_until
+    }
+
+    /// The latest time at which the shell must deliver the next [`Event::Tick`].
+    pub fn next_deadline(&self, now: Instant) -> Instant {
+        let mut next = self.next_heartbeat;
+        match &self.role {
+            Role::Owner { lease_end, .. } => next = next.min(*lease_end - self.s.release_budget),
+            Role::Candidate { deadline, .. } => next = next.min(*deadline),
+            Role::Releasing { lease_end, .. } => next = next.min(*lease_end),
+            Role::Follower => {}
+        }
+        if let Some(at) = self.election_start_at(now) {
+            next = next.min(at);
+        }
+        if let (Some(delay), Some((_, since))) = (self.s.preempt_delay, self.preempt) {
+            next = next.min(since + delay);
+        }
+        next.max(now)
+    }
+
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Tick => {}
+            Event::Received { from, message } => {
+                if from != self.s.me && usize::from(from) < self.s.members.len() {
+                    self.on_message(now, from, message, &mut out);
+                }
+            }
+            Event::Health { eligible, position } => {
+                self.eligible = eligible;
+                self.position = position;
+            }
+            Event::Release { to } => {
+                if matches!(self.role, Role::Owner { .. }) {
+                    let to = to.or_else(|| self.best_successor(now));
+                    self.step_down(now, ReleaseReason::Requested, to, &mut out);
+                    // Let the successor win instead of competing with it.
+                    self.hold_until = now + self.s.lease;
+                }
+            }
+            Event::Released { term } => {
+                if let Role::Releasing { term: t, to, .. } = self.role
+                    && t == term
+                {
+                    self.finish_release(term, to, &mut out);
+                }
+            }
+        }
+        self.advance(now, &mut out);
+        out
+    }
+
+    fn advance(&mut self, now: Instant, out: &mut Vec<Action>) {
+        match &self.role {
+            Role::Owner { lease_end, .. } => {
+                let lease_end = *lease_end;
+                if !self.eligible() {
+                    self.step_down(now, ReleaseReason::Ineligible, None, out);
+                } else if now >= lease_end - self.s.release_budget {
+                    self.step_down(now, ReleaseReason::LeaseExpiring, None, out);
+                } else {
+                    self.check_preemption(now, out);
+                }
+            }
+            Role::Candidate { deadline, .. } => {
+                if now >= *deadline || !self.eligible() {
+                    self.abandon_election(now, out);
+                }
+            }
+            Role::Releasing { lease_end, .. } => {
+                // The shell never confirmed: its own deadline removed the VIP. Grants lapse on
+                // their own; announcing a release we cannot vouch for would be unsafe.
+                if now >= *lease_end {
+                    self.role = Role::Follower;
+                }
+            }
+            Role::Follower => {
+                if self.election_start_at(now).is_some_and(|at| at <= now) {
+                    self.start_election(now, out);
+                }
+            }
+        }
+        if now >= self.next_heartbeat {
+            self.send_heartbeat(now, out);
+        }
+    }
+
+    // ---- heartbeats and lease renewal -------------------------------------------------------
+
+    fn send_heartbeat(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.seq += 1;
+        self.next_heartbeat = now + self.s.interval;
+        let lease_claim = self.holds_lease(now);
+        if let Role::Owner { pending, .. } = &mut self.role {
+            if pending.len() == MAX_PENDING {
+                pending.pop_front();
+            }
+            pending.push_back(Pending {
+                seq: self.seq,
+                sent: now,
+                acks: bit(self.s.me),
+            });
+            // The owner's own grant to itself is renewed with every heartbeat it sends.
+            if let Some(g) = &mut self.grant {
+                g.until = now + self.s.lease;
+            }
+        }
+        if let Role::Candidate {
+            term,
+            granted,
+            denied,
+            ..
+        } = self.role
+        {
+            // Ask again those that have not answered (the request or the vote may be lost).
+            let request = self.vote_request(term);
+            for to in 0..self.s.members.len() as NodeIdx {
+                if to != self.s.me && (granted | denied) & bit(to) == 0 {
+                    out.push(Action::Send {
+                        to,
+                        message: request.clone(),
+                    });
+                }
+            }
+        }
+        out.push(Action::Broadcast(Message::Heartbeat(Heartbeat {
+            term: self.persisted.term,
+            seq: self.seq,
+            owner: self.owner(now),
+            lease_claim,
+            eligible: self.candidate_now(now),
+            position: self.position,
+            priority: self.my_priority(),
+        })));
+    }
+
+    fn on_heartbeat(&mut self, now: Instant, from: NodeIdx, hb: Heartbeat, out: &mut Vec<Action>) {
+        self.max_term_seen = self.max_term_seen.max(hb.term);
+        self.peers[usize::from(from)] = PeerView {
+            last_heard: Some(now),
+            term: hb.term,
+            owner: hb.owner,
+            lease_claim: hb.lease_claim,
+            eligible: hb.eligible && !self.s.is_witness(from),
+            position: hb.position,
+            priority: hb.priority,
+        };
+        if !hb.lease_claim {
+            return;
+        }
+        self.last_claim = Some((from, now));
+        match self.role {
+            Role::Owner { term, .. } if hb.term > term => {
+                // Two live leases cannot exist; if a newer owner claims one, ours is the stale view.
+                self.step_down(now, ReleaseReason::NewerOwner, None, out);
+                return;
+            }
+            Role::Candidate { term, .. } if hb.term >= term => {
+                self.abandon_election(now, out);
+            }
+            _ => {}
+        }
+        if self.may_ack(now, from, hb.term) {
+            if self.persisted.term != hb.term || self.persisted.voted_for != Some(from) {
+                self.persisted = PersistentState {
+                    term: hb.term,
+                    voted_for: Some(from),
+                };
+                out.push(Action::Persist(self.persisted));
+            }
+            self.grant = Some(Grant {
+                to: from,
+                term: hb.term,
+                until: now + self.s.lease,
+            });
+            out.push(Action::Send {
+                to: from,
+                message: Message::Ack(Ack {
+                    term: hb.term,
+                    echo_seq: hb.seq,
+                }),
+            });
+        }
+    }
+
+    /// A voter renews `owner`'s lease for `term` only if that cannot contradict a grant it made:
+    /// not while quiet after a restart, not while granting someone else, not for a term older
+    /// than its own, not if it voted for someone else in that term, not after `owner` released it.
+    fn may_ack(&self, now: Instant, owner: NodeIdx, term: Term) -> bool {
+        if self.quiet(now) || self.s.is_witness(owner) {
+            return false;
+        }
+        if self.live_grant(now).is_some_and(|g| g.to != owner) {
+            return false;
+        }
+        if term < self.persisted.term
+            || (term == self.persisted.term && self.persisted.voted_for.is_some_and(|v| v != owner))
+        {
+            return false;
+        }
+        self.released != Some((owner, term))
+    }
+
+    fn on_ack(&mut self, now: Instant, from: NodeIdx, ack: Ack, out: &mut Vec<Action>) {
+        let majority = self.s.majority();
+        let owner_lease = self.s.owner_lease();
+        #[cfg(test)]
+        let from_receive = self.fault == Some(Fault::AckFromReceiveTime);
+        let Role::Owner {
+            term,
+            lease_end,
+            pending,
+        } = &mut self.role
+        else {
+            return;
+        };
+        if ack.term != *term {
+            return;
+        }
+        let Some(p) = pending.iter_mut().find(|p| p.seq == ack.echo_seq) else {
+            return;
+        };
+        p.acks |= bit(from);
+        if count(p.acks) < majority {
+            return;
+        }
+        #[allow(unused_mut)]
+        let mut basis = p.sent;
+        #[cfg(test)]
+        if from_receive {
+            basis = now;
+        }
+        let _ = now;
+        let new_end = basis + owner_lease;
+        if new_end > *lease_end {
+            *lease_end = new_end;
+            out.push(Action::Renewed {
+                term: *term,
+                lease_end: new_end,
+            });
+        }
+        // Older heartbeats can no longer extend the lease beyond this one.
+        let seq = ack.echo_seq;
+        pending.retain(|p| p.seq > seq);
+    }
+
+    // ---- elections ---------------------------------------------------------------------------
+
+    fn live_grant(&self, now: Instant) -> Option<Grant> {
+        self.grant.filter(|g| now < g.until)
+    }
+
+    fn my_priority(&self) -> u8 {
+        self.s.members[usize::from(self.s.me)].priority
+    }
+
+    fn me_as_candidate(&self) -> Candidate {
+        Candidate {
+            node: self.s.me,
+            position: self.position,
+            priority: self.my_priority(),
+        }
+    }
+
+    /// Eligible peers heard within one lease, as candidates.
+    fn live_candidates(&self, now: Instant) -> impl Iterator<Item = Candidate> + '_ {
+        self.peers.iter().enumerate().filter_map(move |(i, p)| {
+            let node = i as NodeIdx;
+            let heard = p
+                .last_heard
+                .is_some_and(|t| now.saturating_since(t) < self.s.lease);
+            (node != self.s.me && heard && p.eligible).then_some(Candidate {
+                node,
+                position: p.position,
+                priority: p.priority,
+            })
+        })
+    }
+
+    fn best_successor(&self, now: Instant) -> Option<NodeIdx> {
+        self.live_candidates(now)
+            .min_by(|a, b| a.cmp_rank(b))
+            .map(|c| c.node)
+    }
+
+    /// When this agent should start an election, if it may: an eligible agent that is not
+    /// granting a live lease, has heard no lease claim for a full L, and waits `rank × interval`
+    /// plus jitter behind better candidates it hears. A named successor starts at once.
+    fn election_start_at(&self, now: Instant) -> Option<Instant> {
+        if !matches!(self.role, Role::Follower) || !self.eligible() {
+            return None;
+        }
+        let mut at = self.quiet_until.max(self.retry_after);
+        if let Some(g) = self.grant {
+            at = at.max(g.until);
+        }
+        if self
+            .handover
+            .is_some_and(|(to, until)| to == self.s.me && now < until)
+        {
+            return Some(at);
+        }
+        at = at.max(self.hold_until);
+        if let Some((_, seen)) = self.last_claim {
+            at = at.max(seen + self.s.lease);
+        }
+        let me = self.me_as_candidate();
+        let rank = self.live_candidates(now).filter(|c| c.better_than(&me)).count() as u32;
+        Some(at + self.s.interval * rank + self.jitter)
+    }
+
+    fn vote_request(&self, term: Term) -> Message {
+        Message::VoteRequest(VoteRequest {
+            term,
+            position: self.position,
+            priority: self.my_priority(),
+        })
+    }
+
+    fn start_election(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let term = self.persisted.term.max(self.max_term_seen) + 1;
+        self.persisted = PersistentState {
+            term,
+            voted_for: Some(self.s.me),
+        };
+        out.push(Action::Persist(self.persisted));
+        self.grant = Some(Grant {
+            to: self.s.me,
+            term,
+            until: now + self.s.lease,
+        });
+        self.released = None;
+        self.handover = None;
+        self.role = Role::Candidate {
+            term,
+            first_sent: now,
+            deadline: now + self.s.election_timeout(),
+            granted: bit(self.s.me),
+            denied: 0,
+        };
+        out.push(Action::Broadcast(self.vote_request(term)));
+        self.tally(now, out);
+    }
+
+    fn on_vote_request(&mut self, now: Instant, from: NodeIdx, req: VoteRequest, out: &mut Vec<Action>) {
+        self.max_term_seen = self.max_term_seen.max(req.term);
+        let requester = Candidate {
+            node: from,
+            position: req.position,
+            priority: req.priority,
+        };
+        let named_successor = self
+            .handover
+            .is_some_and(|(to, until)| to == self.s.me && now < until);
+        if let Role::Candidate { .. } = self.role
+            && !named_successor
+            && requester.better_than(&self.me_as_candidate())
+        {
+            // Step aside for a better candidate rather than split the vote.
+            self.abandon_election(now, out);
+        }
+        let granted = self.may_vote(now, requester, req.term);
+        if granted {
+            if self.persisted
+                != (PersistentState {
+                    term: req.term,
+                    voted_for: Some(from),
+                })
+            {
+                self.persisted = PersistentState {
+                    term: req.term,
+                    voted_for: Some(from),
+                };
+                out.push(Action::Persist(self.persisted));
+            }
+            let until = now + self.s.lease;
+            self.grant = Some(Grant {
+                to: from,
+                term: req.term,
+                until: self.grant.map_or(until, |g| g.until.max(until)),
+            });
+            self.released = None;
+        }
+        out.push(Action::Send {
+            to: from,
+            message: Message::Vote(Vote {
+                term: req.term,
+                granted,
+            }),
+        });
+    }
+
+    fn may_vote(&self, now: Instant, c: Candidate, term: Term) -> bool {
+        if self.quiet(now) || self.s.is_witness(c.node) {
+            return false;
+        }
+        let repeat = term == self.persisted.term && self.persisted.voted_for == Some(c.node);
+        if !(term > self.persisted.term || repeat) {
+            return false;
+        }
+        if !repeat && self.live_grant(now).is_some() {
+            return false;
+        }
+        if self
+            .handover
+            .is_some_and(|(to, until)| to == c.node && now < until)
+        {
+            return true;
+        }
+        let me = self.candidate_now(now).then(|| self.me_as_candidate());
+        !self
+            .live_candidates(now)
+            .chain(me)
+            .any(|other| other.node != c.node && other.better_than(&c))
+    }
+
+    fn on_vote(&mut self, now: Instant, from: NodeIdx, vote: Vote, out: &mut Vec<Action>) {
+        let Role::Candidate {
+            term,
+            granted,
+            denied,
+            ..
+        } = &mut self.role
+        else {
+            return;
+        };
+        if vote.term != *term {
+            return;
+        }
+        if vote.granted {
+            *granted |= bit(from);
+        } else {
+            *denied |= bit(from);
+        }
+        self.tally(now, out);
+    }
+
+    fn tally(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Role::Candidate {
+            term,
+            first_sent,
+            granted,
+            denied,
+            ..
+        } = self.role
+        else {
+            return;
+        };
+        let majority = self.s.majority();
+        // Every voter set its grant on receiving our request, after `first_sent`.
+        let lease_end = first_sent + self.s.owner_lease();
+        if count(granted) >= majority && self.eligible() && now < lease_end - self.s.release_budget {
+            self.role = Role::Owner {
+                term,
+                lease_end,
+                pending: VecDeque::new(),
+            };
+            self.preempt = None;
+            out.push(Action::Acquire { term, lease_end });
+            self.next_heartbeat = now;
+        } else if count(denied) > self.s.members.len() - majority {
+            self.abandon_election(now, out);
+        }
+    }
+
+    /// Gives a failed candidacy up and tells voters, so their grants to us lapse at once.
+    fn abandon_election(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Role::Candidate { term, .. } = self.role else {
+            return;
+        };
+        self.role = Role::Follower;
+        self.grant = None;
+        self.retry_after = now + self.s.election_timeout();
+        self.jitter = self.draw_jitter();
+        out.push(Action::Broadcast(Message::Release(Release {
+            term,
+            to: None,
+            final_position: None,
+        })));
+    }
+
+    fn draw_jitter(&mut self) -> Duration {
+        // splitmix64: deterministic per seed, good enough to de-synchronise candidates.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let half = u64::try_from(self.s.interval.as_micros() / 2)
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Duration::from_micros(z % half)
+    }
+
+    // ---- giving ownership up ----------------------------------------------------------------
+
+    fn step_down(&mut self, now: Instant, reason: ReleaseReason, to: Option<NodeIdx>, out: &mut Vec<Action>) {
+        let Role::Owner { term, lease_end, .. } = self.role else {
+            return;
+        };
+        self.role = Role::Releasing { term, lease_end, to };
+        self.preempt = None;
+        if let Some(to) = to {
+            // Vote for the successor we name even if our own data ranks higher.
+            self.handover = Some((to, now + self.s.lease));
+        }
+        out.push(Action::Release {
+            term,
+            reason,
+            lease_end,
+        });
+        // The next heartbeat must no longer claim the lease.
+        self.next_heartbeat = now;
+    }
+
+    /// The VIP is gone: voters may now grant someone else without waiting for expiry.
+    fn finish_release(&mut self, term: Term, to: Option<NodeIdx>, out: &mut Vec<Action>) {
+        self.role = Role::Follower;
+        if self.grant.is_some_and(|g| g.to == self.s.me) {
+            self.grant = None;
+        }
+        out.push(Action::Broadcast(Message::Release(Release {
+            term,
+            to,
+            final_position: Some(self.position),
+        })));
+    }
+
+    fn on_release(&mut self, now: Instant, from: NodeIdx, rel: Release) {
+        self.peers[usize::from(from)].lease_claim = false;
+        if self.grant.is_some_and(|g| g.to == from && g.term <= rel.term) {
+            self.grant = None;
+            self.released = Some((from, rel.term));
+        }
+        if self.last_claim.is_some_and(|(who, _)| who == from) {
+            self.last_claim = None;
+            // Candidates stagger by rank from the moment the lease became free.
+            self.retry_after = self.retry_after.max(now);
+        }
+        if let Some(to) = rel.to {
+            self.handover = Some((to, now + self.s.lease));
+            if to != self.s.me {
+                // Give the named successor a full lease to take over before competing with it.
+                self.last_claim = Some((to, now));
+            }
+        }
+    }
+
+    fn check_preemption(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(delay) = self.s.preempt_delay else { return };
+        let mine = self.my_priority();
+        let recent = self.s.interval * 2;
+        let better = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.eligible && p.priority > mine)
+            .filter(|(_, p)| p.last_heard.is_some_and(|t| now.saturating_since(t) <= recent))
+            .max_by_key(|(i, p)| (p.priority, std::cmp::Reverse(*i)))
+            .map(|(i, _)| i as NodeIdx);
+        match (better, self.preempt) {
+            (None, _) => self.preempt = None,
+            (Some(b), Some((p, since))) if b == p => {
+                if now >= since + delay {
+                    self.step_down(now, ReleaseReason::Preempted, Some(b), out);
+                    self.hold_until = now + self.s.lease;
+                }
+            }
+            (Some(b), _) => self.preempt = Some((b, now)),
+        }
+    }
+
+    fn on_message(&mut self, now: Instant, from: NodeIdx, message: Message, out: &mut Vec<Action>) {
+        match message {
+            Message::Heartbeat(hb) => self.on_heartbeat(now, from, hb, out),
+            Message::Ack(ack) => self.on_ack(now, from, ack, out),
+            Message::VoteRequest(req) => self.on_vote_request(now, from, req, out),
+            Message::Vote(vote) => self.on_vote(now, from, vote, out),
+            Message::Release(rel) => self.on_release(now, from, rel),
+        }
+    }
+}

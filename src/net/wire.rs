@@ -1,0 +1,644 @@
+//! The datagram format: a versioned, compact binary envelope under HMAC-SHA256.
+//!
+//! ```text
+//! offset  size  field
+//! 0       2     magic "VG"
+//! 2       1     version (1)
+//! 3       1     kind: 1 heartbeat, 2 ack, 3 vote request, 4 vote, 5 release
+//! 4       1+n   cluster name (length-prefixed, 1..=64 bytes)
+//! ..      1+n   sender node id (length-prefixed, 1..=64 bytes)
+//! ..      8     membership fingerprint (both sides must have the same member list)
+//! ..      8     sender boot id (grows with every start of the sender)
+//! ..      8     counter (grows with every datagram within one boot)
+//! ..      ..    payload, by kind (below)
+//! end-32  32    HMAC-SHA256 over every byte before it, keyed with the cluster secret
+//! ```
+//! Integers are big-endian. A node reference is a length-prefixed id, length 0 meaning none.
+//! Payloads: heartbeat `term u64, seq u64, owner ref, flags u8 (1 lease claim, 2 eligible),
+//! position u64, priority u8`; ack `term u64, echo_seq u64`; vote request `term u64, position
+//! u64, priority u8`; vote `term u64, granted u8`; release `term u64, to ref, has_position u8,
+//! position u64`. Anything left over, or any flag outside its set, makes the datagram malformed.
+//!
+//! The header is parsed (bounded, unauthenticated) only far enough to tell another cluster
+//! apart; nothing else is trusted before the MAC is verified in constant time.
+
+use crate::core::{Ack, Heartbeat, Message, NodeIdx, Release, Vote, VoteRequest};
+use hmac::{KeyInit, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+pub const MAGIC: [u8; 2] = *b"VG";
+pub const VERSION: u8 = 1;
+pub const MAC_LEN: usize = 32;
+/// Larger datagrams are dropped unread. The largest valid one (64-byte names) is ~330 bytes.
+pub const MAX_DATAGRAM: usize = 512;
+/// Longest cluster name or node id.
+pub const MAX_NAME: usize = 64;
+const MIN_DATAGRAM: usize = 4 + 2 + 2 + 24 + MAC_LEN;
+
+const KIND_HEARTBEAT: u8 = 1;
+const KIND_ACK: u8 = 2;
+const KIND_VOTE_REQUEST: u8 = 3;
+const KIND_VOTE: u8 = 4;
+const KIND_RELEASE: u8 = 5;
+
+/// Why a datagram was dropped. Every drop is counted under one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Shorter than the smallest valid datagram, or cut inside a field.
+    Truncated,
+    /// Longer than [`MAX_DATAGRAM`].
+    Oversized,
+    /// Does not start with the magic bytes: not a vipgate datagram.
+    NotVipgate,
+    UnknownVersion,
+    WrongCluster,
+    BadMac,
+    /// Authenticated but not well-formed (unknown kind, bad flag, trailing bytes).
+    Malformed,
+    /// Authenticated, but the sender (or a node it names) is not in our member list, or is us.
+    UnknownSender,
+    /// The sender's member list differs from ours: majorities would not be comparable.
+    MembershipMismatch,
+    /// Not newer than the last datagram accepted from that sender (a replay or duplicate).
+    Replayed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 10] = [
+        DropReason::Truncated,
+        DropReason::Oversized,
+        DropReason::NotVipgate,
+        DropReason::UnknownVersion,
+        DropReason::WrongCluster,
+        DropReason::BadMac,
+        DropReason::Malformed,
+        DropReason::UnknownSender,
+        DropReason::MembershipMismatch,
+        DropReason::Replayed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::Oversized => "oversized",
+            DropReason::NotVipgate => "not_vipgate",
+            DropReason::UnknownVersion => "unknown_version",
+            DropReason::WrongCluster => "wrong_cluster",
+            DropReason::BadMac => "bad_mac",
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::MembershipMismatch => "membership_mismatch",
+            DropReason::Replayed => "replayed",
+        }
+    }
+}
+
+/// A decoded, authenticated datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub sender: NodeIdx,
+    pub boot: u64,
+    pub counter: u64,
+    pub message: Message,
+}
+
+/// Encodes and decodes datagrams for one cluster, seen from one member.
+#[derive(Clone)]
+pub struct Codec {
+    cluster: Vec<u8>,
+    mac: HmacSha256,
+    fingerprint: u64,
+    ids: Vec<String>,
+    me: NodeIdx,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("Codec")
+            .field("cluster", &String::from_utf8_lossy(&self.cluster))
+            .finish()
+    }
+}
+
+impl Codec {
+    /// `ids` are the members' ids indexed by [`NodeIdx`]; names longer than [`MAX_NAME`] bytes
+    /// are refused by configuration validation before this is built.
+    pub fn new(cluster: &str, key: &[u8], fingerprint: u64, ids: Vec<String>, me: NodeIdx) -> Codec {
+        assert!(cluster.len() <= MAX_NAME && ids.iter().all(|id| id.len() <= MAX_NAME));
+        assert!(usize::from(me) < ids.len());
+        let mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
+        Codec {
+            cluster: cluster.as_bytes().to_vec(),
+            mac,
+            fingerprint,
+            ids,
+            me,
+        }
+    }
+
+    pub fn encode(&self, boot: u64, counter: u64, message: &Message) -> Vec<u8> {
+        let mut w = Vec::with_capacity(128);
+        w.extend_from_slice(&MAGIC);
+        w.push(VERSION);
+        w.push(kind_of(message));
+        put_name(&mut w, &self.cluster);
+        put_name(&mut w, self.ids[usize::from(self.me)].as_bytes());
+        w.extend_from_slice(&self.fingerprint.to_be_bytes());
+        w.extend_from_slice(&boot.to_be_bytes());
+        w.extend_from_slice(&counter.to_be_bytes());
+        self.put_payload(&mut w, message);
+        let mut mac = self.mac.clone();
+        mac.update(&w);
+        w.extend_from_slice(&mac.finalize().into_bytes());
+        w
+    }
+
+    pub fn decode(&self, bytes: &[u8]) -> Result<Envelope, DropReason> {
+        if bytes.len() > MAX_DATAGRAM {
+            return Err(DropReason::Oversized);
+        }
+        if bytes.len() >= 2 && bytes[..2] != MAGIC {
+            return Err(DropReason::NotVipgate);
+        }
+        if bytes.len() < MIN_DATAGRAM {
+            return Err(DropReason::Truncated);
+        }
+        if bytes[2] != VERSION {
+            return Err(DropReason::UnknownVersion);
+        }
+        let (body, tag) = bytes.split_at(bytes.len() - MAC_LEN);
+        let mut r = Reader { buf: body, pos: 4 };
+        if r.name()? != self.cluster.as_slice() {
+            return Err(DropReason::WrongCluster);
+        }
+        let mut mac = self.mac.clone();
+        mac.update(body);
+        mac.verify_slice(tag).map_err(|_| DropReason::BadMac)?;
+        // Authenticated from here on: a failure is a peer's bug or version skew, not an attack.
+        let sender = self.node(r.name()?)?.ok_or(DropReason::UnknownSender)?;
+        if sender == self.me {
+            return Err(DropReason::UnknownSender);
+        }
+        if r.u64()? != self.fingerprint {
+            return Err(DropReason::MembershipMismatch);
+        }
+        let boot = r.u64()?;
+        let counter = r.u64()?;
+        let message = self.payload(body[3], &mut r)?;
+        if r.pos != body.len() {
+            return Err(DropReason::Malformed);
+        }
+        Ok(Envelope {
+            sender,
+            boot,
+            counter,
+            message,
+        })
+    }
+
+    fn put_node(&self, w: &mut Vec<u8>, node: Option<NodeIdx>) {
+        match node {
+            Some(n) => put_name(w, self.ids[usize::from(n)].as_bytes()),
+            None => w.push(0),
+        }
+    }
+
+    fn node(&self, name: &[u8]) -> Result<Option<NodeIdx>, DropReason> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        match self.ids.iter().position(|id| id.as_bytes() == name) {
+            Some(i) => Ok(Some(i as NodeIdx)),
+            None => Err(DropReason::UnknownSender),
+        }
+    }
+
+    fn put_payload(&self, w: &mut Vec<u8>, message: &Message) {
+        match message {
+            Message::Heartbeat(h) => {
+                w.extend_from_slice(&h.term.to_be_bytes());
+                w.extend_from_slice(&h.seq.to_be_bytes());
+                self.put_node(w, h.owner);
+                w.push(u8::from(h.lease_claim) | (u8::from(h.eligible) << 1));
+                w.extend_from_slice(&h.position.to_be_bytes());
+                w.push(h.priority);
+            }
+            Message::Ack(a) => {
+                w.extend_from_slice(&a.term.to_be_bytes());
+                w.extend_from_slice(&a.echo_seq.to_be_bytes());
+            }
+            Message::VoteRequest(v) => {
+                w.extend_from_slice(&v.term.to_be_bytes());
+                w.extend_from_slice(&v.position.to_be_bytes());
+                w.push(v.priority);
+            }
+            Message::Vote(v) => {
+                w.extend_from_slice(&v.term.to_be_bytes());
+                w.push(u8::from(v.granted));
+            }
+            Message::Release(r) => {
+                w.extend_from_slice(&r.term.to_be_bytes());
+                self.put_node(w, r.to);
+                w.push(u8::from(r.final_position.is_some()));
+                w.extend_from_slice(&r.final_position.unwrap_or(0).to_be_bytes());
+            }
+        }
+    }
+
+    fn payload(&self, kind: u8, r: &mut Reader<'_>) -> Result<Message, DropReason> {
+        Ok(match kind {
+            KIND_HEARTBEAT => {
+                let term = r.u64()?;
+                let seq = r.u64()?;
+                let owner = self.node(r.name()?)?;
+                let flags = r.u8()?;
+                if flags & !0b11 != 0 {
+                    return Err(DropReason::Malformed);
+                }
+                Message::Heartbeat(Heartbeat {
+                    term,
+                    seq,
+                    owner,
+                    lease_claim: flags & 1 != 0,
+                    eligible: flags & 2 != 0,
+                    position: r.u64()?,
+                    priority: r.u8()?,
+                })
+            }
+            KIND_ACK => Message::Ack(Ack {
+                term: r.u64()?,
+                echo_seq: r.u64()?,
+            }),
+            KIND_VOTE_REQUEST => Message::VoteRequest(VoteRequest {
+                term: r.u64()?,
+                position: r.u64()?,
+                priority: r.u8()?,
+            }),
+            KIND_VOTE => Message::Vote(Vote {
+                term: r.u64()?,
+                granted: r.bool()?,
+            }),
+            KIND_RELEASE => {
+                let term = r.u64()?;
+                let to = self.node(r.name()?)?;
+                let has_position = r.bool()?;
+                let position = r.u64()?;
+                Message::Release(Release {
+                    term,
+                    to,
+                    final_position: has_position.then_some(position),
+                })
+            }
+            _ => return Err(DropReason::Malformed),
+        })
+    }
+}
+
+fn kind_of(message: &Message) -> u8 {
+    match message {
+        Message::Heartbeat(_) => KIND_HEARTBEAT,
+        Message::Ack(_) => KIND_ACK,
+        Message::VoteRequest(_) => KIND_VOTE_REQUEST,
+        Message::Vote(_) => KIND_VOTE,
+        Message::Release(_) => KIND_RELEASE,
+    }
+}
+
+fn put_name(w: &mut Vec<u8>, name: &[u8]) {
+    w.push(name.len() as u8);
+    w.extend_from_slice(name);
+}
+
+/// A bounds-checked cursor: every read either succeeds or reports truncation.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DropReason> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(DropReason::Truncated)?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, DropReason> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn bool(&mut self) -> Result<bool, DropReason> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DropReason::Malformed),
+        }
+    }
+
+    fn u64(&mut self) -> Result<u64, DropReason> {
+        let b = self.take(8)?;
+        Ok(u64::from_be_bytes(b.try_into().expect("took 8 bytes")))
+    }
+
+    fn name(&mut self) -> Result<&'a [u8], DropReason> {
+        let n = usize::from(self.u8()?);
+        if n > MAX_NAME {
+            return Err(DropReason::Malformed);
+        }
+        self.take(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn codec(me: NodeIdx) -> Codec {
+        Codec::new(
+            "prod-eu",
+            KEY,
+            0x1122_3344_5566_7788,
+            vec!["db1".into(), "db2".into(), "w1".into()],
+            me,
+        )
+    }
+
+    fn heartbeat() -> Message {
+        Message::Heartbeat(Heartbeat {
+            term: 7,
+            seq: 42,
+            owner: Some(0),
+            lease_claim: true,
+            eligible: true,
+            position: 1000,
+            priority: 150,
+        })
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn hmac_sha256_matches_rfc4231_case_2() {
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"what do ya want for nothing?");
+        assert_eq!(
+            hex(&mac.finalize().into_bytes()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn heartbeat_encodes_to_the_documented_layout() {
+        let bytes = codec(0).encode(3, 9, &heartbeat());
+        let body = &bytes[..bytes.len() - MAC_LEN];
+        let expected = concat!(
+            "5647",
+            "01",
+            "01", // magic, version, kind
+            "07",
+            "70726f642d6575", // cluster "prod-eu"
+            "03",
+            "646231",           // sender "db1"
+            "1122334455667788", // membership fingerprint
+            "0000000000000003", // boot id
+            "0000000000000009", // counter
+            "0000000000000007", // term
+            "000000000000002a", // seq
+            "03",
+            "646231",           // owner "db1"
+            "03",               // lease claim | eligible
+            "00000000000003e8", // position
+            "96",               // priority 150
+        );
+        assert_eq!(hex(body), expected);
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(KEY).unwrap();
+        mac.update(body);
+        assert_eq!(&bytes[body.len()..], mac.finalize().into_bytes().as_slice());
+        assert_eq!(bytes.len(), 81);
+    }
+
+    #[test]
+    fn every_kind_round_trips_between_members() {
+        let msgs = [
+            heartbeat(),
+            Message::Ack(Ack { term: 1, echo_seq: 2 }),
+            Message::VoteRequest(VoteRequest {
+                term: 3,
+                position: 4,
+                priority: 5,
+            }),
+            Message::Vote(Vote {
+                term: 6,
+                granted: true,
+            }),
+            Message::Release(Release {
+                term: 8,
+                to: Some(1),
+                final_position: Some(9),
+            }),
+            Message::Release(Release {
+                term: 8,
+                to: None,
+                final_position: None,
+            }),
+        ];
+        for (i, m) in msgs.iter().enumerate() {
+            let env = codec(1).decode(&codec(0).encode(11, i as u64, m)).unwrap();
+            assert_eq!(
+                env,
+                Envelope {
+                    sender: 0,
+                    boot: 11,
+                    counter: i as u64,
+                    message: m.clone()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn each_kind_of_bad_datagram_is_dropped_with_its_reason() {
+        let good = codec(0).encode(1, 1, &heartbeat());
+        let rx = codec(1);
+        assert_eq!(rx.decode(&good[..20]), Err(DropReason::Truncated));
+        assert_eq!(rx.decode(&[0u8; MAX_DATAGRAM + 1]), Err(DropReason::Oversized));
+        assert_eq!(rx.decode(b"GET / HTTP/1.1\r\n\r\n"), Err(DropReason::NotVipgate));
+
+        let mut v = good.clone();
+        v[2] = 2;
+        assert_eq!(rx.decode(&v), Err(DropReason::UnknownVersion));
+
+        let other = Codec::new(
+            "prod-us",
+            KEY,
+            0x1122_3344_5566_7788,
+            vec!["db1".into(), "db2".into()],
+            0,
+        );
+        assert_eq!(
+            rx.decode(&other.encode(1, 1, &heartbeat())),
+            Err(DropReason::WrongCluster)
+        );
+
+        let forged = Codec::new(
+            "prod-eu",
+            b"not the cluster key, but long enough",
+            0x1122_3344_5566_7788,
+            vec!["db1".into(), "db2".into(), "w1".into()],
+            0,
+        );
+        assert_eq!(
+            rx.decode(&forged.encode(1, 1, &heartbeat())),
+            Err(DropReason::BadMac)
+        );
+
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert_eq!(rx.decode(&flipped), Err(DropReason::BadMac));
+        let mut flipped = good.clone();
+        flipped[30] ^= 1;
+        assert_eq!(rx.decode(&flipped), Err(DropReason::BadMac));
+
+        let mismatched = Codec::new(
+            "prod-eu",
+            KEY,
+            1,
+            vec!["db1".into(), "db2".into(), "w1".into()],
+            0,
+        );
+        assert_eq!(
+            rx.decode(&mismatched.encode(1, 1, &heartbeat())),
+            Err(DropReason::MembershipMismatch)
+        );
+
+        let stranger = Codec::new("prod-eu", KEY, 0x1122_3344_5566_7788, vec!["db9".into()], 0);
+        assert_eq!(
+            rx.decode(&stranger.encode(1, 1, &heartbeat())),
+            Err(DropReason::UnknownSender)
+        );
+        assert_eq!(
+            codec(0).decode(&good),
+            Err(DropReason::UnknownSender),
+            "own datagrams looped back"
+        );
+    }
+
+    #[test]
+    fn authenticated_garbage_is_malformed_not_a_panic() {
+        let tx = codec(0);
+        let mut body = tx.encode(
+            1,
+            1,
+            &Message::Vote(Vote {
+                term: 1,
+                granted: true,
+            }),
+        );
+        body.truncate(body.len() - MAC_LEN);
+        let seal = |mut b: Vec<u8>| {
+            let mut mac = tx.mac.clone();
+            mac.update(&b);
+            b.extend_from_slice(&mac.finalize().into_bytes());
+            b
+        };
+        let mut bad_bool = body.clone();
+        *bad_bool.last_mut().unwrap() = 2;
+        assert_eq!(codec(1).decode(&seal(bad_bool)), Err(DropReason::Malformed));
+        let mut trailing = body.clone();
+        trailing.push(0);
+        assert_eq!(codec(1).decode(&seal(trailing)), Err(DropReason::Malformed));
+        let mut bad_kind = body.clone();
+        bad_kind[3] = 99;
+        assert_eq!(codec(1).decode(&seal(bad_kind)), Err(DropReason::Malformed));
+        let mut short = body.clone();
+        short.pop();
+        assert_eq!(codec(1).decode(&seal(short)), Err(DropReason::Truncated));
+    }
+
+    fn node() -> impl Strategy<Value = Option<NodeIdx>> {
+        proptest::option::of(0u8..3)
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (
+                any::<u64>(),
+                any::<u64>(),
+                node(),
+                any::<bool>(),
+                any::<bool>(),
+                any::<u64>(),
+                any::<u8>()
+            )
+                .prop_map(|(term, seq, owner, lease_claim, eligible, position, priority)| {
+                    Message::Heartbeat(Heartbeat {
+                        term,
+                        seq,
+                        owner,
+                        lease_claim,
+                        eligible,
+                        position,
+                        priority,
+                    })
+                }),
+            (any::<u64>(), any::<u64>()).prop_map(|(term, echo_seq)| Message::Ack(Ack { term, echo_seq })),
+            (any::<u64>(), any::<u64>(), any::<u8>()).prop_map(|(term, position, priority)| {
+                Message::VoteRequest(VoteRequest {
+                    term,
+                    position,
+                    priority,
+                })
+            }),
+            (any::<u64>(), any::<bool>()).prop_map(|(term, granted)| Message::Vote(Vote { term, granted })),
+            (any::<u64>(), node(), proptest::option::of(any::<u64>())).prop_map(
+                |(term, to, final_position)| Message::Release(Release {
+                    term,
+                    to,
+                    final_position
+                })
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn decode_inverts_encode(m in message(), boot: u64, counter: u64, from in 0u8..3, to in 0u8..3) {
+            prop_assume!(from != to);
+            let env = codec(to).decode(&codec(from).encode(boot, counter, &m)).unwrap();
+            prop_assert_eq!(env, Envelope { sender: from, boot, counter, message: m });
+        }
+
+        #[test]
+        fn decode_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = codec(1).decode(&bytes);
+        }
+
+        #[test]
+        fn decode_never_panics_on_authenticated_arbitrary_payloads(
+            kind: u8, payload in proptest::collection::vec(any::<u8>(), 0..120)
+        ) {
+            let tx = codec(0);
+            let mut b = tx.encode(1, 1, &Message::Ack(Ack { term: 0, echo_seq: 0 }));
+            b.truncate(4 + 8 + 4 + 24);
+            b[3] = kind;
+            b.extend_from_slice(&payload);
+            let mut mac = tx.mac.clone();
+            mac.update(&b);
+            b.extend_from_slice(&mac.finalize().into_bytes());
+            let _ = codec(1).decode(&b);
+        }
+    }
+}
