@@ -1,3 +1,131 @@
-fn main() {
-    println!("Hello, world!");
+//! The `vipgate` command line.
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use vipgate::config::{Config, ConfigErrors};
+
+#[derive(Parser)]
+#[command(
+    name = "vipgate",
+    version,
+    about = "One virtual IP for the writable MySQL/MariaDB primary, \
+owned by exactly one agent under a majority lease"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file and print a summary of the cluster it describes.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+        /// This node's id (default: the host name, if it is a member).
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::CheckConfig { file, node } => check_config(&file, node.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn host_name() -> Option<String> {
+    nix::unistd::gethostname().ok()?.into_string().ok()
+}
+
+fn ms(d: std::time::Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+fn check_config(file: &Path, node: Option<&str>) -> Result<(), ConfigErrors> {
+    let config = Config::load(file)?;
+    let me = match node {
+        Some(id) => Some(config.node_index(id)?),
+        // Without --node, the host name selects this node if it is a member.
+        None => host_name().and_then(|h| config.node_index(&h).ok()),
+    };
+    let secret = config.read_secret()?;
+    let c = &config.cluster;
+    let settings = config.core_settings(me.unwrap_or(0), 0);
+    let n = config.nodes.len();
+    let majority = config.majority();
+    let witnesses = config.nodes.iter().filter(|n| n.witness).count();
+
+    println!("{}: OK", file.display());
+    println!(
+        "cluster   {} — UDP port {}, secret {} ({} bytes)",
+        c.name,
+        c.port,
+        c.secret_file.display(),
+        secret.bytes().len()
+    );
+    println!(
+        "timing    heartbeat {}, lease {}, clock drift {:.1} %",
+        ms(c.interval),
+        ms(c.lease),
+        c.clock_drift * 100.0
+    );
+    println!(
+        "          owner renews within {}, starts releasing {} before; a crashed owner is replaced after ≈ {}",
+        ms(settings.owner_lease()),
+        ms(settings.release_budget),
+        ms(c.lease + c.interval)
+    );
+    match c.preempt_delay {
+        Some(d) => println!(
+            "preempt   on, after a higher-priority node has been eligible for {}",
+            ms(d)
+        ),
+        None => println!("preempt   off (a healthy owner keeps the VIP)"),
+    }
+    println!("state     {}", c.state_dir.display());
+    println!(
+        "members   {n} ({} database, {witnesses} witness); majority {majority}, survives {} failure(s)",
+        n - witnesses,
+        n - majority
+    );
+    println!(
+        "   {:<16} {:<40} {:>8}  {:<10} role",
+        "id", "address", "priority", "region"
+    );
+    for (i, node) in config.nodes.iter().enumerate() {
+        let mark = if me == Some(i as u8) { "*" } else { " " };
+        let (priority, role) = if node.witness {
+            ("-".to_string(), "witness")
+        } else {
+            (node.priority.to_string(), "database")
+        };
+        println!(
+            "{mark}  {:<16} {:<40} {:>8}  {:<10} {role}",
+            node.id,
+            node.address.to_string(),
+            priority,
+            node.region
+        );
+    }
+    match me {
+        Some(i) => println!("this node: {}", config.nodes[usize::from(i)].id),
+        None => println!(
+            "this node: not chosen (host name {:?} is not a member; pass --node ID to check one)",
+            host_name().unwrap_or_default()
+        ),
+    }
+    if n == 1 {
+        println!("note: a single member owns whenever its database is healthy; there is no failover");
+    }
+    Ok(())
 }

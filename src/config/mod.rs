@@ -1,1 +1,459 @@
+//! The configuration file: TOML read with serde (unknown keys rejected), then validated into
+//! typed settings. Every problem is reported at once, each naming the file, line, field and fix.
+//!
+//! Relative paths (`secret_file`, `state_dir`) are resolved against the configuration file's
+//! directory, so `secret_file = "secret"` next to `/etc/vipgate/vipgate.toml` means
+//! `/etc/vipgate/secret`.
 
+mod error;
+mod secret;
+
+pub use error::{ConfigError, ConfigErrors, Seg};
+pub use secret::{KeyFileProblem, Secret, read_key_file};
+
+use crate::core::{self, MAX_MEMBERS, Member, NodeIdx};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Minimum length of the cluster secret (HMAC-SHA256 key), in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+pub const DEFAULT_PORT: u16 = 6987;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: RawCluster,
+    #[serde(default)]
+    node: Vec<RawNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    secret_file: PathBuf,
+    #[serde(default = "default_port")]
+    port: u32,
+    #[serde(default = "default_interval")]
+    heartbeat_interval_ms: u64,
+    #[serde(default = "default_lease")]
+    lease_ms: u64,
+    #[serde(default = "default_drift")]
+    clock_drift: f64,
+    #[serde(default)]
+    preempt: bool,
+    #[serde(default = "default_preempt_delay")]
+    preempt_delay_ms: u64,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+    address: String,
+    #[serde(default = "default_priority")]
+    priority: i64,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    witness: bool,
+}
+
+fn default_port() -> u32 {
+    u32::from(DEFAULT_PORT)
+}
+fn default_interval() -> u64 {
+    200
+}
+fn default_lease() -> u64 {
+    1000
+}
+fn default_drift() -> f64 {
+    0.01
+}
+fn default_preempt_delay() -> u64 {
+    60_000
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/vipgate")
+}
+fn default_priority() -> i64 {
+    100
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub secret_file: PathBuf,
+    pub port: u16,
+    pub interval: Duration,
+    pub lease: Duration,
+    /// ρ as a fraction (0.01 = 1 %).
+    pub clock_drift: f64,
+    /// `Some(delay)` when preemption is on.
+    pub preempt_delay: Option<Duration>,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub id: String,
+    pub address: IpAddr,
+    pub priority: u8,
+    pub region: String,
+    pub witness: bool,
+}
+
+/// A validated configuration. `nodes` are sorted by id: a node's index in this list is its
+/// [`NodeIdx`] on every agent, whatever order each host's file lists them in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub file: PathBuf,
+    pub cluster: Cluster,
+    pub nodes: Vec<Node>,
+}
+
+/// Collects problems while validating.
+struct Problems<'a> {
+    file: &'a Path,
+    src: &'a str,
+    list: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, path: &[Seg<'_>], problem: String, fix: impl Into<String>) {
+        let field = path
+            .iter()
+            .map(|s| match s {
+                Seg::Key(k) => format!(".{k}"),
+                Seg::Index(i) => format!("[{i}]"),
+            })
+            .collect::<String>();
+        self.list.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line: error::locate(self.src, path),
+            field: field.trim_start_matches('.').to_string(),
+            problem,
+            fix: fix.into(),
+        });
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= crate::net::wire::MAX_NAME
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl Config {
+    /// Reads and validates `file` (the secret is checked separately by [`Config::read_secret`]).
+    pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
+        let src = std::fs::read_to_string(file).map_err(|e| {
+            ConfigErrors::one(
+                file,
+                None,
+                "",
+                format!("cannot read the configuration: {e}"),
+                "check the path given with --config, and that vipgate may read it",
+            )
+        })?;
+        Config::parse(file, &src)
+    }
+
+    /// Validates configuration text; `file` is used for error messages and relative paths.
+    pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(src).map_err(|e| {
+            let line = e.span().map(|s| error::line_of(src, s.start));
+            let message = e.message().to_string();
+            let fix = if message.contains("unknown field") {
+                "remove or correct the key; config/vipgate.toml lists every key with its meaning"
+            } else if message.contains("missing field") {
+                "add the field; config/vipgate.toml shows an example"
+            } else {
+                "correct the value's syntax or type (see config/vipgate.toml)"
+            };
+            ConfigErrors::one(file, line, "", message, fix)
+        })?;
+        let mut p = Problems {
+            file,
+            src,
+            list: Vec::new(),
+        };
+        let base = file.parent().unwrap_or(Path::new("."));
+        let cluster = validate_cluster(&raw.cluster, base, &mut p);
+        let mut nodes = validate_nodes(&raw.node, &mut p);
+        if p.list.is_empty() {
+            let config = Config {
+                file: file.to_path_buf(),
+                cluster: cluster.clone(),
+                nodes: Vec::new(),
+            };
+            nodes.sort_by(|a, b| a.id.cmp(&b.id));
+            let config = Config { nodes, ..config };
+            if let Err(e) = config.core_settings(0, 0).check() {
+                p.add(
+                    &[Seg::Key("cluster"), Seg::Key("lease_ms")],
+                    e.to_string(),
+                    "raise lease_ms or lower heartbeat_interval_ms",
+                );
+            } else {
+                return Ok(config);
+            }
+        }
+        Err(ConfigErrors(p.list))
+    }
+
+    /// The index of node `id`, or an error listing the members.
+    pub fn node_index(&self, id: &str) -> Result<NodeIdx, ConfigErrors> {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .map(|i| i as NodeIdx)
+            .ok_or_else(|| {
+                let ids: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
+                ConfigErrors::one(
+                    &self.file,
+                    None,
+                    "node",
+                    format!("this node, {id:?}, is not a member (members: {})", ids.join(", ")),
+                    "pass --node with one of the member ids, or add a [[node]] for this host",
+                )
+            })
+    }
+
+    /// Reads the cluster secret, enforcing owner-only permissions and its minimum length.
+    pub fn read_secret(&self) -> Result<Secret, ConfigErrors> {
+        read_key_file(&self.cluster.secret_file, MIN_SECRET_LEN).map_err(|e| {
+            let src = std::fs::read_to_string(&self.file).unwrap_or_default();
+            let path = [Seg::Key("cluster"), Seg::Key("secret_file")];
+            ConfigErrors::one(
+                &self.file,
+                error::locate(&src, &path),
+                "cluster.secret_file",
+                e.problem,
+                &e.fix,
+            )
+        })
+    }
+
+    pub fn majority(&self) -> usize {
+        self.nodes.len() / 2 + 1
+    }
+
+    /// The ownership core's settings for node `me`.
+    pub fn core_settings(&self, me: NodeIdx, seed: u64) -> core::Settings {
+        core::Settings {
+            me,
+            members: self
+                .nodes
+                .iter()
+                .map(|n| Member {
+                    witness: n.witness,
+                    priority: n.priority,
+                })
+                .collect(),
+            interval: self.cluster.interval,
+            lease: self.cluster.lease,
+            drift_ppm: (self.cluster.clock_drift * 1e6).round() as u32,
+            release_budget: self.cluster.interval,
+            preempt_delay: self.cluster.preempt_delay,
+            seed,
+        }
+    }
+
+    /// Identifies the member list (ids, addresses, witness flags) on the wire: agents whose
+    /// lists differ would count majorities differently, so they refuse each other's datagrams.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = Sha256::new();
+        h.update(self.cluster.name.as_bytes());
+        for n in &self.nodes {
+            h.update([0]);
+            h.update(n.id.as_bytes());
+            h.update([0]);
+            h.update(n.address.to_string().as_bytes());
+            h.update([u8::from(n.witness)]);
+        }
+        let d = h.finalize();
+        u64::from_be_bytes(d[..8].try_into().expect("sha256 has 32 bytes"))
+    }
+}
+
+fn validate_cluster(c: &RawCluster, base: &Path, p: &mut Problems<'_>) -> Cluster {
+    let at = |k| [Seg::Key("cluster"), Seg::Key(k)];
+    if !valid_name(&c.name) {
+        p.add(
+            &at("name"),
+            format!("{:?} is not a valid cluster name", c.name),
+            "use 1 to 64 letters, digits, '-', '_' or '.', the same on every node",
+        );
+    }
+    if c.port == 0 || c.port > 65535 {
+        p.add(
+            &at("port"),
+            format!("{} is not a UDP port", c.port),
+            "use a port between 1 and 65535",
+        );
+    }
+    if c.heartbeat_interval_ms < 5 {
+        p.add(
+            &at("heartbeat_interval_ms"),
+            format!("{} ms is too short to be kept reliably", c.heartbeat_interval_ms),
+            "use at least 5 ms (200 ms is the default; 20 ms for an aggressive profile)",
+        );
+    }
+    if c.lease_ms < 3 * c.heartbeat_interval_ms {
+        p.add(
+            &at("lease_ms"),
+            format!(
+                "the lease ({} ms) must be at least 3 heartbeat intervals ({} ms) so that one lost heartbeat does not end it",
+                c.lease_ms,
+                3 * c.heartbeat_interval_ms
+            ),
+            format!("set lease_ms to {} or more", 3 * c.heartbeat_interval_ms.max(5)),
+        );
+    }
+    if c.lease_ms > 3_600_000 {
+        p.add(
+            &at("lease_ms"),
+            format!("{} ms is over an hour", c.lease_ms),
+            "use a lease of seconds, not hours",
+        );
+    }
+    if !(0.0..0.1).contains(&c.clock_drift) || c.clock_drift.is_nan() {
+        p.add(
+            &at("clock_drift"),
+            format!("{} is outside 0 ≤ ρ < 0.1", c.clock_drift),
+            "give the bound on clock rate differences as a fraction: 0.01 means 1 % (the default)",
+        );
+    }
+    let state_dir = base.join(&c.state_dir);
+    if c.state_dir.as_os_str().is_empty() {
+        p.add(
+            &at("state_dir"),
+            "is empty".into(),
+            "name a directory, e.g. /var/lib/vipgate",
+        );
+    }
+    Cluster {
+        name: c.name.clone(),
+        secret_file: base.join(&c.secret_file),
+        port: u16::try_from(c.port).unwrap_or(DEFAULT_PORT),
+        interval: Duration::from_millis(c.heartbeat_interval_ms),
+        lease: Duration::from_millis(c.lease_ms),
+        clock_drift: c.clock_drift,
+        preempt_delay: c.preempt.then(|| Duration::from_millis(c.preempt_delay_ms)),
+        state_dir,
+    }
+}
+
+fn validate_nodes(raw: &[RawNode], p: &mut Problems<'_>) -> Vec<Node> {
+    if raw.is_empty() {
+        p.add(
+            &[Seg::Key("node")],
+            "no [[node]] is configured".into(),
+            "add a [[node]] table for every member",
+        );
+        return Vec::new();
+    }
+    if raw.len() > MAX_MEMBERS {
+        p.add(
+            &[Seg::Key("node")],
+            format!(
+                "{} nodes configured; at most {MAX_MEMBERS} are supported",
+                raw.len()
+            ),
+            "remove nodes",
+        );
+    }
+    let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut addresses: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    let mut nodes = Vec::new();
+    for (i, n) in raw.iter().enumerate() {
+        let at = |k| [Seg::Key("node"), Seg::Index(i), Seg::Key(k)];
+        if !valid_name(&n.id) {
+            p.add(
+                &at("id"),
+                format!("{:?} is not a valid node id", n.id),
+                "use 1 to 64 letters, digits, '-', '_' or '.'",
+            );
+        } else if let Some(first) = ids.insert(&n.id, i) {
+            p.add(
+                &at("id"),
+                format!("{:?} is also the id of node[{first}]", n.id),
+                "give every node its own id",
+            );
+        }
+        let address = match n.address.parse::<IpAddr>() {
+            Ok(a) => {
+                if let Some(first) = addresses.insert(a, i) {
+                    p.add(
+                        &at("address"),
+                        format!("{a} is also the address of node[{first}] ({:?})", raw[first].id),
+                        "give every node its own address",
+                    );
+                }
+                if a.is_unspecified() || a.is_multicast() {
+                    p.add(
+                        &at("address"),
+                        format!("{a} cannot be a node's address"),
+                        "use the host's unicast address",
+                    );
+                }
+                Some(a)
+            }
+            Err(_) => {
+                p.add(
+                    &at("address"),
+                    format!("{:?} is not an IPv4 or IPv6 address", n.address),
+                    "write the address the node's agent listens on, e.g. \"192.0.2.11\" or \"2001:db8::11\" (no port, no host name)",
+                );
+                None
+            }
+        };
+        let priority = u8::try_from(n.priority).ok().filter(|&v| v >= 1);
+        if priority.is_none() {
+            p.add(
+                &at("priority"),
+                format!("{} is outside 1–255", n.priority),
+                "use 1 to 255; higher is preferred",
+            );
+        }
+        if let (Some(address), Some(priority)) = (address, priority) {
+            nodes.push(Node {
+                id: n.id.clone(),
+                address,
+                priority,
+                region: n.region.clone(),
+                witness: n.witness,
+            });
+        }
+    }
+    let databases = raw.iter().filter(|n| !n.witness).count();
+    if databases == 0 {
+        p.add(
+            &[Seg::Key("node")],
+            "every node is a witness, so none can own the VIP".into(),
+            "set witness = false on the database hosts",
+        );
+    }
+    if raw.len() == 2 {
+        p.add(
+            &[Seg::Key("node")],
+            "two voting members cannot fail over safely: neither can tell a dead peer from a cut link, \
+             so a majority (2 of 2) is lost with either node and automatic failover never happens"
+                .into(),
+            "add a witness ([[node]] with witness = true) on a third host: automatic failover needs three voters",
+        );
+    }
+    nodes
+}
+
+#[cfg(test)]
+mod tests;

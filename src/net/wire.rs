@@ -31,7 +31,7 @@ type HmacSha256 = hmac::Hmac<Sha256>;
 pub const MAGIC: [u8; 2] = *b"VG";
 pub const VERSION: u8 = 1;
 pub const MAC_LEN: usize = 32;
-/// Larger datagrams are dropped unread. The largest valid one (64-byte names) is ~330 bytes.
+/// Larger datagrams are dropped unread. The largest valid one (64-byte names) is 281 bytes.
 pub const MAX_DATAGRAM: usize = 512;
 /// Longest cluster name or node id.
 pub const MAX_NAME: usize = 64;
@@ -426,7 +426,7 @@ mod tests {
         let mut mac = <HmacSha256 as KeyInit>::new_from_slice(KEY).unwrap();
         mac.update(body);
         assert_eq!(&bytes[body.len()..], mac.finalize().into_bytes().as_slice());
-        assert_eq!(bytes.len(), 81);
+        assert_eq!(bytes.len(), 102);
     }
 
     #[test]

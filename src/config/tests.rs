@@ -1,0 +1,204 @@
+use super::*;
+
+const GOOD: &str = r#"
+[cluster]
+name = "prod-eu"
+secret_file = "secret"
+
+[[node]]
+id = "db2"
+address = "192.0.2.12"
+priority = 100
+
+[[node]]
+id = "db1"
+address = "192.0.2.11"
+priority = 150
+
+[[node]]
+id = "w1"
+address = "2001:db8::13"
+witness = true
+"#;
+
+fn parse(src: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(Path::new("/etc/vipgate/vipgate.toml"), src)
+}
+
+/// The single error of `src`, asserting where it points.
+fn only_error(src: &str) -> ConfigError {
+    let errors = parse(src).unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    errors.into_iter().next().unwrap()
+}
+
+#[test]
+fn defaults_fill_what_is_left_out_and_nodes_are_ordered_by_id() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.cluster.port, DEFAULT_PORT);
+    assert_eq!(c.cluster.interval, Duration::from_millis(200));
+    assert_eq!(c.cluster.lease, Duration::from_millis(1000));
+    assert_eq!(c.cluster.preempt_delay, None);
+    assert_eq!(c.cluster.secret_file, Path::new("/etc/vipgate/secret"));
+    let ids: Vec<_> = c.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["db1", "db2", "w1"]);
+    assert_eq!(c.majority(), 2);
+    assert_eq!(c.node_index("db2").unwrap(), 1);
+    assert!(c.core_settings(0, 1).check().is_ok());
+}
+
+#[test]
+fn the_fingerprint_ignores_file_order_but_not_membership() {
+    let a = parse(GOOD).unwrap();
+    let reordered = GOOD
+        .replace("db2", "tmp")
+        .replace("db1", "db2")
+        .replace("tmp", "db1");
+    let b = parse(
+        &reordered
+            .replace("192.0.2.12", "x")
+            .replace("192.0.2.11", "192.0.2.12")
+            .replace("x", "192.0.2.11"),
+    )
+    .unwrap();
+    assert_eq!(
+        a.nodes,
+        b.nodes
+            .iter()
+            .map(|n| Node {
+                priority: a.nodes[a.node_index(&n.id).unwrap() as usize].priority,
+                ..n.clone()
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(a.fingerprint(), b.fingerprint());
+    let c = parse(&GOOD.replace("witness = true", "witness = false")).unwrap();
+    assert_ne!(a.fingerprint(), c.fingerprint());
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_line() {
+    let e = only_error(&GOOD.replace("priority = 150", "priorty = 150"));
+    assert_eq!(e.line, Some(14));
+    assert!(e.problem.contains("unknown field `priorty`"), "{e}");
+    assert!(e.fix.contains("remove or correct"), "{e}");
+    let e = only_error(&GOOD.replace("[cluster]", "[cluster]\nlease = 5"));
+    assert_eq!(e.line, Some(3));
+}
+
+#[test]
+fn duplicate_ids_and_addresses_name_both_nodes() {
+    let e = only_error(&GOOD.replace("id = \"w1\"", "id = \"db1\""));
+    assert_eq!((e.field.as_str(), e.line), ("node[2].id", Some(17)));
+    assert!(e.problem.contains("node[1]"), "{e}");
+    let e = only_error(&GOOD.replace("192.0.2.12", "192.0.2.11"));
+    assert_eq!((e.field.as_str(), e.line), ("node[1].address", Some(13)));
+    assert!(
+        e.problem.contains("node[0] (\"db2\")") && e.fix.contains("own address"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_lease_shorter_than_three_intervals_is_refused_with_the_value_to_use() {
+    let e = only_error(&GOOD.replace(
+        "[cluster]",
+        "[cluster]\nheartbeat_interval_ms = 200\nlease_ms = 500",
+    ));
+    assert_eq!((e.field.as_str(), e.line), ("cluster.lease_ms", Some(4)));
+    assert!(e.fix.contains("600"), "{e}");
+}
+
+#[test]
+fn two_voters_without_a_witness_are_refused_with_the_reason() {
+    let two = GOOD.split("[[node]]\nid = \"w1\"").next().unwrap();
+    let e = only_error(two);
+    assert_eq!(e.field, "node");
+    assert!(
+        e.problem.contains("neither can tell a dead peer from a cut link"),
+        "{e}"
+    );
+    assert!(
+        e.fix.contains("add a witness") && e.fix.contains("three voters"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_values_are_each_reported_in_one_pass() {
+    let src = GOOD
+        .replace(
+            "name = \"prod-eu\"",
+            "name = \"prod eu\"\nport = 70000\nclock_drift = 0.5",
+        )
+        .replace("address = \"192.0.2.12\"", "address = \"db2.example\"")
+        .replace("priority = 150", "priority = 0");
+    let errors = parse(&src).unwrap_err().0;
+    let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "cluster.name",
+            "cluster.port",
+            "cluster.clock_drift",
+            "node[0].address",
+            "node[1].priority"
+        ]
+    );
+    assert!(
+        errors.iter().all(|e| e.line.is_some() && !e.fix.is_empty()),
+        "{errors:#?}"
+    );
+    let shown = ConfigErrors(errors).to_string();
+    assert!(
+        shown.starts_with("error: /etc/vipgate/vipgate.toml:3: cluster.name:"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_missing_field_and_a_wrong_type_are_located() {
+    let e = only_error(&GOOD.replace("secret_file = \"secret\"", ""));
+    assert!(
+        e.problem.contains("missing field `secret_file`") && e.line.is_some(),
+        "{e}"
+    );
+    let e = only_error(&GOOD.replace("priority = 100", "priority = \"high\""));
+    assert_eq!(e.line, Some(9));
+}
+
+#[test]
+fn a_node_that_is_not_a_member_is_told_the_members() {
+    let c = parse(GOOD).unwrap();
+    let e = c.node_index("db3").unwrap_err().0.remove(0);
+    assert!(
+        e.problem.contains("\"db3\"") && e.problem.contains("db1, db2, w1"),
+        "{e}"
+    );
+    assert!(e.fix.contains("--node"), "{e}");
+}
+
+#[test]
+fn an_unreadable_or_exposed_secret_points_at_secret_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("vipgate.toml");
+    std::fs::write(&file, GOOD).unwrap();
+    let c = Config::load(&file).unwrap();
+    let e = c.read_secret().unwrap_err().0.remove(0);
+    assert_eq!((e.field.as_str(), e.line), ("cluster.secret_file", Some(4)));
+    let secret = d.path().join("secret");
+    std::fs::write(&secret, [b'k'; 48]).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(c.read_secret().unwrap_err().to_string().contains("chmod 600"));
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(c.read_secret().unwrap().bytes().len(), 48);
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vipgate.toml");
+    let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.nodes.len(), 3);
+    assert!(c.nodes.iter().any(|n| n.witness));
+}
