@@ -992,3 +992,318 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1000;
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_micros(ms * MS)
+    }
+
+    fn settings(me: NodeIdx) -> Settings {
+        Settings {
+            me,
+            members: vec![
+                Member {
+                    witness: false,
+                    priority: 150,
+                },
+                Member {
+                    witness: false,
+                    priority: 100,
+                },
+                Member {
+                    witness: true,
+                    priority: 1,
+                },
+            ],
+            interval: Duration::from_millis(200),
+            lease: Duration::from_millis(1000),
+            drift_ppm: 10_000,
+            release_budget: Duration::from_millis(200),
+            preempt_delay: None,
+            seed: 7,
+        }
+    }
+
+    fn healthy(me: NodeIdx, now: Instant) -> Core {
+        let mut c = Core::new(settings(me), PersistentState::default(), now);
+        c.handle(
+            now,
+            Event::Health {
+                eligible: true,
+                position: 10,
+            },
+        );
+        c
+    }
+
+    fn claim(term: Term, seq: u64) -> Message {
+        Message::Heartbeat(Heartbeat {
+            term,
+            seq,
+            owner: Some(0),
+            lease_claim: true,
+            eligible: true,
+            position: 10,
+            priority: 150,
+        })
+    }
+
+    fn request(term: Term) -> Message {
+        Message::VoteRequest(VoteRequest {
+            term,
+            position: 10,
+            priority: 150,
+        })
+    }
+
+    fn sent_vote(actions: &[Action]) -> Option<bool> {
+        actions.iter().find_map(|a| match a {
+            Action::Send {
+                message: Message::Vote(v),
+                ..
+            } => Some(v.granted),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_restarted_voter_neither_votes_nor_acks_for_one_lease() {
+        let mut v = healthy(2, t(0));
+        let out = v.handle(
+            t(500),
+            Event::Received {
+                from: 0,
+                message: request(1),
+            },
+        );
+        assert_eq!(sent_vote(&out), Some(false));
+        let out = v.handle(
+            t(600),
+            Event::Received {
+                from: 0,
+                message: claim(1, 1),
+            },
+        );
+        assert!(!out.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                message: Message::Ack(_),
+                ..
+            }
+        )));
+        let out = v.handle(
+            t(1001),
+            Event::Received {
+                from: 0,
+                message: request(2),
+            },
+        );
+        assert_eq!(sent_vote(&out), Some(true));
+    }
+
+    #[test]
+    fn a_vote_is_persisted_before_it_is_sent() {
+        let mut v = healthy(2, t(0));
+        let out = v.handle(
+            t(1500),
+            Event::Received {
+                from: 0,
+                message: request(4),
+            },
+        );
+        let persist = out.iter().position(|a| {
+            *a == Action::Persist(PersistentState {
+                term: 4,
+                voted_for: Some(0),
+            })
+        });
+        let vote = out.iter().position(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    message: Message::Vote(_),
+                    ..
+                }
+            )
+        });
+        assert!(persist.unwrap() < vote.unwrap(), "{out:?}");
+        assert_eq!(v.grant().unwrap().until, t(2500));
+    }
+
+    #[test]
+    fn a_voter_granting_a_live_lease_refuses_and_keeps_its_term() {
+        let mut v = healthy(2, t(0));
+        v.handle(
+            t(1500),
+            Event::Received {
+                from: 0,
+                message: claim(3, 1),
+            },
+        );
+        let out = v.handle(
+            t(1600),
+            Event::Received {
+                from: 1,
+                message: request(9),
+            },
+        );
+        assert_eq!(sent_vote(&out), Some(false));
+        assert_eq!(v.term(), 3, "a refused request must not depose the owner");
+        let out = v.handle(
+            t(1700),
+            Event::Received {
+                from: 0,
+                message: claim(3, 2),
+            },
+        );
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                message: Message::Ack(_),
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn a_witness_never_stands_for_election() {
+        let mut w = healthy(2, t(0));
+        for ms in (0..10_000).step_by(100) {
+            w.handle(t(ms), Event::Tick);
+        }
+        assert_eq!(w.role(), RoleKind::Follower);
+        assert!(!w.eligible());
+    }
+
+    /// Drives node 0 to ownership with votes from node 2 arriving `vote_delay` after the request.
+    fn elect(vote_delay: u64) -> (Core, u64) {
+        let mut c = healthy(0, t(0));
+        let mut now = 0;
+        while c.role() != RoleKind::Candidate {
+            now += 10;
+            c.handle(t(now), Event::Tick);
+            assert!(now < 5_000, "node 0 never stood for election");
+        }
+        let term = c.term();
+        let out = c.handle(
+            t(now + vote_delay),
+            Event::Received {
+                from: 2,
+                message: Message::Vote(Vote { term, granted: true }),
+            },
+        );
+        assert!(out.iter().any(|a| matches!(a, Action::Acquire { .. })), "{out:?}");
+        (c, now)
+    }
+
+    #[test]
+    fn the_lease_counts_from_when_the_request_was_sent_not_when_votes_arrived() {
+        let (c, sent) = elect(300);
+        let owner_lease = c.settings().owner_lease();
+        assert_eq!(owner_lease, Duration::from_micros(979_198));
+        assert_eq!(c.lease_end(), Some(t(sent) + owner_lease));
+    }
+
+    #[test]
+    fn a_renewal_counts_from_the_acknowledged_heartbeat_send() {
+        let (mut c, sent) = elect(5);
+        // The first heartbeat went out with the acquisition (at sent + 5); the next is due I later.
+        let hb_at = sent + 205;
+        let out = c.handle(t(hb_at), Event::Tick);
+        let seq = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Broadcast(Message::Heartbeat(h)) if h.lease_claim => Some(h.seq),
+                _ => None,
+            })
+            .expect("owner heartbeat");
+        let term = c.term();
+        c.handle(
+            t(hb_at + 400),
+            Event::Received {
+                from: 2,
+                message: Message::Ack(Ack { term, echo_seq: seq }),
+            },
+        );
+        assert_eq!(c.lease_end(), Some(t(hb_at) + c.settings().owner_lease()));
+    }
+
+    #[test]
+    fn release_is_announced_only_after_the_shell_removed_the_vip() {
+        let (mut c, sent) = elect(5);
+        let term = c.term();
+        let out = c.handle(t(sent + 50), Event::Release { to: None });
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Release {
+                reason: ReleaseReason::Requested,
+                ..
+            }
+        )));
+        assert!(
+            !out.iter()
+                .any(|a| matches!(a, Action::Broadcast(Message::Release(_)))),
+            "{out:?}"
+        );
+        assert!(!c.holds_lease(t(sent + 50)));
+        let out = c.handle(t(sent + 80), Event::Released { term });
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Action::Broadcast(Message::Release(r)) if r.term == term))
+        );
+        assert_eq!(c.role(), RoleKind::Follower);
+    }
+
+    #[test]
+    fn an_owner_whose_database_fails_releases_at_once() {
+        let (mut c, sent) = elect(5);
+        let out = c.handle(
+            t(sent + 60),
+            Event::Health {
+                eligible: false,
+                position: 10,
+            },
+        );
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Release {
+                reason: ReleaseReason::Ineligible,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn an_owner_without_acks_starts_releasing_one_budget_before_its_lease_ends() {
+        let (mut c, sent) = elect(5);
+        let end = c.lease_end().unwrap();
+        let release_at = end - c.settings().release_budget;
+        assert!(c.next_deadline(release_at - Duration::from_millis(1)) <= release_at);
+        let out = c.handle(release_at - Duration::from_micros(1), Event::Tick);
+        assert!(!out.iter().any(|a| matches!(a, Action::Release { .. })));
+        let out = c.handle(release_at, Event::Tick);
+        assert!(
+            out.iter().any(|a| matches!(
+                a,
+                Action::Release {
+                    reason: ReleaseReason::LeaseExpiring,
+                    ..
+                }
+            )),
+            "{sent} {out:?}"
+        );
+    }
+
+    #[test]
+    fn settings_refuse_a_lease_that_leaves_no_room_to_renew() {
+        let mut s = settings(0);
+        s.lease = Duration::from_millis(400);
+        assert!(matches!(s.check(), Err(SettingsError::LeaseTooShort { .. })));
+        assert_eq!(settings(0).majority(), 2);
+    }
+}
