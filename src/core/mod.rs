@@ -19,11 +19,11 @@ mod rank;
 mod time;
 
 pub use message::{Ack, Heartbeat, Message, NodeIdx, Position, Release, Term, Vote, VoteRequest};
-#[cfg(test)]
-pub(crate) use ownership::Fault;
 pub use ownership::{
     Action, Core, Event, Grant, MAX_MEMBERS, Member, PeerView, PersistentState, ReleaseReason, RoleKind,
     Settings, SettingsError,
 };
+#[cfg(test)]
+pub(crate) use ownership::{Fault, splitmix64};
 pub use rank::Candidate;
 pub use time::Instant;

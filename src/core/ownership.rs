@@ -298,6 +298,16 @@ pub struct Core {
     fault: Option<Fault>,
 }
 
+/// splitmix64: a tiny deterministic generator, good enough to de-synchronise candidates (and
+/// to drive the simulator). Not for anything secret.
+pub(crate) fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn bit(n: NodeIdx) -> u64 {
     1u64 << n
 }
@@ -892,12 +902,7 @@ impl Core {
     }
 
     fn draw_jitter(&mut self) -> Duration {
-        // splitmix64: deterministic per seed, good enough to de-synchronise candidates.
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        let z = splitmix64(&mut self.rng);
         let half = u64::try_from(self.s.interval.as_micros() / 2)
             .unwrap_or(u64::MAX)
             .max(1);

@@ -12,6 +12,7 @@
 
 use crate::core::{
     Action, Core, Event, Fault, Instant, Member, Message, NodeIdx, PersistentState, RoleKind, Settings, Term,
+    splitmix64,
 };
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 mod tests;
 
-/// splitmix64: small, fast, and the whole run depends on nothing else.
+/// The run's only source of randomness, so a seed replays exactly.
 #[derive(Clone)]
 pub struct Rng(u64);
 
@@ -29,11 +30,7 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        splitmix64(&mut self.0)
     }
 
     /// Uniform in `lo..=hi`.
