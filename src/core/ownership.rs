@@ -273,8 +273,9 @@ pub struct Core {
     persisted: PersistentState,
     role: Role,
     grant: Option<Grant>,
-    /// The last release we accepted from our grant holder: acks to its older heartbeats stop.
-    released: Option<(NodeIdx, Term)>,
+    /// Per peer, the highest term it told us it released: no votes or acks for it up to that
+    /// term, so a delayed request or heartbeat cannot revive what it gave up.
+    released: Vec<Term>,
     /// A releasing owner named this successor; voters skip the ranking check for it.
     handover: Option<(NodeIdx, Instant)>,
     /// No votes, acks or candidacy before this (grants made before a restart may still be live).
@@ -329,7 +330,7 @@ impl Core {
             persisted,
             role: Role::Follower,
             grant: None,
-            released: None,
+            released: vec![0; n],
             handover: None,
             hold_until: now,
             retry_after: now,
@@ -607,7 +608,7 @@ impl Core {
 
     /// A voter renews `owner`'s lease for `term` only if that cannot contradict a grant it made:
     /// not while quiet after a restart, not while granting someone else, not for a term older
-    /// than its own, not if it voted for someone else in that term, not after `owner` released it.
+    /// than its own, not for a term `owner` has released.
     fn may_ack(&self, now: Instant, owner: NodeIdx, term: Term) -> bool {
         if self.quiet(now) || self.s.is_witness(owner) {
             return false;
@@ -615,12 +616,9 @@ impl Core {
         if self.live_grant(now).is_some_and(|g| g.to != owner) {
             return false;
         }
-        if term < self.persisted.term
-            || (term == self.persisted.term && self.persisted.voted_for.is_some_and(|v| v != owner))
-        {
-            return false;
-        }
-        self.released != Some((owner, term))
+        // A claim for our own term comes from the one agent that won it, even if we voted for a
+        // losing candidate; without a live grant elsewhere, supporting the winner is safe.
+        term >= self.persisted.term && term > self.released[usize::from(owner)]
     }
 
     fn on_ack(&mut self, now: Instant, from: NodeIdx, ack: Ack, out: &mut Vec<Action>) {
@@ -751,7 +749,6 @@ impl Core {
             term,
             until: now + self.s.lease,
         });
-        self.released = None;
         self.handover = None;
         self.role = Role::Candidate {
             term,
@@ -774,7 +771,8 @@ impl Core {
         let named_successor = self
             .handover
             .is_some_and(|(to, until)| to == self.s.me && now < until);
-        if let Role::Candidate { .. } = self.role
+        if let Role::Candidate { term, .. } = self.role
+            && req.term >= term
             && !named_successor
             && requester.better_than(&self.me_as_candidate())
         {
@@ -801,7 +799,6 @@ impl Core {
                 term: req.term,
                 until: self.grant.map_or(until, |g| g.until.max(until)),
             });
-            self.released = None;
         }
         out.push(Action::Send {
             to: from,
@@ -813,7 +810,7 @@ impl Core {
     }
 
     fn may_vote(&self, now: Instant, c: Candidate, term: Term) -> bool {
-        if self.quiet(now) || self.s.is_witness(c.node) {
+        if self.quiet(now) || self.s.is_witness(c.node) || term <= self.released[usize::from(c.node)] {
             return false;
         }
         let repeat = term == self.persisted.term && self.persisted.voted_for == Some(c.node);
@@ -945,16 +942,20 @@ impl Core {
 
     fn on_release(&mut self, now: Instant, from: NodeIdx, rel: Release) {
         self.peers[usize::from(from)].lease_claim = false;
-        if self.grant.is_some_and(|g| g.to == from && g.term <= rel.term) {
+        let released = &mut self.released[usize::from(from)];
+        *released = (*released).max(rel.term);
+        let from_holder = self.grant.is_some_and(|g| g.to == from && g.term <= rel.term);
+        if from_holder {
             self.grant = None;
-            self.released = Some((from, rel.term));
         }
+        // A successor named in an old, delayed release must not bypass the ranking.
+        let current = from_holder || rel.term >= self.persisted.term;
         if self.last_claim.is_some_and(|(who, _)| who == from) {
             self.last_claim = None;
             // Candidates stagger by rank from the moment the lease became free.
             self.retry_after = self.retry_after.max(now);
         }
-        if let Some(to) = rel.to {
+        if let Some(to) = rel.to.filter(|_| current) {
             self.handover = Some((to, now + self.s.lease));
             if to != self.s.me {
                 // Give the named successor a full lease to take over before competing with it.

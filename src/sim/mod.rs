@@ -142,10 +142,22 @@ enum Ev {
         agent: NodeIdx,
         generation: u64,
     },
+    /// The shell has removed the VIP it acquired for `term`.
+    VipRemoved {
+        agent: NodeIdx,
+        term: Term,
+        epoch: u64,
+    },
+    /// The shell reports the removal to the core (possibly late).
     Released {
         agent: NodeIdx,
         term: Term,
         epoch: u64,
+    },
+    /// An operator (or a graceful stop) asks the agent to give ownership up.
+    OperatorRelease {
+        agent: NodeIdx,
+        to: Option<NodeIdx>,
     },
     Restart {
         agent: NodeIdx,
@@ -190,6 +202,8 @@ struct Agent {
     position: u64,
     /// The VIP is configured on this host, and the shell's hard deadline for it (local time).
     vip: Option<Instant>,
+    /// The term the VIP was acquired for.
+    vip_term: Term,
     /// Bumped on every crash so that ticks and effects of the previous run are ignored.
     epoch: u64,
     tick_generation: u64,
@@ -247,6 +261,8 @@ pub struct Sim {
     trace: bool,
     fault: Option<Fault>,
     outcome: Outcome,
+    /// Who acquired each term: a term has at most one owner, ever.
+    owners: std::collections::BTreeMap<Term, NodeIdx>,
 }
 
 fn us(d: Duration) -> u64 {
@@ -276,6 +292,7 @@ impl Sim {
                     eligible: !scenario.members[i].witness && rng.chance(800),
                     position: rng.range(0, 1000),
                     vip: None,
+                    vip_term: 0,
                     epoch: 0,
                     tick_generation: 0,
                     highest_term: 0,
@@ -301,6 +318,7 @@ impl Sim {
             trace,
             fault,
             outcome: Outcome::default(),
+            owners: std::collections::BTreeMap::new(),
         };
         for i in 0..n as NodeIdx {
             // Agents start staggered over the first second.
@@ -396,9 +414,9 @@ impl Sim {
                 }
                 Ok(())
             }
-            Ev::Released { agent, term, epoch } => {
+            Ev::VipRemoved { agent, term, epoch } => {
                 let a = &mut self.agents[usize::from(agent)];
-                if a.epoch != epoch {
+                if a.epoch != epoch || a.vip_term != term {
                     return Ok(());
                 }
                 let local = a.clock.local(self.now);
@@ -410,8 +428,21 @@ impl Sim {
                         local.saturating_since(deadline)
                     )));
                 }
+                Ok(())
+            }
+            Ev::Released { agent, term, epoch } => {
+                let a = &self.agents[usize::from(agent)];
+                if a.epoch != epoch {
+                    return Ok(());
+                }
+                if a.vip.is_some() && a.vip_term == term {
+                    return Err(self.fail(format!(
+                        "agent {agent} reported term {term} released with the VIP up"
+                    )));
+                }
                 self.step(agent, Event::Released { term })
             }
+            Ev::OperatorRelease { agent, to } => self.step(agent, Event::Release { to }),
             Ev::Restart { agent } => self.restart(agent),
             Ev::Fault => {
                 self.inject_fault();
@@ -516,7 +547,11 @@ impl Sim {
                         "agent {agent} acquired the VIP in term {term} while agent {other} still holds it"
                     )));
                 }
+                if let Some(first) = self.owners.insert(term, agent) {
+                    return Err(self.fail(format!("agents {first} and {agent} both acquired term {term}")));
+                }
                 self.agents[i].vip = Some(lease_end);
+                self.agents[i].vip_term = term;
                 self.outcome.ownership_changes += 1;
             }
             Action::Renewed { lease_end, .. } => {
@@ -533,7 +568,17 @@ impl Sim {
                     .saturating_sub(1);
                 let at = self.rng.range(self.now, done.max(self.now));
                 let epoch = a.epoch;
-                self.push(at, Ev::Released { agent, term, epoch });
+                self.push(at, Ev::VipRemoved { agent, term, epoch });
+                // Usually the shell reports at once; sometimes late (past the lease), or never
+                // (the report was lost with a hung effect): the core must cope with both.
+                match self.rng.range(0, 9) {
+                    0 => {}
+                    1 => {
+                        let late = at + self.rng.range(0, 2 * us(self.scenario.lease));
+                        self.push(late, Ev::Released { agent, term, epoch });
+                    }
+                    _ => self.push(at, Ev::Released { agent, term, epoch }),
+                }
             }
         }
         Ok(())
@@ -590,7 +635,7 @@ impl Sim {
         let n = self.agents.len() as u64;
         let pick = |rng: &mut Rng| rng.range(0, n - 1) as NodeIdx;
         let max_delay = us(self.scenario.max_delay);
-        match self.rng.range(0, 13) {
+        match self.rng.range(0, 15) {
             0 => {
                 // Symmetric partition into two random sides.
                 let side: Vec<bool> = (0..n).map(|_| self.rng.chance(500)).collect();
@@ -654,6 +699,16 @@ impl Sim {
                     ag.eligible = !ag.eligible;
                 }
                 self.refresh_health(a);
+            }
+            14 | 15 => {
+                // An operator switchover or a graceful stop, with or without a named successor.
+                let agent = pick(&mut self.rng);
+                let to = self
+                    .rng
+                    .chance(500)
+                    .then(|| pick(&mut self.rng))
+                    .filter(|&t| t != agent);
+                self.push(self.now, Ev::OperatorRelease { agent, to });
             }
             12 | 13 => {
                 // One direction of one link becomes slow (or fast again).
