@@ -190,13 +190,12 @@ impl Config {
         let cluster = validate_cluster(&raw.cluster, base, &mut p);
         let mut nodes = validate_nodes(&raw.node, &mut p);
         if p.list.is_empty() {
+            nodes.sort_by(|a, b| a.id.cmp(&b.id));
             let config = Config {
                 file: file.to_path_buf(),
-                cluster: cluster.clone(),
-                nodes: Vec::new(),
+                cluster,
+                nodes,
             };
-            nodes.sort_by(|a, b| a.id.cmp(&b.id));
-            let config = Config { nodes, ..config };
             if let Err(e) = config.core_settings(0, 0).check() {
                 p.add(
                     &[Seg::Key("cluster"), Seg::Key("lease_ms")],

@@ -464,7 +464,6 @@ impl Sim {
         }
         let now = self.local(agent);
         let settings = self.scenario.settings(agent, self.rng.next_u64());
-        #[allow(unused_mut)]
         let mut core = Core::new(settings, self.agents[i].durable, now);
         if let Some(f) = self.fault {
             core.inject(f, now);
