@@ -2,12 +2,17 @@
 //! exactly one agent at a time under a majority lease.
 //!
 //! Layout: [`core`] is the pure ownership protocol; [`net`] the authenticated wire format;
-//! [`config`] turns the TOML file into checked settings. The simulator in `sim` (tests only)
+//! [`config`] turns the TOML file into checked settings; [`agent`] is the tokio loop that wires
+//! the core to sockets and effects; [`vip`] adds, removes and announces the virtual IPs;
+//! [`control`] is the socket `vipgate status` talks to. The simulator in `sim` (tests only)
 //! drives whole clusters of cores through seeded faults.
 
+pub mod agent;
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod net;
+pub mod vip;
 
 #[cfg(test)]
 mod sim;

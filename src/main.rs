@@ -19,6 +19,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent (as a service: systemd/vipgate.service).
+    Run {
+        /// The configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// This node's id (default: the host name).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Show the running agent's view of the cluster.
+    Status {
+        /// The configuration file (its [control] socket is used).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The control socket, instead of the one the configuration names.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file and print a summary of the cluster it describes.
     CheckConfig {
         /// The configuration file.
@@ -29,10 +50,16 @@ enum Command {
     },
 }
 
+const DEFAULT_CONFIG: &str = "/etc/vipgate/vipgate.toml";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::CheckConfig { file, node } => check_config(&file, node.as_deref()),
+        Command::CheckConfig { file, node } => {
+            check_config(&file, node.as_deref()).map_err(|e| e.to_string())
+        }
+        Command::Run { config, node } => run(&config, node.as_deref()),
+        Command::Status { config, socket, json } => status(&config, socket, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,6 +68,47 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// This node: `--node`, or the host name, which must then be a member.
+fn this_node(config: &Config, node: Option<&str>) -> Result<vipgate::core::NodeIdx, ConfigErrors> {
+    match node {
+        Some(id) => config.node_index(id),
+        None => config.node_index(&host_name().unwrap_or_default()),
+    }
+}
+
+fn run(file: &Path, node: Option<&str>) -> Result<(), String> {
+    let config = Config::load(file).map_err(|e| e.to_string())?;
+    let me = this_node(&config, node).map_err(|e| e.to_string())?;
+    let level = match std::env::var("VIPGATE_LOG").as_deref() {
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("warn") => tracing::Level::WARN,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    vipgate::agent::run(config, me)
+}
+
+fn status(file: &Path, socket: Option<PathBuf>, json: bool) -> Result<(), String> {
+    let socket = match socket {
+        Some(s) => s,
+        None => Config::load(file).map_err(|e| e.to_string())?.control.socket,
+    };
+    let answer = vipgate::control::request(&socket, "status")?;
+    let status: vipgate::control::Status = serde_json::from_str(&answer)
+        .map_err(|_| format!("the agent at {} answered: {}", socket.display(), answer.trim()))?;
+    if json {
+        println!("{}", answer.trim());
+    } else {
+        print!("{}", vipgate::control::render(&status));
+    }
+    Ok(())
 }
 
 fn host_name() -> Option<String> {

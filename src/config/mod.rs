@@ -7,9 +7,11 @@
 
 mod error;
 mod secret;
+mod vip;
 
 pub use error::{ConfigError, ConfigErrors, Seg};
 pub use secret::{KeyFileProblem, Secret, read_key_file};
+pub use vip::{Announce, Control, DEFAULT_SOCKET, Vip};
 
 use crate::core::{self, MAX_MEMBERS, Member, NodeIdx};
 use serde::Deserialize;
@@ -29,6 +31,12 @@ struct RawConfig {
     cluster: RawCluster,
     #[serde(default)]
     node: Vec<RawNode>,
+    #[serde(default)]
+    vip: Vec<vip::RawVip>,
+    #[serde(default)]
+    announce: vip::RawAnnounce,
+    #[serde(default)]
+    control: vip::RawControl,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +125,9 @@ pub struct Config {
     pub file: PathBuf,
     pub cluster: Cluster,
     pub nodes: Vec<Node>,
+    pub vips: Vec<Vip>,
+    pub announce: Announce,
+    pub control: Control,
 }
 
 /// Collects problems while validating.
@@ -189,12 +200,19 @@ impl Config {
         let base = file.parent().unwrap_or(Path::new("."));
         let cluster = validate_cluster(&raw.cluster, base, &mut p);
         let mut nodes = validate_nodes(&raw.node, &mut p);
+        let addresses: Vec<IpAddr> = nodes.iter().map(|n| n.address).collect();
+        let vips = vip::validate_vips(&raw.vip, &addresses, &mut p);
+        let announce = vip::validate_announce(&raw.announce, &mut p);
+        let control = vip::validate_control(&raw.control, base, &mut p);
         if p.list.is_empty() {
             nodes.sort_by(|a, b| a.id.cmp(&b.id));
             let config = Config {
                 file: file.to_path_buf(),
                 cluster,
                 nodes,
+                vips,
+                announce,
+                control,
             };
             if let Err(e) = config.core_settings(0, 0).check() {
                 p.add(
@@ -244,6 +262,12 @@ impl Config {
 
     pub fn majority(&self) -> usize {
         self.nodes.len() / 2 + 1
+    }
+
+    /// The VIPs node `me` holds while it owns: those of its region, and those without one.
+    pub fn vips_of(&self, me: NodeIdx) -> Vec<Vip> {
+        let region = &self.nodes[usize::from(me)].region;
+        self.vips.iter().filter(|v| v.serves(region)).cloned().collect()
     }
 
     /// The ownership core's settings for node `me`.

@@ -1,0 +1,492 @@
+//! The agent: the one place where the ownership core meets the world.
+//!
+//! A single tokio task owns the [`Core`] and feeds it events — datagrams, timer ticks at
+//! `next_deadline`, reports from effects, signals — then carries out the actions it returns, in
+//! order: `Persist` is written with fsync before anything after it is sent; `Acquire`,
+//! `Renewed` and `Release` become commands to the VIP task, which reports back. Effects run as
+//! their own tasks with their own deadlines, so a hung effect never stops heartbeats, and the
+//! VIP task removes the VIP at the lease end even if this loop stalls (the kernel lifetime on
+//! the address covers a frozen process).
+
+pub mod clock;
+pub mod state;
+
+use crate::config::Config;
+use crate::control::{self, GrantStatus, PeerStatus, Request, Status};
+use crate::core::{Action, Core, Event, Instant, Message, NodeIdx, RoleKind, Vote};
+use crate::net::{Codec, Receiver};
+use crate::vip::{self, Command, Report, VipStatus};
+use state::StateFile;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+/// After a VIP could not be added, the node stays ineligible this long before trying again.
+const VIP_FAULT_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs the agent for node `me` until SIGTERM or SIGINT. Blocks the calling thread.
+pub fn run(config: Config, me: NodeIdx) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let mut agent = Agent::start(config, me).await?;
+        agent.run().await
+    })
+}
+
+struct Agent {
+    config: Config,
+    me: NodeIdx,
+    ids: Vec<String>,
+    core: Core,
+    state: StateFile,
+    started: Instant,
+    socket: UdpSocket,
+    peers: Vec<SocketAddr>,
+    codec: Codec,
+    receiver: Receiver,
+    boot: u64,
+    counter: u64,
+    sent: u64,
+    received: u64,
+    send_errors: u64,
+    /// Votes granted and leases acknowledged, and how long after start the first one was.
+    grants_sent: u64,
+    first_grant: Option<Duration>,
+    vip_commands: Option<mpsc::UnboundedSender<Command>>,
+    vip_reports: mpsc::UnboundedReceiver<Report>,
+    vip_status: Arc<Mutex<VipStatus>>,
+    /// Why the VIP interfaces cannot carry the VIP, if they cannot.
+    links_down: Option<String>,
+    /// A failed VIP add, and until when it keeps this node ineligible.
+    vip_fault: Option<(String, Instant)>,
+    control: mpsc::Receiver<Request>,
+    /// Set once a stop was requested: exit when ownership is handed over, or at this deadline.
+    stopping: Option<Instant>,
+}
+
+impl Agent {
+    async fn start(config: Config, me: NodeIdx) -> Result<Agent, String> {
+        let secret = config.read_secret().map_err(|e| e.to_string())?;
+        let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();
+        let mut state = StateFile::open(&config.cluster.state_dir, ids.clone()).map_err(|e| e.to_string())?;
+        let unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let boot = state.next_boot(unix).map_err(|e| e.to_string())?;
+        let node = &config.nodes[usize::from(me)];
+        let bind = SocketAddr::new(node.address, config.cluster.port);
+        let socket = UdpSocket::bind(bind).await.map_err(|e| {
+            format!(
+                "cannot listen on UDP {bind}: {e}\n  fix: node {:?} must run on the host that has address {} \
+                 (check [[node]] address, or --node), and only one agent may run per node",
+                node.id, node.address
+            )
+        })?;
+        let peers = config
+            .nodes
+            .iter()
+            .map(|n| SocketAddr::new(n.address, config.cluster.port))
+            .collect();
+        let codec = Codec::new(
+            &config.cluster.name,
+            secret.bytes(),
+            config.fingerprint(),
+            ids.clone(),
+            me,
+        );
+        let receiver = Receiver::new(codec.clone(), ids.len());
+
+        let mine = if node.witness {
+            Vec::new()
+        } else {
+            config.vips_of(me)
+        };
+        let (vip_commands, vip_reports, vip_status) = if config.vips.is_empty() {
+            let (_, rx) = mpsc::unbounded_channel();
+            (None, rx, Arc::new(Mutex::new(VipStatus::default())))
+        } else {
+            let (tx, rx, status) = vip::start(mine, &config.vips, config.announce).await?;
+            (Some(tx), rx, status)
+        };
+
+        let (control_tx, control) = mpsc::channel(16);
+        control::serve(&config.control.socket, control_tx)?;
+
+        let now = clock::now();
+        let seed = boot ^ u64::from(std::process::id()).rotate_left(32) ^ now.as_micros();
+        let core = Core::new(config.core_settings(me, seed), state.persistent(), now);
+        tracing::info!(
+            node = %node.id,
+            boot,
+            term = core.term(),
+            listen = %bind,
+            "agent started; not voting for one lease ({} ms) after the restart",
+            config.cluster.lease.as_millis()
+        );
+        Ok(Agent {
+            me,
+            ids,
+            core,
+            state,
+            started: now,
+            socket,
+            peers,
+            codec,
+            receiver,
+            boot,
+            counter: 0,
+            sent: 0,
+            received: 0,
+            send_errors: 0,
+            grants_sent: 0,
+            first_grant: None,
+            vip_commands,
+            vip_reports,
+            vip_status,
+            links_down: None,
+            vip_fault: None,
+            control,
+            stopping: None,
+            config,
+        })
+    }
+
+    fn id(&self, n: NodeIdx) -> &str {
+        &self.ids[usize::from(n)]
+    }
+
+    fn witness(&self) -> bool {
+        self.config.nodes[usize::from(self.me)].witness
+    }
+
+    /// Why this node may not own right now, if it may not.
+    fn ineligible_reason(&self, now: Instant) -> Option<String> {
+        if self.witness() {
+            return Some("witness (votes, never owns)".into());
+        }
+        if self.stopping.is_some() {
+            return Some("stopping".into());
+        }
+        if let Some((error, until)) = &self.vip_fault
+            && now < *until
+        {
+            return Some(error.clone());
+        }
+        self.links_down.clone()
+    }
+
+    fn health(&self, now: Instant) -> Event {
+        Event::Health {
+            eligible: self.ineligible_reason(now).is_none(),
+            position: 0,
+        }
+    }
+
+    async fn run(&mut self) -> Result<(), String> {
+        let mut sigterm =
+            signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        let mut buf = [0u8; 2048];
+        let now = clock::now();
+        let health = self.health(now);
+        self.step(now, health)?;
+        loop {
+            let now = clock::now();
+            let mut deadline = self.core.next_deadline(now);
+            if let Some((_, until)) = self.vip_fault {
+                deadline = deadline.min(until.max(now));
+            }
+            if let Some(stop) = self.stopping {
+                deadline = deadline.min(stop);
+            }
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => {
+                    let now = clock::now();
+                    match received {
+                        Ok((n, _from)) => {
+                            if let Some((from, message)) = self.receiver.accept(&buf[..n]) {
+                                self.received += 1;
+                                self.step(now, Event::Received { from, message })?;
+                            }
+                        }
+                        Err(e) => tracing::debug!("receiving: {e}"),
+                    }
+                }
+                Some(report) = self.vip_reports.recv() => {
+                    let now = clock::now();
+                    self.on_report(now, report)?;
+                }
+                Some(request) = self.control.recv() => {
+                    let answer = self.answer(&request.command);
+                    let _ = request.reply.send(answer);
+                }
+                _ = sigterm.recv() => self.begin_stop("SIGTERM")?,
+                _ = sigint.recv() => self.begin_stop("SIGINT")?,
+                () = tokio::time::sleep(clock::until(deadline)) => {
+                    let now = clock::now();
+                    if let Some((error, until)) = &self.vip_fault
+                        && now >= *until
+                    {
+                        tracing::info!("retrying after the VIP failure ({error})");
+                        self.vip_fault = None;
+                        let health = self.health(now);
+                        self.step(now, health)?;
+                    }
+                    self.step(now, Event::Tick)?;
+                }
+            }
+            if let Some(stop) = self.stopping {
+                let busy = matches!(self.core.role(), RoleKind::Owner | RoleKind::Releasing);
+                if !busy {
+                    tracing::info!("stopped");
+                    return Ok(());
+                }
+                if clock::now() >= stop {
+                    return Err(
+                        "stopped before the VIP removal was confirmed; its kernel lifetime removes it".into(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn begin_stop(&mut self, signal: &str) -> Result<(), String> {
+        if self.stopping.is_some() {
+            return Ok(());
+        }
+        let now = clock::now();
+        tracing::info!("{signal}: handing ownership over and stopping");
+        // An owner gives the lease up explicitly so a successor takes over within about one
+        // interval; the deadline covers a removal that never completes.
+        let lease_end = self.core.lease_end().unwrap_or(now);
+        self.stopping = Some(lease_end.max(now) + self.config.cluster.interval);
+        self.step(now, Event::Release { to: None })
+    }
+
+    fn on_report(&mut self, now: Instant, report: Report) -> Result<(), String> {
+        match report {
+            Report::Dropped { term } => self.step(now, Event::Released { term }),
+            Report::Failed { term, error } => {
+                tracing::error!(term, "giving ownership up: {error}");
+                self.vip_fault = Some((error, now + VIP_FAULT_BACKOFF.max(self.config.cluster.lease)));
+                let health = self.health(now);
+                self.step(now, health)
+            }
+            Report::Links { ready, reason } => {
+                match &reason {
+                    Some(r) if self.core.role() == RoleKind::Owner => {
+                        tracing::warn!("{r}: giving ownership up")
+                    }
+                    Some(r) => tracing::warn!("{r}: not eligible to own"),
+                    None => tracing::info!("VIP interfaces are up"),
+                }
+                self.links_down = if ready { None } else { reason };
+                let health = self.health(now);
+                self.step(now, health)
+            }
+        }
+    }
+
+    /// Feeds one event to the core and carries out what it asks, in order.
+    fn step(&mut self, now: Instant, event: Event) -> Result<(), String> {
+        let owner_before = self.core.owner(now);
+        let actions = self.core.handle(now, event);
+        for action in actions {
+            self.execute(now, action)?;
+        }
+        let owner_after = self.core.owner(now);
+        if owner_after != owner_before && owner_after.is_some_and(|o| o != self.me) {
+            let owner = owner_after.map(|o| self.id(o).to_string()).unwrap_or_default();
+            tracing::info!(term = self.core.term(), "owner is {owner}");
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, now: Instant, action: Action) -> Result<(), String> {
+        match action {
+            Action::Persist(state) => self.state.save(state).map_err(|e| e.to_string())?,
+            Action::Send { to, message } => self.send(to, &message),
+            Action::Broadcast(message) => {
+                for to in 0..self.peers.len() as NodeIdx {
+                    if to != self.me {
+                        self.send(to, &message);
+                    }
+                }
+            }
+            Action::Acquire { term, lease_end } => {
+                tracing::info!(term, "became owner: adding the VIPs");
+                self.vip(Command::Hold {
+                    term,
+                    until: lease_end,
+                });
+            }
+            Action::Renewed { term, lease_end } => self.vip(Command::Hold {
+                term,
+                until: lease_end,
+            }),
+            Action::Release {
+                term,
+                reason,
+                lease_end,
+            } => {
+                tracing::warn!(term, "releasing ownership: {}", reason.as_str());
+                if self.vip_commands.is_some() {
+                    self.vip(Command::Drop { term, by: lease_end });
+                } else {
+                    // Nothing to remove: the release is complete at once.
+                    return self.step(now, Event::Released { term });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn vip(&self, command: Command) {
+        if let Some(tx) = &self.vip_commands {
+            // The VIP task only ends with the runtime.
+            let _ = tx.send(command);
+        }
+    }
+
+    fn send(&mut self, to: NodeIdx, message: &Message) {
+        self.counter += 1;
+        let bytes = self.codec.encode(self.boot, self.counter, message);
+        let addr = self.peers[usize::from(to)];
+        // Never wait for the socket: a full buffer or an unreachable peer is a lost datagram,
+        // which the protocol tolerates.
+        if matches!(
+            message,
+            Message::Ack(_) | Message::Vote(Vote { granted: true, .. })
+        ) {
+            self.grants_sent += 1;
+            self.first_grant
+                .get_or_insert_with(|| clock::now().saturating_since(self.started));
+        }
+        match self.socket.try_send_to(&bytes, addr) {
+            Ok(_) => self.sent += 1,
+            Err(e) => {
+                self.send_errors += 1;
+                tracing::debug!("sending to {}: {e}", self.id(to));
+            }
+        }
+    }
+
+    fn answer(&self, command: &str) -> String {
+        match command {
+            "status" => serde_json::to_string(&self.status(clock::now())).expect("status serialises"),
+            other => {
+                serde_json::json!({ "error": format!("unknown command {other:?}; try: status") }).to_string()
+            }
+        }
+    }
+
+    fn status(&self, now: Instant) -> Status {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let role = match self.core.role() {
+            RoleKind::Follower if self.witness() => "witness",
+            RoleKind::Follower => "follower",
+            RoleKind::Candidate => "candidate",
+            RoleKind::Owner => "owner",
+            RoleKind::Releasing => "releasing",
+        };
+        let lease = self.config.cluster.lease;
+        let peers = self
+            .config
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let i = i as NodeIdx;
+                if i == self.me {
+                    return PeerStatus {
+                        id: node.id.clone(),
+                        address: node.address.to_string(),
+                        witness: node.witness,
+                        last_heard_ms: Some(0),
+                        term: self.core.term(),
+                        owner: self.core.owner(now).map(|o| self.id(o).to_string()),
+                        role: role.to_string(),
+                        eligible: self.core.eligible(),
+                        position: 0,
+                        priority: node.priority,
+                    };
+                }
+                let view = self.core.peers()[usize::from(i)];
+                let since = view.last_heard.map(|t| now.saturating_since(t));
+                let role = if since.is_none_or(|d| d > lease) {
+                    "silent"
+                } else if node.witness {
+                    "witness"
+                } else if view.lease_claim && view.owner == Some(i) {
+                    "owner"
+                } else {
+                    "follower"
+                };
+                PeerStatus {
+                    id: node.id.clone(),
+                    address: node.address.to_string(),
+                    witness: node.witness,
+                    last_heard_ms: since.map(ms),
+                    term: view.term,
+                    owner: view.owner.map(|o| self.id(o).to_string()),
+                    role: role.to_string(),
+                    eligible: view.eligible,
+                    position: view.position,
+                    priority: view.priority,
+                }
+            })
+            .collect();
+        let mut dropped: BTreeMap<String, u64> = self
+            .receiver
+            .drops()
+            .iter()
+            .map(|(r, n)| (r.as_str().to_string(), n))
+            .collect();
+        if self.send_errors > 0 {
+            dropped.insert("send failed".into(), self.send_errors);
+        }
+        let grant = self.core.grant().filter(|g| now < g.until && g.to != self.me);
+        Status {
+            node: self.id(self.me).to_string(),
+            cluster: self.config.cluster.name.clone(),
+            boot: self.boot,
+            role: role.to_string(),
+            term: self.core.term(),
+            owner: self.core.owner(now).map(|o| self.id(o).to_string()),
+            lease_remaining_ms: self
+                .core
+                .lease_end()
+                .filter(|&end| now < end)
+                .map(|end| ms(end.saturating_since(now))),
+            grant: grant.map(|g| GrantStatus {
+                to: self.id(g.to).to_string(),
+                term: g.term,
+                remaining_ms: ms(g.until.saturating_since(now)),
+            }),
+            eligible: self.core.eligible(),
+            ineligible_reason: self.ineligible_reason(now),
+            quiet_remaining_ms: ms((self.started + lease).saturating_since(now)),
+            vips: self
+                .config
+                .vips_of(self.me)
+                .iter()
+                .filter(|_| !self.witness())
+                .map(|v| v.to_string())
+                .collect(),
+            vip: self.vip_status.lock().expect("status lock").clone(),
+            peers,
+            sent: self.sent,
+            received: self.received,
+            grants_sent: self.grants_sent,
+            first_grant_after_start_ms: self.first_grant.map(ms),
+            dropped,
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The state file: the term and vote the safety argument relies on, and the boot id.
+//!
+//! Written atomically — a temporary file is written and fsynced, renamed over the old one, and
+//! the directory fsynced — so a crash leaves either the old or the new state, never a torn one.
+//! The vote is stored by node id, not index, so it survives reordering of the member list.
+
+use crate::core::{NodeIdx, PersistentState, Term};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const FILE_NAME: &str = "state.toml";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {problem}\n  fix: {fix}")]
+pub struct StateError {
+    pub path: PathBuf,
+    pub problem: String,
+    pub fix: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnDisk {
+    term: Term,
+    voted_for: Option<String>,
+    boot: u64,
+}
+
+/// The open state file of one agent.
+pub struct StateFile {
+    dir: PathBuf,
+    path: PathBuf,
+    ids: Vec<String>,
+    disk: OnDisk,
+}
+
+impl StateFile {
+    /// Opens (creating `dir` if needed) and reads the state; a missing file is a first start.
+    pub fn open(dir: &Path, ids: Vec<String>) -> Result<StateFile, StateError> {
+        let path = dir.join(FILE_NAME);
+        let error = |problem: String, fix: &str| StateError {
+            path: path.clone(),
+            problem,
+            fix: fix.to_string(),
+        };
+        fs::create_dir_all(dir).map_err(|e| {
+            error(
+                format!("cannot create the state directory: {e}"),
+                "create it, or set [cluster] state_dir to a directory vipgate may write",
+            )
+        })?;
+        let disk = match fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| {
+                error(
+                    format!("the state file is damaged: {}", e.message()),
+                    "restore it from a backup, or delete it (the agent then starts as new and \
+                     waits one lease before voting)",
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => OnDisk::default(),
+            Err(e) => {
+                return Err(error(
+                    format!("cannot read the state file: {e}"),
+                    "check its permissions (vipgate must read and write it)",
+                ));
+            }
+        };
+        Ok(StateFile {
+            dir: dir.to_path_buf(),
+            path,
+            ids,
+            disk,
+        })
+    }
+
+    /// The term and vote as last persisted. A vote for an id that is no longer a member counts
+    /// as no vote (its term is still respected).
+    pub fn persistent(&self) -> PersistentState {
+        PersistentState {
+            term: self.disk.term,
+            voted_for: self
+                .disk
+                .voted_for
+                .as_ref()
+                .and_then(|id| self.ids.iter().position(|i| i == id))
+                .map(|i| i as NodeIdx),
+        }
+    }
+
+    pub fn boot(&self) -> u64 {
+        self.disk.boot
+    }
+
+    /// Takes the next boot id — greater than every earlier one, and at least the wall clock in
+    /// seconds so that a lost state file still yields a fresh id — and persists it.
+    pub fn next_boot(&mut self, unix_secs: u64) -> Result<u64, StateError> {
+        self.disk.boot = (self.disk.boot + 1).max(unix_secs);
+        self.write()?;
+        Ok(self.disk.boot)
+    }
+
+    /// Persists `state` durably before returning.
+    pub fn save(&mut self, state: PersistentState) -> Result<(), StateError> {
+        self.disk.term = state.term;
+        self.disk.voted_for = state.voted_for.map(|i| self.ids[usize::from(i)].clone());
+        self.write()
+    }
+
+    fn write(&self) -> Result<(), StateError> {
+        let error = |what: &str, e: std::io::Error| StateError {
+            path: self.path.clone(),
+            problem: format!("cannot {what}: {e}"),
+            fix: "check that the state directory is writable and the disk not full; the agent \
+                  must not vote or own without persisting its state"
+                .to_string(),
+        };
+        let text = toml::to_string(&self.disk).expect("the state serialises");
+        let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| error("create the temporary state file", e))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| error("write the temporary state file", e))?;
+        fs::rename(&tmp, &self.path).map_err(|e| error("replace the state file", e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| error("sync the state directory", e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> Vec<String> {
+        ["db1", "db2", "w1"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn state_survives_reopening_and_boot_ids_only_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateFile::open(dir.path(), ids()).unwrap();
+        assert_eq!(s.persistent(), PersistentState::default());
+        assert_eq!(s.next_boot(1000).unwrap(), 1000);
+        s.save(PersistentState {
+            term: 7,
+            voted_for: Some(1),
+        })
+        .unwrap();
+        let mut s = StateFile::open(dir.path(), ids()).unwrap();
+        assert_eq!(s.persistent().term, 7);
+        assert_eq!(s.persistent().voted_for, Some(1));
+        // A wall clock that went backwards still yields a greater boot id.
+        assert_eq!(s.next_boot(10).unwrap(), 1001);
+        assert_eq!(s.boot(), 1001);
+        assert!(!dir.path().join("state.toml.tmp").exists());
+    }
+
+    #[test]
+    fn a_vote_is_kept_by_id_when_members_are_renumbered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateFile::open(dir.path(), ids()).unwrap();
+        s.save(PersistentState {
+            term: 3,
+            voted_for: Some(2),
+        })
+        .unwrap();
+        let renumbered = ["a0", "db1", "db2", "w1"].map(String::from).to_vec();
+        let s = StateFile::open(dir.path(), renumbered).unwrap();
+        assert_eq!(s.persistent().voted_for, Some(3));
+        let gone = ["db1", "db2"].map(String::from).to_vec();
+        let s = StateFile::open(dir.path(), gone).unwrap();
+        assert_eq!(
+            s.persistent(),
+            PersistentState {
+                term: 3,
+                voted_for: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_damaged_state_file_is_refused_with_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("state.toml"), "term = \"x\"").unwrap();
+        let e = StateFile::open(dir.path(), ids()).err().unwrap().to_string();
+        assert!(e.contains("state.toml"), "{e}");
+        assert!(e.contains("damaged") && e.contains("delete it"), "{e}");
+    }
+}

@@ -1,0 +1,258 @@
+//! The control socket: how `vipgate status` (and later other commands) talk to a running agent.
+//!
+//! A Unix stream socket at `[control] socket`, owner-only. A client writes one command line
+//! (`status`) and reads one JSON document back; the connection then closes. Requests are
+//! bounded in size and time, and answered by the agent loop from its own state, so what the
+//! CLI prints is exactly what the agent acts on.
+
+use crate::vip::VipStatus;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+const MAX_REQUEST: u64 = 256;
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One agent's view of the cluster, as `vipgate status --json` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub node: String,
+    pub cluster: String,
+    pub boot: u64,
+    pub role: String,
+    pub term: u64,
+    /// Whom this agent considers the owner (itself, or the holder of its live grant).
+    pub owner: Option<String>,
+    /// While owner: time left on the lease.
+    pub lease_remaining_ms: Option<u64>,
+    /// The lease this agent supports: to whom, in which term, for how much longer.
+    pub grant: Option<GrantStatus>,
+    pub eligible: bool,
+    /// Why this node may not own, when it may not.
+    pub ineligible_reason: Option<String>,
+    /// After a restart the agent neither votes nor acknowledges for one lease.
+    pub quiet_remaining_ms: u64,
+    pub vips: Vec<String>,
+    pub vip: VipStatus,
+    pub peers: Vec<PeerStatus>,
+    pub sent: u64,
+    pub received: u64,
+    /// Votes granted plus lease acknowledgements sent.
+    pub grants_sent: u64,
+    /// How long after start this agent first granted a vote or acknowledged a lease: never
+    /// less than one lease, since it may have granted one before a restart.
+    pub first_grant_after_start_ms: Option<u64>,
+    /// Dropped datagrams by reason.
+    pub dropped: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantStatus {
+    pub to: String,
+    pub term: u64,
+    pub remaining_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub id: String,
+    pub address: String,
+    pub witness: bool,
+    /// Milliseconds since its last heartbeat; `None` if never heard.
+    pub last_heard_ms: Option<u64>,
+    pub term: u64,
+    /// Whom the peer considers the owner.
+    pub owner: Option<String>,
+    /// owner, follower, witness, or silent (not heard within a lease).
+    pub role: String,
+    pub eligible: bool,
+    pub position: u64,
+    pub priority: u8,
+}
+
+/// A request from the socket, answered by the agent loop.
+pub struct Request {
+    pub command: String,
+    pub reply: oneshot::Sender<String>,
+}
+
+/// Binds the control socket (replacing a stale one) and serves it until the runtime stops.
+pub fn serve(path: &Path, requests: mpsc::Sender<Request>) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {} for the control socket: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "{} is in use: another vipgate agent is running with this configuration",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                let mut reader = BufReader::new(read.take(MAX_REQUEST));
+                let read = tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await;
+                if !matches!(read, Ok(Ok(n)) if n > 0) {
+                    return;
+                }
+                let (tx, rx) = oneshot::channel();
+                let request = Request {
+                    command: line.trim().to_string(),
+                    reply: tx,
+                };
+                if requests.send(request).await.is_err() {
+                    return;
+                }
+                if let Ok(Ok(answer)) = tokio::time::timeout(CLIENT_TIMEOUT, rx).await {
+                    let _ = write.write_all(answer.as_bytes()).await;
+                    let _ = write.write_all(b"\n").await;
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Sends `command` to the agent at `path` and returns its answer.
+pub fn request(path: &Path, command: &str) -> Result<String, String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        format!(
+            "cannot reach the agent at {}: {e}\n  fix: is `vipgate run` running? Pass --config (or --socket) \
+             for the agent's [control] socket",
+            path.display()
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(CLIENT_TIMEOUT)))
+        .map_err(|e| format!("control socket: {e}"))?;
+    stream
+        .write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| format!("sending to {}: {e}", path.display()))?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("reading from {}: {e}", path.display()))?;
+    if answer.is_empty() {
+        return Err(format!(
+            "the agent at {} closed the connection without answering",
+            path.display()
+        ));
+    }
+    Ok(answer)
+}
+
+fn secs(ms: u64) -> String {
+    format!("{:.2} s", ms as f64 / 1000.0)
+}
+
+/// The compact table `vipgate status` prints.
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let lease = match (s.lease_remaining_ms, &s.grant) {
+        (Some(ms), _) => format!("lease {} left", secs(ms)),
+        (None, Some(g)) => format!("granting {} (term {}) for {}", g.to, g.term, secs(g.remaining_ms)),
+        (None, None) => "no live lease known".to_string(),
+    };
+    let owner = s.owner.as_deref().unwrap_or("none");
+    let _ = writeln!(
+        out,
+        "{} ({})  {}  term {}  owner {}  {}",
+        s.node, s.cluster, s.role, s.term, owner, lease
+    );
+    if let Some(reason) = &s.ineligible_reason {
+        let _ = writeln!(out, "not eligible: {reason}");
+    }
+    if s.quiet_remaining_ms > 0 {
+        let _ = writeln!(
+            out,
+            "restarted: not voting for another {}",
+            secs(s.quiet_remaining_ms)
+        );
+    }
+    let held = if s.vip.held.is_empty() {
+        "none".to_string()
+    } else {
+        s.vip.held.join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "VIPs held: {held}  (announced {} frames, re-added {}, errors {})",
+        s.vip.announced, s.vip.readded, s.vip.errors
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<12} {:<10} {:<8} {:>6}  {:<10} {:>8}  LAST HEARD",
+        "NODE", "ROLE", "ELIGIBLE", "TERM", "SEES OWNER", "PRIORITY"
+    );
+    for p in &s.peers {
+        let me = p.id == s.node;
+        let name = if me { format!("{}*", p.id) } else { p.id.clone() };
+        let heard = match (me, p.last_heard_ms) {
+            (true, _) => "(this node)".to_string(),
+            (false, Some(ms)) => format!("{} ago", secs(ms)),
+            (false, None) => "never".to_string(),
+        };
+        let eligible = if p.witness {
+            "-"
+        } else if p.eligible {
+            "yes"
+        } else {
+            "no"
+        };
+        let _ = writeln!(
+            out,
+            "{:<12} {:<10} {:<8} {:>6}  {:<10} {:>8}  {heard}",
+            name,
+            p.role,
+            eligible,
+            p.term,
+            p.owner.as_deref().unwrap_or("-"),
+            if p.witness {
+                "-".to_string()
+            } else {
+                p.priority.to_string()
+            },
+        );
+    }
+    let _ = writeln!(out);
+    let dropped: Vec<String> = s
+        .dropped
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "datagrams: sent {}, accepted {}, dropped {}",
+        s.sent,
+        s.received,
+        if dropped.is_empty() {
+            "none".to_string()
+        } else {
+            dropped.join(", ")
+        }
+    );
+    out
+}

@@ -1,0 +1,870 @@
+//! The network-namespace lab: real hosts, links, a switch and a client on one machine.
+//!
+//! Shared by the integration tests, the demo (`examples/demo.rs`) and the benchmark
+//! (`examples/failover_bench.rs`). Everything lives in namespaces this lab creates — nothing is
+//! configured in the root namespace — with names unique to the run (`vg<pid><n>-db1`), and only
+//! documentation addresses (192.0.2.0/24, 2001:db8::/64). Dropping the [`Lab`] (also while
+//! unwinding from a panic) kills the processes it started, by pid, and deletes its namespaces.
+//!
+//! Topology: `<p>-sw` holds bridge `br0`; each host `<p>-<name>` has `eth0` on a veth whose
+//! switch end is named after the host. Ground truth comes from observers, not from the agents:
+//! which hosts hold a VIP (sampled every 2 ms from each namespace), the client's neighbour
+//! entry, and the gaps between the client's ping replies.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use vipgate::control::Status;
+
+pub const VIP4: &str = "192.0.2.50";
+pub const VIP6: &str = "2001:db8::50";
+pub const CLIENT: &str = "client";
+pub const ROGUE: &str = "rogue";
+const PORT: u16 = 6987;
+
+/// Lab runs are serialised: several clusters at once on a small machine would make timing
+/// noise, not findings.
+static SERIAL: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// One host of the lab.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub name: String,
+    pub ns: String,
+    pub ip4: String,
+    pub ip6: String,
+    pub mac: String,
+    pub priority: u8,
+    pub witness: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub interval_ms: u64,
+    pub lease_ms: u64,
+    pub ipv6_vip: bool,
+    /// Extra lines for the `[announce]` table.
+    pub announce: String,
+}
+
+impl Default for Spec {
+    fn default() -> Spec {
+        Spec {
+            interval_ms: 200,
+            lease_ms: 1000,
+            ipv6_vip: false,
+            announce: "delay_ms = 500\nrefresh_ms = 30000\n".into(),
+        }
+    }
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Checks that the lab can run here, with a clear message when it cannot.
+fn preflight() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the network-namespace lab needs root (CAP_NET_ADMIN, CAP_NET_RAW): run the test suite as root, \
+         e.g. `sudo bash scripts/test.sh`"
+    );
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("ping", "iputils-ping"),
+        ("tc", "iproute2"),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "the lab needs `{tool}`: install the Debian package {package} (scripts/test.sh does)"
+        );
+    }
+}
+
+/// Polls `cond` every 5 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `ns`, returning its result.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        f()
+    })
+    .join()
+    .expect("thread in namespace panicked")
+}
+
+/// Moves the calling thread into network namespace `ns` (for good).
+pub fn enter_netns(ns: &str) {
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap_or_else(|e| panic!("namespace {ns}: {e}"));
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// Who held which VIP when: contiguous runs of samples in which a host held it.
+#[derive(Default)]
+struct Holdings {
+    /// Per (host, vip): runs of (first seen, last seen).
+    runs: BTreeMap<(String, String), Vec<(Instant, Instant)>>,
+    /// Per (host, vip): whether the latest sample saw it.
+    now: BTreeMap<(String, String), bool>,
+}
+
+fn record(data: &Mutex<Holdings>, name: &str, vips: &[String], seen: Vec<bool>, t: Instant) {
+    let mut d = data.lock().unwrap();
+    for (vip, held) in vips.iter().zip(seen) {
+        let key = (name.to_string(), vip.clone());
+        let was = d.now.insert(key.clone(), held).unwrap_or(false);
+        if held {
+            let runs = d.runs.entry(key).or_default();
+            match runs.last_mut() {
+                Some(run) if was => run.1 = t,
+                _ => runs.push((t, t)),
+            }
+        }
+    }
+}
+
+/// Samples every host's `eth0` for the VIPs.
+pub struct VipObserver {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    data: Arc<Mutex<Holdings>>,
+}
+
+impl VipObserver {
+    fn start(hosts: &[Host], vips: Vec<String>) -> VipObserver {
+        let stop = Arc::new(AtomicBool::new(false));
+        let data = Arc::new(Mutex::new(Holdings::default()));
+        let mut threads = Vec::new();
+        for h in hosts {
+            let (stop, data, vips, ns, name) = (
+                stop.clone(),
+                data.clone(),
+                vips.clone(),
+                h.ns.clone(),
+                h.name.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                enter_netns(&ns);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let nl = vipgate::vip::netlink::Netlink::connect().expect("netlink");
+                    let (index, _) = nl.link("eth0").await.expect("eth0");
+                    let addrs: Vec<std::net::IpAddr> = vips.iter().map(|v| v.parse().unwrap()).collect();
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut seen = Vec::new();
+                        for a in &addrs {
+                            seen.push(nl.holds(index, *a).await.unwrap_or(false));
+                        }
+                        let t = Instant::now();
+                        record(&data, &name, &vips, seen, t);
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                });
+            }));
+        }
+        VipObserver { stop, threads, data }
+    }
+
+    /// Hosts whose latest sample held `vip`.
+    pub fn holders(&self, vip: &str) -> Vec<String> {
+        let d = self.data.lock().unwrap();
+        d.now
+            .iter()
+            .filter(|((_, v), held)| v == vip && **held)
+            .map(|((h, _), _)| h.clone())
+            .collect()
+    }
+
+    /// Whether `host` holds `vip` and no one else does.
+    pub fn sole_holder(&self, vip: &str, host: &str) -> bool {
+        self.holders(vip) == [host.to_string()]
+    }
+
+    /// Runs in which `host` held `vip`.
+    pub fn runs(&self, host: &str, vip: &str) -> Vec<(Instant, Instant)> {
+        let d = self.data.lock().unwrap();
+        d.runs
+            .get(&(host.to_string(), vip.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every time two hosts were both seen holding `vip`: (host a, host b, overlap).
+    pub fn overlaps(&self, vip: &str) -> Vec<(String, String, Duration)> {
+        let d = self.data.lock().unwrap();
+        let hosts: Vec<&String> = d.runs.keys().filter(|(_, v)| v == vip).map(|(h, _)| h).collect();
+        let mut found = Vec::new();
+        for (i, a) in hosts.iter().enumerate() {
+            for b in &hosts[i + 1..] {
+                for ra in &d.runs[&((*a).clone(), vip.to_string())] {
+                    for rb in &d.runs[&((*b).clone(), vip.to_string())] {
+                        let start = ra.0.max(rb.0);
+                        let end = ra.1.min(rb.1);
+                        if start <= end {
+                            found.push(((*a).clone(), (*b).clone(), end - start));
+                        }
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The client's ping to a VIP: reply timestamps, for outage measurement.
+pub struct Pinger {
+    child: Option<Child>,
+    replies: Arc<Mutex<Vec<f64>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Pinger {
+    /// The largest gap between consecutive replies received after `since_unix` (seconds).
+    pub fn max_gap_since(&self, since_unix: f64) -> Option<Duration> {
+        let r = self.replies.lock().unwrap();
+        let recent: Vec<f64> = r.iter().copied().filter(|t| *t >= since_unix).collect();
+        recent
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g))))
+            .map(Duration::from_secs_f64)
+    }
+
+    pub fn replies_since(&self, since_unix: f64) -> usize {
+        self.replies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t >= since_unix)
+            .count()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_group(&c, nix::sys::signal::Signal::SIGKILL);
+            let _ = c.wait();
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn kill_group(child: &Child, signal: nix::sys::signal::Signal) {
+    // Each child leads its own process group (started with process_group(0)).
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::killpg(pid, signal);
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub spec: Spec,
+    pub hosts: Vec<Host>,
+    pub client: Host,
+    pub dir: tempfile::TempDir,
+    bin: PathBuf,
+    namespaces: Vec<String>,
+    agents: BTreeMap<String, Child>,
+    observer: Option<VipObserver>,
+    extra: Vec<Host>,
+    nft_ready: bool,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn host(prefix: &str, name: &str, n: u8, priority: u8, witness: bool) -> Host {
+    Host {
+        name: name.into(),
+        ns: format!("{prefix}-{name}"),
+        ip4: format!("192.0.2.{n}"),
+        ip6: format!("2001:db8::{n}"),
+        mac: format!("02:00:00:00:00:{n:02x}"),
+        priority,
+        witness,
+    }
+}
+
+impl Lab {
+    /// Builds the switch, db1 (priority 150), db2 (100), witness w1 and a client, and writes
+    /// each agent's configuration. Agents are not started yet.
+    pub fn new(bin: &Path, spec: Spec) -> Lab {
+        preflight();
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let prefix = format!(
+            "vg{}{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let hosts = vec![
+            host(&prefix, "db1", 11, 150, false),
+            host(&prefix, "db2", 12, 100, false),
+            host(&prefix, "w1", 13, 100, true),
+        ];
+        let client = host(&prefix, CLIENT, 100, 0, false);
+        let mut lab = Lab {
+            dir: tempfile::Builder::new()
+                .prefix(&format!("{prefix}-"))
+                .tempdir()
+                .expect("temp dir"),
+            prefix,
+            spec,
+            hosts,
+            client,
+            bin: bin.to_path_buf(),
+            namespaces: Vec::new(),
+            agents: BTreeMap::new(),
+            observer: None,
+            extra: Vec::new(),
+            nft_ready: false,
+            _serial: serial,
+        };
+        lab.build();
+        lab
+    }
+
+    fn add_ns(&mut self, ns: &str) {
+        sh(&["ip", "netns", "add", ns]);
+        self.namespaces.push(ns.to_string());
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+
+    fn sw(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+
+    /// Plugs host `h` into the switch.
+    pub fn attach(&mut self, h: &Host) {
+        let sw = self.sw();
+        self.add_ns(&h.ns);
+        sh(&[
+            "ip", "-n", &sw, "link", "add", &h.name, "type", "veth", "peer", "name", "eth0", "netns", &h.ns,
+        ]);
+        sh(&["ip", "-n", &sw, "link", "set", &h.name, "master", "br0", "up"]);
+        let ns = h.ns.as_str();
+        sh(&["ip", "-n", ns, "link", "set", "eth0", "address", &h.mac]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/24", h.ip4),
+            "dev",
+            "eth0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/64", h.ip6),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+    }
+
+    fn build(&mut self) {
+        let sw = self.sw();
+        self.add_ns(&sw);
+        sh(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+        for h in self.hosts.clone() {
+            self.attach(&h);
+        }
+        let client = self.client.clone();
+        self.attach(&client);
+        // The client re-checks a neighbour only after a minute: a changed entry is the
+        // announcement's doing, not its own probing.
+        for (family, key) in [
+            ("ipv4", "delay_first_probe_time"),
+            ("ipv6", "delay_first_probe_time"),
+        ] {
+            sysctl(&client.ns, &format!("net.{family}.neigh.eth0.{key}"), "60");
+        }
+        for family in ["ipv4", "ipv6"] {
+            sysctl(
+                &client.ns,
+                &format!("net.{family}.neigh.eth0.base_reachable_time_ms"),
+                "60000",
+            );
+        }
+        let secret = self.dir.path().join("secret");
+        std::fs::write(&secret, "lab-secret-0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        for h in self.hosts.clone() {
+            std::fs::create_dir_all(self.dir.path().join(&h.name)).unwrap();
+            std::fs::write(self.config_path(&h.name), self.config_text(&h.name)).unwrap();
+        }
+        let mut vips = vec![VIP4.to_string()];
+        if self.spec.ipv6_vip {
+            vips.push(VIP6.to_string());
+        }
+        self.observer = Some(VipObserver::start(&self.hosts, vips));
+    }
+
+    pub fn config_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name).join("vipgate.toml")
+    }
+
+    pub fn socket_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name).join("control.sock")
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name).join("agent.log")
+    }
+
+    pub fn state_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name).join("state").join("state.toml")
+    }
+
+    /// The configuration every agent gets (the same file, written once per host directory).
+    pub fn config_text(&self, name: &str) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "[cluster]\nname = \"lab\"\nsecret_file = \"../secret\"\nport = {PORT}"
+        );
+        let _ = writeln!(
+            t,
+            "heartbeat_interval_ms = {}\nlease_ms = {}\nstate_dir = \"state\"\n",
+            self.spec.interval_ms, self.spec.lease_ms
+        );
+        let _ = writeln!(t, "[control]\nsocket = \"control.sock\"\n");
+        let _ = writeln!(t, "[announce]\n{}", self.spec.announce);
+        for h in &self.hosts {
+            let _ = writeln!(
+                t,
+                "[[node]]\nid = \"{}\"\naddress = \"{}\"\npriority = {}\nwitness = {}\n",
+                h.name,
+                h.ip4,
+                h.priority.max(1),
+                h.witness
+            );
+        }
+        let _ = writeln!(
+            t,
+            "[[vip]]\naddress = \"{VIP4}/24\"\ninterface = \"eth0\"\nlabel = \"eth0:vip\"\n"
+        );
+        if self.spec.ipv6_vip {
+            let _ = writeln!(t, "[[vip]]\naddress = \"{VIP6}/64\"\ninterface = \"eth0\"\n");
+        }
+        let _ = name;
+        t
+    }
+
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .chain(std::iter::once(&self.client))
+            .chain(&self.extra)
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host {name}"))
+    }
+
+    pub fn observer(&self) -> &VipObserver {
+        self.observer.as_ref().expect("observer")
+    }
+
+    /// Starts the agent of `name` (its log goes to `log_path`).
+    pub fn start(&mut self, name: &str) {
+        assert!(!self.agents.contains_key(name), "agent {name} is already running");
+        let h = self.host(name).clone();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &h.ns])
+            .arg(&self.bin)
+            .args(["run", "--config"])
+            .arg(self.config_path(name))
+            .args(["--node", name])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start vipgate");
+        self.agents.insert(name.to_string(), child);
+    }
+
+    pub fn start_all(&mut self) {
+        for name in ["db1", "db2", "w1"] {
+            self.start(name);
+        }
+    }
+
+    pub fn pid(&self, name: &str) -> i32 {
+        self.agents[name].id() as i32
+    }
+
+    pub fn signal(&self, name: &str, signal: nix::sys::signal::Signal) {
+        kill_group(&self.agents[name], signal);
+    }
+
+    /// SIGKILLs the agent of `name` and reaps it.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut c) = self.agents.remove(name) {
+            kill_group(&c, nix::sys::signal::Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the agent to exit; returns its exit code.
+    pub fn stop(&mut self, name: &str, limit: Duration) -> Option<i32> {
+        let mut c = self.agents.remove(name)?;
+        kill_group(&c, nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= end {
+                kill_group(&c, nix::sys::signal::Signal::SIGKILL);
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The agent's own status, or `None` if it does not answer.
+    pub fn status(&self, name: &str) -> Option<Status> {
+        let answer = vipgate::control::request(&self.socket_path(name), "status").ok()?;
+        serde_json::from_str(&answer).ok()
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    /// All agents' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for h in &self.hosts {
+            let _ = writeln!(all, "----- {} -----\n{}", h.name, self.log(&h.name));
+        }
+        all
+    }
+
+    /// Waits until `name` is the only host holding `vip`; panics with the logs if it is not
+    /// within `limit`. Returns how long it took.
+    pub fn expect_sole_holder(&self, vip: &str, name: &str, limit: Duration) -> Duration {
+        let t = Instant::now();
+        assert!(
+            wait_for(limit, || self.observer().sole_holder(vip, name)),
+            "{name} did not become the only holder of {vip} within {limit:?}; holders: {:?}\n{}",
+            self.observer().holders(vip),
+            self.logs()
+        );
+        t.elapsed()
+    }
+
+    /// Asserts that no two hosts were ever seen holding `vip` at once.
+    pub fn assert_never_two_holders(&self, vip: &str) {
+        let overlaps = self.observer().overlaps(vip);
+        assert!(
+            overlaps.is_empty(),
+            "two hosts held {vip} at once: {overlaps:?}\n{}",
+            self.logs()
+        );
+    }
+
+    /// The client's neighbour entry (MAC) for `ip`, if it has one.
+    pub fn client_neighbour(&self, ip: &str) -> Option<String> {
+        let out = sh(&["ip", "-n", &self.client.ns, "neigh", "show", ip, "dev", "eth0"]);
+        let mut words = out.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "lladdr" {
+                return words.next().map(str::to_string);
+            }
+        }
+        None
+    }
+
+    /// One ping from the client to `ip`; whether it was answered (within 1 s).
+    pub fn client_ping(&self, ip: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client.ns,
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                ip,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Starts a ping from the client to `ip` every 5 ms.
+    pub fn pinger(&self, ip: &str) -> Pinger {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client.ns,
+                "ping",
+                "-n",
+                "-D",
+                "-i",
+                "0.005",
+                ip,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start ping");
+        let stdout = child.stdout.take().unwrap();
+        let replies = Arc::new(Mutex::new(Vec::new()));
+        let sink = replies.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // "[1700000000.123456] 64 bytes from 192.0.2.50: icmp_seq=1 ttl=64 time=0.1 ms"
+                if line.contains("bytes from")
+                    && let Some(ts) = line.strip_prefix('[').and_then(|l| l.split(']').next())
+                    && let Ok(t) = ts.parse::<f64>()
+                {
+                    sink.lock().unwrap().push(t);
+                }
+            }
+        });
+        Pinger {
+            child: Some(child),
+            replies,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn link_down(&self, name: &str) {
+        sh(&["ip", "-n", &self.host(name).ns, "link", "set", "eth0", "down"]);
+    }
+
+    pub fn link_up(&self, name: &str) {
+        sh(&["ip", "-n", &self.host(name).ns, "link", "set", "eth0", "up"]);
+    }
+
+    /// Drops every frame between hosts `a` and `b` in the switch (both directions); both still
+    /// reach everyone else.
+    pub fn cut(&mut self, a: &str, b: &str) {
+        let sw = self.sw();
+        if !self.nft_ready {
+            sh(&[
+                "ip", "netns", "exec", &sw, "nft", "add", "table", "bridge", "vglab",
+            ]);
+            let chain = [
+                "ip", "netns", "exec", &sw, "nft", "add", "chain", "bridge", "vglab", "cuts",
+            ];
+            let hook = "{ type filter hook forward priority 0; policy accept; }";
+            sh(&[&chain[..], &[hook]].concat());
+            self.nft_ready = true;
+        }
+        let (ma, mb) = (self.host(a).mac.clone(), self.host(b).mac.clone());
+        for (s, d) in [(&ma, &mb), (&mb, &ma)] {
+            sh(&[
+                "ip", "netns", "exec", &sw, "nft", "add", "rule", "bridge", "vglab", "cuts", "ether",
+                "saddr", s, "ether", "daddr", d, "drop",
+            ]);
+        }
+    }
+
+    /// Removes every cut.
+    pub fn heal(&mut self) {
+        if self.nft_ready {
+            let sw = self.sw();
+            sh(&[
+                "ip", "netns", "exec", &sw, "nft", "flush", "chain", "bridge", "vglab", "cuts",
+            ]);
+        }
+    }
+
+    /// Applies netem (e.g. `["delay", "50ms", "loss", "30%"]`) to frames towards and from `name`.
+    pub fn netem(&self, name: &str, args: &[&str]) {
+        let sw = self.sw();
+        let h = self.host(name);
+        for (ns, dev) in [(sw.as_str(), h.name.as_str()), (h.ns.as_str(), "eth0")] {
+            let mut cmd = vec!["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "netem"];
+            cmd.extend_from_slice(args);
+            sh(&cmd);
+        }
+    }
+
+    /// Adds another host (e.g. a rogue) on the switch at 192.0.2.`n`.
+    pub fn add_host(&mut self, name: &str, n: u8) -> Host {
+        let h = host(&self.prefix.clone(), name, n, 0, false);
+        self.attach(&h);
+        self.extra.push(h.clone());
+        h
+    }
+
+    /// Captures up to `count` agent datagrams that `from` sends (at its switch port), within
+    /// `limit`: (destination address, UDP payload).
+    pub fn capture(&self, from: &str, count: usize, limit: Duration) -> Vec<(std::net::IpAddr, Vec<u8>)> {
+        use pnet::datalink::{self, Channel};
+        use pnet::packet::Packet;
+        use pnet::packet::ethernet::{EtherTypes, EthernetPacket};
+        use pnet::packet::ipv4::Ipv4Packet;
+        use pnet::packet::udp::UdpPacket;
+        let port_name = from.to_string();
+        let source: std::net::Ipv4Addr = self.host(from).ip4.parse().unwrap();
+        in_netns(&self.sw(), move || {
+            let iface = datalink::interfaces()
+                .into_iter()
+                .find(|i| i.name == port_name)
+                .expect("switch port");
+            let config = datalink::Config {
+                read_timeout: Some(Duration::from_millis(20)),
+                promiscuous: false,
+                ..Default::default()
+            };
+            let Ok(Channel::Ethernet(_, mut rx)) = datalink::channel(&iface, config) else {
+                panic!("cannot capture on {port_name}");
+            };
+            let end = Instant::now() + limit;
+            let mut got = Vec::new();
+            while got.len() < count && Instant::now() < end {
+                let Ok(frame) = rx.next() else { continue };
+                let Some(eth) = EthernetPacket::new(frame) else {
+                    continue;
+                };
+                if eth.get_ethertype() != EtherTypes::Ipv4 {
+                    continue;
+                }
+                let Some(ip) = Ipv4Packet::new(eth.payload()) else {
+                    continue;
+                };
+                let Some(udp) = UdpPacket::new(ip.payload()) else {
+                    continue;
+                };
+                if udp.get_destination() == PORT && ip.get_source() == source {
+                    got.push((std::net::IpAddr::V4(ip.get_destination()), udp.payload().to_vec()));
+                }
+            }
+            got
+        })
+    }
+
+    /// Sends each datagram from host `from` to its destination's agent port.
+    pub fn send_from(&self, from: &str, datagrams: Vec<(std::net::IpAddr, Vec<u8>)>) {
+        let h = self.host(from).clone();
+        in_netns(&h.ns, move || {
+            let socket = std::net::UdpSocket::bind((h.ip4.parse::<std::net::IpAddr>().unwrap(), 0)).unwrap();
+            for (to, bytes) in datagrams {
+                socket.send_to(&bytes, (to, PORT)).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+    }
+
+    /// Reads the cluster configuration the agents use.
+    pub fn config(&self) -> vipgate::config::Config {
+        vipgate::config::Config::load(&self.config_path("db1")).expect("lab config")
+    }
+}
+
+fn sysctl(ns: &str, key: &str, value: &str) {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "sysctl",
+        "-q",
+        "-w",
+        &format!("{key}={value}"),
+    ]);
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.agents) {
+            kill_group(&c, nix::sys::signal::Signal::SIGKILL);
+            let _ = c.wait();
+        }
+        if let Some(mut o) = self.observer.take() {
+            o.stop();
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        if std::thread::panicking() {
+            eprintln!("lab {} failed; agent logs:\n{}", self.prefix, self.logs());
+        }
+    }
+}
