@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# Runs vipgate's whole test suite on a fresh Debian machine (as root).
-# Installs what the tests need first (nothing beyond the Rust toolchain yet). VIPGATE_SIM_SEEDS=N runs N simulator seeds (default 10000).
+# Runs vipgate's whole test suite on a fresh Debian machine, as root: installs what the tests
+# need (scripts/setup.sh), then unit, simulator, CLI and network-namespace lab tests.
+# The lab tests need root; run as another user they fail with a message saying so.
+# VIPGATE_SIM_SEEDS=N runs N simulator seeds (default 10000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "error: cargo is not installed; install a Rust toolchain (edition 2024, rustup) first" >&2
-    exit 1
-fi
+bash scripts/setup.sh
 cargo test --locked "$@"

@@ -185,6 +185,35 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<(), ConfigErrors> {
             node.region
         );
     }
+    for vip in &config.vips {
+        let region = if vip.region.is_empty() { "any" } else { &vip.region };
+        let label = vip
+            .label
+            .as_deref()
+            .map(|l| format!(", label {l}"))
+            .unwrap_or_default();
+        println!("vip       {vip} (region {region}{label})");
+    }
+    if config.vips.is_empty() {
+        println!("vip       none configured (ownership is still elected and shown by status)");
+    } else {
+        let a = &config.announce;
+        let opt = |d: Option<std::time::Duration>| d.map_or("never".to_string(), ms);
+        println!(
+            "announce  {} frames per burst; second burst after {}; refresh every {}",
+            a.repeat,
+            opt(a.delay),
+            opt(a.refresh)
+        );
+        // The kernel lifetime is whole seconds, set at each renewal to cover the lease left.
+        let lease = settings.owner_lease();
+        let lifetime = std::time::Duration::from_secs(lease.as_secs() + u64::from(lease.subsec_nanos() > 0));
+        println!(
+            "frozen    a frozen or killed owner's VIP is removed by the kernel at most ≈ {} (plus one round trip) after its lease ends",
+            ms(lifetime - lease)
+        );
+    }
+    println!("control   {}", config.control.socket.display());
     match me {
         Some(i) => println!("this node: {}", config.nodes[usize::from(i)].id),
         None => println!(

@@ -202,3 +202,109 @@ fn the_shipped_example_is_valid() {
     assert_eq!(c.nodes.len(), 3);
     assert!(c.nodes.iter().any(|n| n.witness));
 }
+
+const VIPS: &str = r#"
+[[vip]]
+address = "192.0.2.50/24"
+interface = "eth0"
+region = "a"
+label = "eth0:vip"
+
+[[vip]]
+address = "2001:db8::50/64"
+interface = "eth1"
+
+[[vip]]
+address = "198.51.100.50/24"
+interface = "eth0"
+region = "b"
+"#;
+
+#[test]
+fn vips_announce_and_control_are_read_with_their_defaults() {
+    let c = parse(&format!("{GOOD}{VIPS}")).unwrap();
+    assert_eq!(c.vips.len(), 3);
+    assert_eq!(c.vips[0].address, "192.0.2.50".parse::<IpAddr>().unwrap());
+    assert_eq!(c.vips[0].prefix, 24);
+    assert_eq!(c.vips[0].label.as_deref(), Some("eth0:vip"));
+    assert_eq!(c.vips[1].to_string(), "2001:db8::50/64 on eth1");
+    assert_eq!(c.announce, Announce::default());
+    assert_eq!(c.announce.refresh, Some(Duration::from_secs(30)));
+    assert_eq!(c.control.socket, Path::new(DEFAULT_SOCKET));
+    // Nodes without a region hold the region-less VIPs only.
+    let db1 = c.node_index("db1").unwrap();
+    let held: Vec<String> = c.vips_of(db1).iter().map(|v| v.to_string()).collect();
+    assert_eq!(held, ["2001:db8::50/64 on eth1"]);
+}
+
+#[test]
+fn an_owner_holds_the_vips_of_its_region() {
+    let src = format!(
+        "{}{VIPS}",
+        GOOD.replace("priority = 150", "priority = 150\nregion = \"b\"")
+    );
+    let c = parse(&src).unwrap();
+    let held: Vec<String> = c
+        .vips_of(c.node_index("db1").unwrap())
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(held, ["2001:db8::50/64 on eth1", "198.51.100.50/24 on eth0"]);
+}
+
+#[test]
+fn bad_vips_are_each_located_with_the_fix() {
+    let src = format!(
+        "{GOOD}{}",
+        r#"
+[[vip]]
+address = "192.0.2.50"
+interface = "eth0"
+
+[[vip]]
+address = "192.0.2.11/24"
+interface = "an-interface-name-too-long"
+
+[[vip]]
+address = "2001:db8::50/64"
+interface = "eth0"
+label = "eth0:v6"
+
+[[vip]]
+address = "192.0.2.51/33"
+interface = "eth0"
+label = "vip"
+
+[announce]
+repeat = 0
+refresh_ms = 10
+
+[control]
+socket = ""
+"#
+    );
+    let errors = parse(&src).unwrap_err().0;
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "vip[0].address",
+            "vip[1].address",
+            "vip[1].interface",
+            "vip[2].label",
+            "vip[3].address",
+            "announce.repeat",
+            "announce.refresh_ms",
+            "control.socket",
+        ],
+        "{errors:#?}"
+    );
+    assert!(errors[0].fix.contains("192.0.2.50/24"), "{:?}", errors[0]);
+    assert!(
+        errors[1].problem.contains("node's own address"),
+        "{:?}",
+        errors[1]
+    );
+    assert!(errors[3].problem.contains("IPv4 only"), "{:?}", errors[3]);
+    assert!(errors.iter().all(|e| e.line.is_some()), "{errors:#?}");
+}

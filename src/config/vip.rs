@@ -21,7 +21,7 @@ pub(super) struct RawVip {
     label: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAnnounce {
     #[serde(default = "default_repeat")]
@@ -30,6 +30,17 @@ pub(super) struct RawAnnounce {
     delay_ms: u64,
     #[serde(default = "default_refresh")]
     refresh_ms: u64,
+}
+
+/// A missing `[announce]` table means every default (derived `Default` would mean zeros).
+impl Default for RawAnnounce {
+    fn default() -> RawAnnounce {
+        RawAnnounce {
+            repeat: default_repeat(),
+            delay_ms: default_delay(),
+            refresh_ms: default_refresh(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
