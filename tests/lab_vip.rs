@@ -427,3 +427,24 @@ fn status_prints_a_table_and_json() {
     assert_eq!(json["peers"].as_array().unwrap().len(), 3);
     assert!(json["grant"]["remaining_ms"].as_u64().is_some());
 }
+
+#[test]
+fn lossy_links_never_put_the_vip_on_two_hosts() {
+    let mut lab = running(Spec::default());
+    // Both database hosts lose 30 % of their frames, each way.
+    for host in ["db1", "db2"] {
+        lab.lossy(host, 30);
+    }
+    std::thread::sleep(6 * LEASE);
+    lab.assert_never_two_holders(VIP4);
+    assert!(
+        wait_for(3 * LEASE, || lab.observer().holders(VIP4).len() == 1),
+        "no one holds the VIP\n{}",
+        lab.logs()
+    );
+    let moves = lab.observer().runs("db1", VIP4).len() + lab.observer().runs("db2", VIP4).len() - 1;
+    println!(
+        "under 30 % loss the VIP moved {moves} time(s) in {} s",
+        6 * LEASE.as_secs()
+    );
+}

@@ -720,21 +720,27 @@ impl Lab {
         sh(&["ip", "-n", &self.host(name).ns, "link", "set", "eth0", "up"]);
     }
 
+    fn ensure_nft(&mut self) {
+        if self.nft_ready {
+            return;
+        }
+        let sw = self.sw();
+        sh(&[
+            "ip", "netns", "exec", &sw, "nft", "add", "table", "bridge", "vglab",
+        ]);
+        let chain = [
+            "ip", "netns", "exec", &sw, "nft", "add", "chain", "bridge", "vglab", "cuts",
+        ];
+        let hook = "{ type filter hook forward priority 0; policy accept; }";
+        sh(&[&chain[..], &[hook]].concat());
+        self.nft_ready = true;
+    }
+
     /// Drops every frame between hosts `a` and `b` in the switch (both directions); both still
     /// reach everyone else.
     pub fn cut(&mut self, a: &str, b: &str) {
+        self.ensure_nft();
         let sw = self.sw();
-        if !self.nft_ready {
-            sh(&[
-                "ip", "netns", "exec", &sw, "nft", "add", "table", "bridge", "vglab",
-            ]);
-            let chain = [
-                "ip", "netns", "exec", &sw, "nft", "add", "chain", "bridge", "vglab", "cuts",
-            ];
-            let hook = "{ type filter hook forward priority 0; policy accept; }";
-            sh(&[&chain[..], &[hook]].concat());
-            self.nft_ready = true;
-        }
         let (ma, mb) = (self.host(a).mac.clone(), self.host(b).mac.clone());
         for (s, d) in [(&ma, &mb), (&mb, &ma)] {
             sh(&[
@@ -754,14 +760,18 @@ impl Lab {
         }
     }
 
-    /// Applies netem (e.g. `["delay", "50ms", "loss", "30%"]`) to frames towards and from `name`.
-    pub fn netem(&self, name: &str, args: &[&str]) {
+    /// Drops `percent` % of the frames from and to `name`, at random, in the switch. (Loss
+    /// through nftables rather than netem: the kernels this lab runs on may lack sch_netem.)
+    pub fn lossy(&mut self, name: &str, percent: u8) {
+        self.ensure_nft();
         let sw = self.sw();
-        let h = self.host(name);
-        for (ns, dev) in [(sw.as_str(), h.name.as_str()), (h.ns.as_str(), "eth0")] {
-            let mut cmd = vec!["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "netem"];
-            cmd.extend_from_slice(args);
-            sh(&cmd);
+        let mac = self.host(name).mac.clone();
+        let p = percent.to_string();
+        for dir in ["saddr", "daddr"] {
+            sh(&[
+                "ip", "netns", "exec", &sw, "nft", "add", "rule", "bridge", "vglab", "cuts", "ether", dir,
+                &mac, "numgen", "random", "mod", "100", "<", &p, "drop",
+            ]);
         }
     }
 
