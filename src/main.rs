@@ -209,8 +209,9 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<(), ConfigErrors> {
         let lease = settings.owner_lease();
         let lifetime = std::time::Duration::from_secs(lease.as_secs() + u64::from(lease.subsec_nanos() > 0));
         println!(
-            "frozen    a frozen or killed owner's VIP is removed by the kernel at most ≈ {} (plus one round trip) after its lease ends",
-            ms(lifetime - lease)
+            "frozen    a frozen or killed owner's VIP is removed by the kernel at most ≈ {} after its lease ends \
+             (lifetime rounding, plus ≤ 250 ms kernel timer slack and one round trip)",
+            ms(lifetime - lease + std::time::Duration::from_millis(250))
         );
     }
     println!("control   {}", config.control.socket.display());

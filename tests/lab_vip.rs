@@ -213,9 +213,13 @@ fn frozen_owner_loses_the_vip_to_the_kernel_and_stays_silent_after_sigcont() {
         ms(db2_start.duration_since(frozen)),
         ms(overlap)
     );
+    // The bound for these timings is ⌈r⌉ − r + kernel slack ≤ 21 ms + RTT + 250 ms
+    // (docs/agent.md); 350 ms leaves room for a loaded machine, not for a lifetime bug
+    // (a second too much).
     assert!(
-        overlap <= Duration::from_millis(1100),
-        "overlap {overlap:?} beyond the 1 s lifetime granularity"
+        overlap <= Duration::from_millis(350),
+        "overlap {overlap:?}\n{}",
+        lab.logs()
     );
     let db2_mac = lab.host("db2").mac.clone();
     assert!(wait_for(Duration::from_secs(2), || lab
@@ -247,15 +251,16 @@ fn killed_owner_restarted_at_once_overlaps_nothing_and_grants_nothing_for_a_leas
     lab.kill("db1");
     lab.start("db1");
     let restarted = Instant::now();
-    // The restarted agent removes the VIP its predecessor left, at once.
+    // The restarted agent removes the VIP its predecessor left, at once (not the kernel
+    // lifetime, which would take up to a second): it says so only if it found it.
     assert!(
-        wait_for(Duration::from_secs(2), || !lab
-            .observer()
-            .holders(VIP4)
-            .contains(&"db1".to_string())),
+        wait_for(Duration::from_secs(2), || lab
+            .log("db1")
+            .contains("removed a VIP left behind")),
         "{}",
         lab.logs()
     );
+    assert!(!lab.observer().holders(VIP4).contains(&"db1".to_string()));
     // Throughout its first lease it neither votes nor acknowledges: it may have granted a
     // lease just before the crash that it no longer remembers.
     let mut samples = 0;

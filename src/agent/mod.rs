@@ -30,15 +30,36 @@ const VIP_FAULT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs the agent for node `me` until SIGTERM or SIGINT. Blocks the calling thread.
 pub fn run(config: Config, me: NodeIdx) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // The loop runs on this thread; effects (the VIP task, netlink, announcements) run on
+    // worker threads, so that the fsync the loop waits for never delays the VIP's deadline.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
         let mut agent = Agent::start(config, me).await?;
-        agent.run().await
+        let result = agent.run().await;
+        // Whatever ended the loop, no VIP stays behind.
+        agent.remove_vips().await;
+        result
     })
 }
+
+/// Whether the effective capability set holds capability number `cap`.
+fn has_capability(cap: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << cap) != 0)
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_NET_RAW: u32 = 13;
 
 struct Agent {
     config: Config,
@@ -69,10 +90,28 @@ struct Agent {
     control: mpsc::Receiver<Request>,
     /// Set once a stop was requested: exit when ownership is handed over, or at this deadline.
     stopping: Option<Instant>,
+    /// The number of the last `Drop` sent to the VIP task and its deadline: only its
+    /// confirmation completes the release.
+    drop_seq: u64,
+    release_by: Option<Instant>,
 }
 
 impl Agent {
     async fn start(config: Config, me: NodeIdx) -> Result<Agent, String> {
+        if !config.vips.is_empty() {
+            let missing: Vec<&str> = [(CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_NET_RAW, "CAP_NET_RAW")]
+                .into_iter()
+                .filter(|(cap, _)| !has_capability(*cap))
+                .map(|(_, name)| name)
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "vipgate run lacks {}: it adds and removes VIPs (CAP_NET_ADMIN) and announces them \
+                     (CAP_NET_RAW)\n  fix: run it as root, or grant both (systemd: AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW)",
+                    missing.join(" and ")
+                ));
+            }
+        }
         let secret = config.read_secret().map_err(|e| e.to_string())?;
         let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();
         let mut state = StateFile::open(&config.cluster.state_dir, ids.clone()).map_err(|e| e.to_string())?;
@@ -154,6 +193,8 @@ impl Agent {
             vip_fault: None,
             control,
             stopping: None,
+            drop_seq: 0,
+            release_by: None,
             config,
         })
     }
@@ -199,7 +240,8 @@ impl Agent {
         self.step(now, health)?;
         loop {
             let now = clock::now();
-            let mut deadline = self.core.next_deadline(now);
+            let tick_at = self.core.next_deadline(now);
+            let mut deadline = tick_at;
             if let Some((_, until)) = self.vip_fault {
                 deadline = deadline.min(until.max(now));
             }
@@ -229,8 +271,12 @@ impl Agent {
                 }
                 _ = sigterm.recv() => self.begin_stop("SIGTERM")?,
                 _ = sigint.recv() => self.begin_stop("SIGINT")?,
-                () = tokio::time::sleep(clock::until(deadline)) => {
+                // Capped: tokio's clock stops during suspend, CLOCK_BOOTTIME does not.
+                () = tokio::time::sleep(clock::until(deadline).min(vip::MAX_SLEEP)) => {
                     let now = clock::now();
+                    if now < deadline {
+                        continue;
+                    }
                     if let Some((error, until)) = &self.vip_fault
                         && now >= *until
                     {
@@ -239,7 +285,9 @@ impl Agent {
                         let health = self.health(now);
                         self.step(now, health)?;
                     }
-                    self.step(now, Event::Tick)?;
+                    if now >= tick_at {
+                        self.step(now, Event::Tick)?;
+                    }
                 }
             }
             if let Some(stop) = self.stopping {
@@ -265,14 +313,39 @@ impl Agent {
         tracing::info!("{signal}: handing ownership over and stopping");
         // An owner gives the lease up explicitly so a successor takes over within about one
         // interval; the deadline covers a removal that never completes.
-        let lease_end = self.core.lease_end().unwrap_or(now);
+        self.step(now, Event::Release { to: None })?;
+        let lease_end = self.release_by.unwrap_or(now);
         self.stopping = Some(lease_end.max(now) + self.config.cluster.interval);
-        self.step(now, Event::Release { to: None })
+        Ok(())
+    }
+
+    /// Removes any VIP still on this host (the agent is exiting), bounded in time.
+    async fn remove_vips(&mut self) {
+        let Some(tx) = self.vip_commands.take() else {
+            return;
+        };
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if tx.send(Command::Shutdown { done }).is_ok()
+            && tokio::time::timeout(Duration::from_secs(2), wait).await.is_err()
+        {
+            tracing::error!("the VIP task did not confirm removal; the kernel lifetime removes the VIPs");
+        }
     }
 
     fn on_report(&mut self, now: Instant, report: Report) -> Result<(), String> {
         match report {
-            Report::Dropped { term } => self.step(now, Event::Released { term }),
+            Report::Dropped { term, seq } if seq == self.drop_seq => {
+                self.release_by = None;
+                self.step(now, Event::Released { term })
+            }
+            Report::Dropped { .. } => Ok(()),
+            Report::Expired { term } => {
+                tracing::error!(
+                    term,
+                    "the VIPs outlived the lease and were removed by the deadline timer"
+                );
+                Ok(())
+            }
             Report::Failed { term, error } => {
                 tracing::error!(term, "giving ownership up: {error}");
                 self.vip_fault = Some((error, now + VIP_FAULT_BACKOFF.max(self.config.cluster.lease)));
@@ -338,7 +411,13 @@ impl Agent {
             } => {
                 tracing::warn!(term, "releasing ownership: {}", reason.as_str());
                 if self.vip_commands.is_some() {
-                    self.vip(Command::Drop { term, by: lease_end });
+                    self.drop_seq += 1;
+                    self.release_by = Some(lease_end);
+                    self.vip(Command::Drop {
+                        term,
+                        by: lease_end,
+                        seq: self.drop_seq,
+                    });
                 } else {
                     // Nothing to remove: the release is complete at once.
                     return self.step(now, Event::Released { term });

@@ -97,57 +97,58 @@ pub fn frames(mac: MacAddr, vip: IpAddr) -> Vec<Vec<u8>> {
     }
 }
 
-/// Sends `repeat` rounds announcing `vips` on `interface`, `spacing` apart, calling `sent` after
-/// each frame. Blocking: call from a blocking thread.
-pub fn send_burst(
-    interface: &str,
-    vips: &[IpAddr],
-    repeat: u32,
-    spacing: std::time::Duration,
-    still_owner: &dyn Fn() -> bool,
-    sent: &dyn Fn(),
-) -> Result<(), String> {
-    let iface = datalink::interfaces()
-        .into_iter()
-        .find(|i| i.name == interface)
-        .ok_or_else(|| format!("interface {interface} does not exist"))?;
-    let mac = iface
-        .mac
-        .filter(|m| *m != MacAddr::zero())
-        .ok_or_else(|| format!("interface {interface} has no Ethernet address"))?;
-    let config = datalink::Config {
-        // pnet's default is promiscuous; announcing must not change what the NIC accepts.
-        promiscuous: false,
-        read_timeout: Some(std::time::Duration::from_millis(1)),
-        ..Default::default()
-    };
-    let mut tx = match datalink::channel(&iface, config) {
-        Ok(Channel::Ethernet(tx, _rx)) => tx,
-        Ok(_) => return Err(format!("interface {interface}: not an Ethernet channel")),
-        Err(e) => {
-            return Err(format!(
-                "cannot open a raw socket on {interface}: {e} (needs CAP_NET_RAW)"
-            ));
-        }
-    };
-    let rounds: Vec<Vec<u8>> = vips.iter().flat_map(|v| frames(mac, *v)).collect();
-    for i in 0..repeat {
-        if i > 0 {
-            std::thread::sleep(spacing);
-        }
-        // Never announce an address this host no longer owns.
-        if !still_owner() {
-            break;
-        }
-        for frame in &rounds {
-            match tx.send_to(frame, None) {
-                Some(Ok(())) => sent(),
-                Some(Err(e)) => return Err(format!("sending on {interface}: {e}")),
-                None => return Err(format!("sending on {interface}: channel closed")),
+/// An open raw socket on one interface, ready to announce a set of VIPs.
+pub struct Announcer {
+    interface: String,
+    tx: Box<dyn datalink::DataLinkSender>,
+    frames: Vec<Vec<u8>>,
+}
+
+impl Announcer {
+    /// Opens `interface` for announcing `vips` from its own MAC. Needs `CAP_NET_RAW`.
+    pub fn open(interface: &str, vips: &[IpAddr]) -> Result<Announcer, String> {
+        let iface = datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == interface)
+            .ok_or_else(|| format!("interface {interface} does not exist"))?;
+        let mac = iface
+            .mac
+            .filter(|m| *m != MacAddr::zero())
+            .ok_or_else(|| format!("interface {interface} has no Ethernet address"))?;
+        let config = datalink::Config {
+            // pnet's default is promiscuous; announcing must not change what the NIC accepts.
+            promiscuous: false,
+            read_timeout: Some(std::time::Duration::from_millis(1)),
+            ..Default::default()
+        };
+        let tx = match datalink::channel(&iface, config) {
+            Ok(Channel::Ethernet(tx, _rx)) => tx,
+            Ok(_) => return Err(format!("interface {interface}: not an Ethernet channel")),
+            Err(e) => {
+                return Err(format!(
+                    "cannot open a raw socket on {interface}: {e} (vipgate needs CAP_NET_RAW)"
+                ));
+            }
+        };
+        Ok(Announcer {
+            interface: interface.to_string(),
+            tx,
+            frames: vips.iter().flat_map(|v| frames(mac, *v)).collect(),
+        })
+    }
+
+    /// Sends one round (every frame once); returns how many frames went out.
+    pub fn send_round(&mut self) -> Result<u64, String> {
+        let mut sent = 0;
+        for frame in &self.frames {
+            match self.tx.send_to(frame, None) {
+                Some(Ok(())) => sent += 1,
+                Some(Err(e)) => return Err(format!("sending on {}: {e}", self.interface)),
+                None => return Err(format!("sending on {}: channel closed", self.interface)),
             }
         }
+        Ok(sent)
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! Shared by the integration tests, the demo (`examples/demo.rs`) and the benchmark
 //! (`examples/failover_bench.rs`). Everything lives in namespaces this lab creates — nothing is
-//! configured in the root namespace — with names unique to the run (`vg<pid><n>-db1`), and only
+//! configured in the root namespace — with names unique to the run (`vg<pid>x<n>-db1`), and only
 //! documentation addresses (192.0.2.0/24, 2001:db8::/64). Dropping the [`Lab`] (also while
 //! unwinding from a panic) kills the processes it started, by pid, and deletes its namespaces.
 //!
@@ -353,8 +353,9 @@ impl Lab {
     pub fn new(bin: &Path, spec: Spec) -> Lab {
         preflight();
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        remove_abandoned_labs();
         let prefix = format!(
-            "vg{}{}",
+            "vg{}x{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
@@ -541,7 +542,8 @@ impl Lab {
             .append(true)
             .open(self.log_path(name))
             .unwrap();
-        let child = Command::new("ip")
+        let mut child = Command::new("ip");
+        child
             .args(["netns", "exec", &h.ns])
             .arg(&self.bin)
             .args(["run", "--config"])
@@ -550,9 +552,8 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("start vipgate");
+            .process_group(0);
+        let child = die_with_parent(&mut child).spawn().expect("start vipgate");
         self.agents.insert(name.to_string(), child);
     }
 
@@ -674,23 +675,22 @@ impl Lab {
 
     /// Starts a ping from the client to `ip` every 5 ms.
     pub fn pinger(&self, ip: &str) -> Pinger {
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.client.ns,
-                "ping",
-                "-n",
-                "-D",
-                "-i",
-                "0.005",
-                ip,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start ping");
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.client.ns,
+            "ping",
+            "-n",
+            "-D",
+            "-i",
+            "0.005",
+            ip,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+        let mut child = die_with_parent(&mut cmd).spawn().expect("start ping");
         let stdout = child.stdout.take().unwrap();
         let replies = Arc::new(Mutex::new(Vec::new()));
         let sink = replies.clone();
@@ -845,6 +845,39 @@ impl Lab {
     /// Reads the cluster configuration the agents use.
     pub fn config(&self) -> vipgate::config::Config {
         vipgate::config::Config::load(&self.config_path("db1")).expect("lab config")
+    }
+}
+
+/// Deletes the namespaces of labs whose process no longer exists (a run killed without
+/// unwinding). Only names this harness makes (`vg<pid>x<n>-…`) are touched.
+fn remove_abandoned_labs() {
+    let list = sh(&["ip", "netns", "list"]);
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rest) = ns.strip_prefix("vg") else {
+            continue;
+        };
+        let Some((pid, tail)) = rest.split_once('x') else {
+            continue;
+        };
+        let well_formed = tail
+            .split_once('-')
+            .is_some_and(|(n, _)| n.parse::<u32>().is_ok());
+        if let (Ok(pid), true) = (pid.parse::<u32>(), well_formed)
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Children die with the thread that started them, even if the test process is killed
+/// without unwinding (the setting survives the exec in `ip netns exec`).
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+        })
     }
 }
 
