@@ -216,6 +216,9 @@ pub fn render(s: &Status) -> String {
         };
         let eligible = if p.witness {
             "-"
+        } else if p.role == "silent" {
+            // What it said last may no longer hold.
+            "?"
         } else if p.eligible {
             "yes"
         } else {
