@@ -214,6 +214,20 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<(), ConfigErrors> {
             ms(lifetime - lease + std::time::Duration::from_millis(250))
         );
     }
+    match &config.mysql {
+        Some(m) => println!(
+            "database  gate: {} as {}; checks every {} (timeout {}), failing after {} in a row, healthy after {}; \
+             a dead or hung database is noticed within {}",
+            m.endpoint,
+            m.user,
+            ms(m.check_interval),
+            ms(m.check_timeout),
+            m.fall,
+            m.rise,
+            ms(m.detection_bound())
+        ),
+        None => println!("database  not consulted (no [mysql], or mode = \"none\")"),
+    }
     println!("control   {}", config.control.socket.display());
     match me {
         Some(i) => println!("this node: {}", config.nodes[usize::from(i)].id),

@@ -14,6 +14,7 @@ pub mod state;
 use crate::config::Config;
 use crate::control::{self, GrantStatus, PeerStatus, Request, Status};
 use crate::core::{Action, Core, Event, Instant, Message, NodeIdx, RoleKind, Vote};
+use crate::mysql::DbStatus;
 use crate::net::{Codec, Receiver};
 use crate::vip::{self, Command, Report, VipStatus};
 use state::StateFile;
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// After a VIP could not be added, the node stays ineligible this long before trying again.
 const VIP_FAULT_BACKOFF: Duration = Duration::from_secs(5);
@@ -94,6 +95,16 @@ struct Agent {
     /// confirmation completes the release.
     drop_seq: u64,
     release_by: Option<Instant>,
+    /// The local database's latest health check, if the database gates this node.
+    db: Option<watch::Receiver<DbStatus>>,
+}
+
+/// Resolves when the database status changes; never if there is no database gate.
+async fn db_changed(db: &mut Option<watch::Receiver<DbStatus>>) -> Result<(), watch::error::RecvError> {
+    match db {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Agent {
@@ -155,6 +166,14 @@ impl Agent {
             (Some(tx), rx, status)
         };
 
+        let db = match (&config.mysql, node.witness) {
+            (Some(mysql), false) => {
+                let password = config.read_mysql_password().map_err(|e| e.to_string())?;
+                Some(crate::mysql::start(mysql.clone(), password))
+            }
+            _ => None,
+        };
+
         let (control_tx, control) = mpsc::channel(16);
         control::serve(&config.control.socket, control_tx)?;
 
@@ -195,6 +214,7 @@ impl Agent {
             stopping: None,
             drop_seq: 0,
             release_by: None,
+            db,
             config,
         })
     }
@@ -220,13 +240,25 @@ impl Agent {
         {
             return Some(error.clone());
         }
-        self.links_down.clone()
+        if self.links_down.is_some() {
+            return self.links_down.clone();
+        }
+        let db = self.db.as_ref()?;
+        let status = db.borrow();
+        if !status.healthy {
+            let problem = status.problem.as_deref().unwrap_or("not checked yet");
+            return Some(format!("database not healthy ({problem})"));
+        }
+        match status.read_only {
+            Some(false) => None,
+            _ => Some("database is read_only (gate mode: only the writable database's node may own)".into()),
+        }
     }
 
     fn health(&self, now: Instant) -> Event {
         Event::Health {
             eligible: self.ineligible_reason(now).is_none(),
-            position: 0,
+            position: self.db.as_ref().map_or(0, |db| db.borrow().position),
         }
     }
 
@@ -264,6 +296,11 @@ impl Agent {
                 Some(report) = self.vip_reports.recv() => {
                     let now = clock::now();
                     self.on_report(now, report)?;
+                }
+                Ok(()) = db_changed(&mut self.db) => {
+                    let now = clock::now();
+                    let health = self.health(now);
+                    self.step(now, health)?;
                 }
                 Some(request) = self.control.recv() => {
                     let answer = self.answer(&request.command);
@@ -560,6 +597,7 @@ impl Agent {
                 .map(|v| v.to_string())
                 .collect(),
             vip: self.vip_status.lock().expect("status lock").clone(),
+            database: self.db.as_ref().map(|db| db.borrow().clone()),
             peers,
             sent: self.sent,
             received: self.received,

@@ -6,10 +6,12 @@
 //! `/etc/vipgate/secret`.
 
 mod error;
+mod mysql;
 mod secret;
 mod vip;
 
 pub use error::{ConfigError, ConfigErrors, Seg};
+pub use mysql::{Endpoint, Mysql, MysqlMode};
 pub use secret::{KeyFileProblem, Secret, read_key_file};
 pub use vip::{Announce, Control, DEFAULT_SOCKET, Vip};
 
@@ -37,6 +39,7 @@ struct RawConfig {
     announce: vip::RawAnnounce,
     #[serde(default)]
     control: vip::RawControl,
+    mysql: Option<mysql::RawMysql>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +131,8 @@ pub struct Config {
     pub vips: Vec<Vip>,
     pub announce: Announce,
     pub control: Control,
+    /// `None`: the database is not consulted (no `[mysql]`, or `mode = "none"`).
+    pub mysql: Option<Mysql>,
 }
 
 /// Collects problems while validating.
@@ -204,6 +209,7 @@ impl Config {
         let vips = vip::validate_vips(&raw.vip, &addresses, &mut p);
         let announce = vip::validate_announce(&raw.announce, &mut p);
         let control = vip::validate_control(&raw.control, base, &mut p);
+        let mysql = raw.mysql.as_ref().and_then(|m| mysql::validate(m, base, &mut p));
         if p.list.is_empty() {
             nodes.sort_by(|a, b| a.id.cmp(&b.id));
             let config = Config {
@@ -213,6 +219,7 @@ impl Config {
                 vips,
                 announce,
                 control,
+                mysql,
             };
             if let Err(e) = config.core_settings(0, 0).check() {
                 p.add(
@@ -256,6 +263,32 @@ impl Config {
                 "cluster.secret_file",
                 e.problem,
                 &e.fix,
+            )
+        })
+    }
+
+    /// The database password, if `[mysql] password_file` is set (owner-only permissions).
+    pub fn read_mysql_password(&self) -> Result<Option<Secret>, ConfigErrors> {
+        let Some(path) = self.mysql.as_ref().and_then(|m| m.password_file.as_ref()) else {
+            return Ok(None);
+        };
+        read_key_file(path, 1).map(Some).map_err(|e| {
+            let src = std::fs::read_to_string(&self.file).unwrap_or_default();
+            let at = [Seg::Key("mysql"), Seg::Key("password_file")];
+            let fix = if e.fix.contains("openssl") {
+                format!(
+                    "write the password of the [mysql] user to {} (mode 600)",
+                    path.display()
+                )
+            } else {
+                e.fix
+            };
+            ConfigErrors::one(
+                &self.file,
+                error::locate(&src, &at),
+                "mysql.password_file",
+                e.problem,
+                &fix,
             )
         })
     }

@@ -308,3 +308,75 @@ socket = ""
     assert!(errors[3].problem.contains("IPv4 only"), "{:?}", errors[3]);
     assert!(errors.iter().all(|e| e.line.is_some()), "{errors:#?}");
 }
+
+#[test]
+fn mysql_gate_is_read_with_defaults_and_a_socket_or_tcp_endpoint() {
+    let c = parse(&format!("{GOOD}\n[mysql]\nmode = \"gate\"\nuser = \"vipgate\"\n")).unwrap();
+    let m = c.mysql.unwrap();
+    assert_eq!(m.mode, MysqlMode::Gate);
+    assert_eq!(
+        m.endpoint,
+        Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port: 3306
+        }
+    );
+    assert_eq!((m.rise, m.fall), (2, 3));
+    assert_eq!(m.detection_bound(), Duration::from_millis(4000));
+    let c = parse(&format!(
+        "{GOOD}\n[mysql]\nmode = \"gate\"\nuser = \"v\"\nsocket = \"/run/mysqld/mysqld.sock\"\npassword_file = \"pw\"\n"
+    ))
+    .unwrap();
+    let m = c.mysql.unwrap();
+    assert_eq!(m.endpoint, Endpoint::Socket("/run/mysqld/mysqld.sock".into()));
+    assert_eq!(m.password_file.as_deref(), Some(Path::new("/etc/vipgate/pw")));
+    let c = parse(&format!("{GOOD}\n[mysql]\nmode = \"none\"\nuser = \"v\"\n")).unwrap();
+    assert_eq!(c.mysql, None);
+}
+
+#[test]
+fn bad_mysql_settings_are_each_located_with_the_fix() {
+    let src = format!(
+        "{GOOD}\n[mysql]\nmode = \"promote\"\nuser = \"\"\nsocket = \"s\"\nhost = \"h\"\ncheck_interval_ms = 10\ncheck_timeout_ms = 5000\nfall = 0\n"
+    );
+    let errors = parse(&src).unwrap_err().0;
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "mysql.mode",
+            "mysql.socket",
+            "mysql.user",
+            "mysql.check_interval_ms",
+            "mysql.check_timeout_ms",
+            "mysql.fall"
+        ],
+        "{errors:#?}"
+    );
+    assert!(errors[0].fix.contains("\"gate\""), "{:?}", errors[0]);
+    assert!(errors.iter().all(|e| e.line.is_some()), "{errors:#?}");
+    let e = only_error(&format!("{GOOD}\n[mysql]\nmode = \"fast\"\nuser = \"v\"\n"));
+    assert!(e.problem.contains("\"fast\" is not a mode"), "{e}");
+}
+
+#[test]
+fn an_exposed_mysql_password_file_is_refused_with_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vipgate.toml");
+    std::fs::write(
+        &file,
+        format!("{GOOD}\n[mysql]\nmode = \"gate\"\nuser = \"v\"\npassword_file = \"pw\"\n"),
+    )
+    .unwrap();
+    let c = Config::load(&file).unwrap();
+    let e = c.read_mysql_password().unwrap_err().0.remove(0);
+    assert_eq!(e.field, "mysql.password_file");
+    assert!(e.fix.contains("write the password"), "{e}");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let e = c.read_mysql_password().unwrap_err().0.remove(0);
+    assert!(e.problem.contains("readable by group or others"), "{e}");
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    assert_eq!(c.read_mysql_password().unwrap().unwrap().bytes(), b"secret");
+}

@@ -5,6 +5,7 @@
 //! bounded in size and time, and answered by the agent loop from its own state, so what the
 //! CLI prints is exactly what the agent acts on.
 
+use crate::mysql::DbStatus;
 use crate::vip::VipStatus;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -41,6 +42,8 @@ pub struct Status {
     pub quiet_remaining_ms: u64,
     pub vips: Vec<String>,
     pub vip: VipStatus,
+    /// The local database's health, when `[mysql]` gates this node.
+    pub database: Option<DbStatus>,
     pub peers: Vec<PeerStatus>,
     pub sent: u64,
     pub received: u64,
@@ -200,6 +203,9 @@ pub fn render(s: &Status) -> String {
         "VIPs held: {held}  (announced {} frames, re-added {}, errors {})",
         s.vip.announced, s.vip.readded, s.vip.errors
     );
+    if let Some(db) = &s.database {
+        let _ = writeln!(out, "database: {}", describe_db(db));
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -258,4 +264,39 @@ pub fn render(s: &Status) -> String {
         }
     );
     out
+}
+
+/// One line about the local database for the status table.
+fn describe_db(db: &DbStatus) -> String {
+    let mut parts = vec![if db.healthy {
+        "healthy".to_string()
+    } else {
+        "NOT healthy".to_string()
+    }];
+    if let Some(p) = &db.problem {
+        parts.push(p.clone());
+    }
+    match db.read_only {
+        Some(true) => parts.push("read_only ON".into()),
+        Some(false) => parts.push("writable".into()),
+        None => {}
+    }
+    if let Some(r) = &db.replication {
+        let lag = r
+            .seconds_behind
+            .map_or("lag unknown".to_string(), |s| format!("{s} s behind"));
+        let threads = if r.io_running && r.sql_running {
+            "running"
+        } else {
+            "STOPPED"
+        };
+        parts.push(format!("replica of {} ({threads}, {lag})", r.source));
+    }
+    if let Some(gtid) = &db.gtid {
+        parts.push(format!("GTID {gtid}"));
+    }
+    if let Some(v) = &db.version {
+        parts.push(v.clone());
+    }
+    parts.join(", ")
 }

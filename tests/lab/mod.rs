@@ -56,6 +56,9 @@ pub struct Spec {
     pub ipv6_vip: bool,
     /// Extra lines for the `[announce]` table.
     pub announce: String,
+    /// `Some(mode)`: db1 and db2 run MariaDB (db1 the primary, db2 its replica) and the agents
+    /// get a `[mysql]` section with this mode.
+    pub mysql: Option<&'static str>,
 }
 
 impl Default for Spec {
@@ -65,6 +68,7 @@ impl Default for Spec {
             lease_ms: 1000,
             ipv6_vip: false,
             announce: "delay_ms = 500\nrefresh_ms = 30000\n".into(),
+            mysql: None,
         }
     }
 }
@@ -95,7 +99,8 @@ fn preflight() {
         ("ip", "iproute2"),
         ("nft", "nftables"),
         ("ping", "iputils-ping"),
-        ("tc", "iproute2"),
+        ("mariadbd", "mariadb-server"),
+        ("mariadb", "mariadb-client"),
     ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -329,6 +334,7 @@ pub struct Lab {
     bin: PathBuf,
     namespaces: Vec<String>,
     agents: BTreeMap<String, Child>,
+    databases: BTreeMap<String, Child>,
     observer: Option<VipObserver>,
     extra: Vec<Host>,
     nft_ready: bool,
@@ -377,6 +383,7 @@ impl Lab {
             bin: bin.to_path_buf(),
             namespaces: Vec::new(),
             agents: BTreeMap::new(),
+            databases: BTreeMap::new(),
             observer: None,
             extra: Vec::new(),
             nft_ready: false,
@@ -462,6 +469,9 @@ impl Lab {
             std::fs::create_dir_all(self.dir.path().join(&h.name)).unwrap();
             std::fs::write(self.config_path(&h.name), self.config_text(&h.name)).unwrap();
         }
+        if self.spec.mysql.is_some() {
+            self.setup_mariadb();
+        }
         let mut vips = vec![VIP4.to_string()];
         if self.spec.ipv6_vip {
             vips.push(VIP6.to_string());
@@ -516,8 +526,129 @@ impl Lab {
         if self.spec.ipv6_vip {
             let _ = writeln!(t, "[[vip]]\naddress = \"{VIP6}/64\"\ninterface = \"eth0\"\n");
         }
-        let _ = name;
+        if let Some(mode) = self.spec.mysql {
+            let _ = writeln!(
+                t,
+                "[mysql]\nmode = \"{mode}\"\nsocket = \"{}\"\nuser = \"vipgate\"\npassword_file = \"../mysql-password\"\n\
+                 check_interval_ms = 200\ncheck_timeout_ms = 200\nrise = 2\nfall = 3\n",
+                self.mysql_socket(name).display()
+            );
+        }
         t
+    }
+
+    pub fn mysql_socket(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name).join("mysql.sock")
+    }
+
+    /// Runs `sql` as root on `name`'s MariaDB; returns the tab-separated output.
+    pub fn sql(&self, name: &str, sql: &str) -> String {
+        sh(&[
+            "mariadb",
+            "--no-defaults",
+            &format!("--socket={}", self.mysql_socket(name).display()),
+            "-uroot",
+            "-N",
+            "-B",
+            "-e",
+            sql,
+        ])
+    }
+
+    /// Like [`Lab::sql`], but `None` instead of a panic when it fails.
+    pub fn try_sql(&self, name: &str, sql: &str) -> Option<String> {
+        let out = Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", self.mysql_socket(name).display()))
+            .args(["-uroot", "-N", "-B", "--connect-timeout=2", "-e", sql])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Initialises and starts MariaDB in `name`'s namespace, listening on its address.
+    pub fn start_mariadb(&mut self, name: &str, server_id: u32) {
+        let h = self.host(name).clone();
+        let dir = self.dir.path().join(name);
+        let data = dir.join("mysql");
+        if !data.exists() {
+            sh(&[
+                "mariadb-install-db",
+                "--no-defaults",
+                &format!("--datadir={}", data.display()),
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ]);
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &h.ns, "mariadbd", "--no-defaults"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", self.mysql_socket(name).display()))
+            .arg(format!("--pid-file={}", dir.join("mysql.pid").display()))
+            .arg(format!("--log-error={}", dir.join("mysql.err").display()))
+            .arg(format!("--bind-address={}", h.ip4))
+            .arg(format!("--server-id={server_id}"))
+            .args([
+                "--user=root",
+                "--port=3306",
+                "--log-bin=binlog",
+                "--gtid-strict-mode=ON",
+                "--log-slave-updates",
+                "--innodb-buffer-pool-size=16M",
+                "--skip-name-resolve",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let child = die_with_parent(&mut cmd).spawn().expect("start mariadbd");
+        self.databases.insert(name.to_string(), child);
+        assert!(
+            wait_for(Duration::from_secs(30), || self
+                .try_sql(name, "SELECT 1")
+                .is_some()),
+            "MariaDB on {name} did not start: {}",
+            std::fs::read_to_string(dir.join("mysql.err")).unwrap_or_default()
+        );
+    }
+
+    /// db1 primary, db2 its replica (read_only), both with the agent's account.
+    fn setup_mariadb(&mut self) {
+        let password = self.dir.path().join("mysql-password");
+        std::fs::write(&password, "vipgate-lab-password\n").unwrap();
+        std::fs::set_permissions(&password, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        self.start_mariadb("db1", 1);
+        self.start_mariadb("db2", 2);
+        // Created on the primary and replicated: the replica's copy comes from the binlog.
+        self.sql(
+            "db1",
+            "CREATE USER vipgate@'%' IDENTIFIED BY 'vipgate-lab-password'; \
+             GRANT REPLICA MONITOR, READ_ONLY ADMIN, CONNECTION ADMIN, REPLICATION SLAVE ADMIN ON *.* TO vipgate@'%'; \
+             CREATE USER repl@'%' IDENTIFIED BY 'repl-lab-password'; \
+             GRANT REPLICATION SLAVE ON *.* TO repl@'%'; \
+             CREATE DATABASE lab; CREATE TABLE lab.writes (id INT PRIMARY KEY, at TIMESTAMP(6) DEFAULT NOW(6));",
+        );
+        self.sql(
+            "db2",
+            "SET GLOBAL read_only = ON; \
+             CHANGE MASTER TO MASTER_HOST='192.0.2.11', MASTER_USER='repl', MASTER_PASSWORD='repl-lab-password', \
+             MASTER_USE_GTID=slave_pos; START SLAVE;",
+        );
+        assert!(
+            wait_for(Duration::from_secs(30), || {
+                self.try_sql("db2", "SELECT COUNT(*) FROM lab.writes").is_some()
+            }),
+            "db2 did not replicate from db1: {}",
+            self.try_sql("db2", "SHOW SLAVE STATUS\\G").unwrap_or_default()
+        );
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) `name`'s MariaDB.
+    pub fn signal_mariadb(&self, name: &str, signal: nix::sys::signal::Signal) {
+        kill_group(&self.databases[name], signal);
     }
 
     pub fn host(&self, name: &str) -> &Host {
@@ -896,7 +1027,9 @@ fn sysctl(ns: &str, key: &str, value: &str) {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for (_, mut c) in std::mem::take(&mut self.agents) {
+        let agents = std::mem::take(&mut self.agents);
+        let databases = std::mem::take(&mut self.databases);
+        for (_, mut c) in agents.into_iter().chain(databases) {
             kill_group(&c, nix::sys::signal::Signal::SIGKILL);
             let _ = c.wait();
         }

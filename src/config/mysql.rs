@@ -1,0 +1,189 @@
+//! `[mysql]`: how the agent reaches its own database, and what it may do with it.
+
+use super::{Problems, Seg};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMysql {
+    mode: String,
+    host: Option<String>,
+    port: Option<i64>,
+    socket: Option<PathBuf>,
+    user: String,
+    password_file: Option<PathBuf>,
+    #[serde(default = "default_interval")]
+    check_interval_ms: u64,
+    #[serde(default = "default_timeout")]
+    check_timeout_ms: u64,
+    #[serde(default = "default_rise")]
+    rise: i64,
+    #[serde(default = "default_fall")]
+    fall: i64,
+}
+
+fn default_interval() -> u64 {
+    1_000
+}
+fn default_timeout() -> u64 {
+    1_000
+}
+fn default_rise() -> i64 {
+    2
+}
+fn default_fall() -> i64 {
+    3
+}
+
+/// What vipgate does with the local database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MysqlMode {
+    /// Never writes to it: the node may own only while its database is healthy and writable
+    /// (`read_only = OFF`), for setups where another tool promotes.
+    Gate,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp { host: String, port: u16 },
+    Socket(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Endpoint::Socket(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mysql {
+    pub mode: MysqlMode,
+    pub endpoint: Endpoint,
+    pub user: String,
+    /// Read when the agent starts (owner-only permissions, like the cluster secret).
+    pub password_file: Option<PathBuf>,
+    pub check_interval: Duration,
+    /// Bound on each connect and each query: a hung server counts as a failed check.
+    pub check_timeout: Duration,
+    /// Consecutive good checks before a failing database counts as healthy again.
+    pub rise: u32,
+    /// Consecutive failed checks before a healthy database counts as failing.
+    pub fall: u32,
+}
+
+impl Mysql {
+    /// The longest a dead or hung database goes unnoticed: `fall` checks, each up to an
+    /// interval apart and bounded by the timeout.
+    pub fn detection_bound(&self) -> Duration {
+        self.check_interval * self.fall + self.check_timeout
+    }
+}
+
+pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Option<Mysql> {
+    let at = |k| [Seg::Key("mysql"), Seg::Key(k)];
+    let mode = match raw.mode.as_str() {
+        "gate" => Some(MysqlMode::Gate),
+        "none" => None,
+        "promote" => {
+            p.add(
+                &at("mode"),
+                "mode \"promote\" (vipgate promotes and fences the database) is not available in this version".into(),
+                "use \"gate\" (another tool promotes; vipgate follows the writable database) or \"none\"",
+            );
+            None
+        }
+        other => {
+            p.add(
+                &at("mode"),
+                format!("{other:?} is not a mode"),
+                "use \"gate\" (follow the writable database) or \"none\" (ignore the database)",
+            );
+            None
+        }
+    };
+    let endpoint = match (&raw.socket, &raw.host) {
+        (Some(_), Some(_)) => {
+            p.add(
+                &at("socket"),
+                "both socket and host are set".into(),
+                "keep one: socket for a local server's Unix socket, or host (and port) for TCP",
+            );
+            None
+        }
+        (Some(socket), None) => {
+            if raw.port.is_some() {
+                p.add(
+                    &at("port"),
+                    "port is set with socket".into(),
+                    "remove port, or use host instead of socket",
+                );
+            }
+            Some(Endpoint::Socket(base.join(socket)))
+        }
+        (None, host) => {
+            let port = raw.port.unwrap_or(3306);
+            match u16::try_from(port).ok().filter(|p| *p > 0) {
+                Some(port) => Some(Endpoint::Tcp {
+                    host: host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                    port,
+                }),
+                None => {
+                    p.add(
+                        &at("port"),
+                        format!("{port} is not a TCP port"),
+                        "use 1 to 65535 (3306 is usual)",
+                    );
+                    None
+                }
+            }
+        }
+    };
+    if raw.user.is_empty() {
+        p.add(
+            &at("user"),
+            "is empty".into(),
+            "name the account vipgate uses (docs/mysql.md lists its GRANT)",
+        );
+    }
+    if raw.check_interval_ms < 50 {
+        p.add(
+            &at("check_interval_ms"),
+            format!("{} ms would load the database with checks", raw.check_interval_ms),
+            "use at least 50 ms (1000 ms is the default)",
+        );
+    }
+    if raw.check_timeout_ms < 10 || raw.check_timeout_ms > raw.check_interval_ms.max(10) {
+        p.add(
+            &at("check_timeout_ms"),
+            format!(
+                "{} ms must be between 10 ms and the check interval ({} ms)",
+                raw.check_timeout_ms, raw.check_interval_ms
+            ),
+            "a check must end before the next one starts; lower the timeout or raise the interval",
+        );
+    }
+    for (key, value) in [("rise", raw.rise), ("fall", raw.fall)] {
+        if !(1..=100).contains(&value) {
+            p.add(
+                &at(key),
+                format!("{value} is outside 1–100"),
+                "use a small count of consecutive checks, e.g. 2 or 3",
+            );
+        }
+    }
+    Some(Mysql {
+        mode: mode?,
+        endpoint: endpoint?,
+        user: raw.user.clone(),
+        password_file: raw.password_file.as_ref().map(|f| base.join(f)),
+        check_interval: Duration::from_millis(raw.check_interval_ms),
+        check_timeout: Duration::from_millis(raw.check_timeout_ms),
+        rise: raw.rise.clamp(1, 100) as u32,
+        fall: raw.fall.clamp(1, 100) as u32,
+    })
+}

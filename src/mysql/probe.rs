@@ -1,0 +1,291 @@
+//! What one health check learnt, read from result rows — pure, so that both flavours (MySQL 8.x
+//! and MariaDB) are tested over recorded rows without a server.
+
+use serde::{Deserialize, Serialize};
+
+/// One result row as (column name, value) pairs; `None` is SQL NULL.
+pub type Row = Vec<(String, Option<String>)>;
+
+/// Server error codes that mean "alive but refusing us" rather than "down" (MHA's list):
+/// too many connections, access denied, host blocked, host not allowed, user over limits.
+pub const REFUSING_CODES: [u16; 6] = [1040, 1045, 1129, 1130, 1203, 1226];
+
+/// The replication thread state of a replica (`SHOW REPLICA STATUS`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replication {
+    pub source: String,
+    pub io_running: bool,
+    pub sql_running: bool,
+    /// `Seconds_Behind_Source` / `_Master`; `None` while not replicating.
+    pub seconds_behind: Option<u64>,
+    /// Received GTIDs (MySQL `Retrieved_Gtid_Set`, MariaDB `Gtid_IO_Pos`), for catch-up waits.
+    pub received_gtid: String,
+    pub last_error: Option<String>,
+}
+
+fn column<'a>(row: &'a Row, names: &[&str]) -> Option<&'a str> {
+    row.iter()
+        .find(|(name, _)| names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        .and_then(|(_, v)| v.as_deref())
+}
+
+/// Reads a `SHOW REPLICA STATUS` row, whichever flavour's column names it has.
+pub fn replication(row: &Row) -> Result<Replication, String> {
+    let running = |names: &[&str]| -> Result<bool, String> {
+        let v = column(row, names).ok_or_else(|| format!("no {} column in SHOW REPLICA STATUS", names[0]))?;
+        // "Connecting" counts as not running: no events arrive.
+        Ok(v.eq_ignore_ascii_case("Yes"))
+    };
+    let errors: Vec<&str> = ["Last_IO_Error", "Last_SQL_Error"]
+        .iter()
+        .filter_map(|c| column(row, &[c]))
+        .filter(|e| !e.is_empty())
+        .collect();
+    Ok(Replication {
+        source: column(row, &["Source_Host", "Master_Host"])
+            .unwrap_or_default()
+            .to_string(),
+        io_running: running(&["Replica_IO_Running", "Slave_IO_Running"])?,
+        sql_running: running(&["Replica_SQL_Running", "Slave_SQL_Running"])?,
+        seconds_behind: column(row, &["Seconds_Behind_Source", "Seconds_Behind_Master"])
+            .and_then(|v| v.parse().ok()),
+        received_gtid: column(row, &["Retrieved_Gtid_Set", "Gtid_IO_Pos"])
+            .unwrap_or_default()
+            .to_string(),
+        last_error: (!errors.is_empty()).then(|| errors.join("; ")),
+    })
+}
+
+/// How far a server's data has got, as one number for ranking candidates: the number of
+/// transactions in its executed GTID set. MariaDB positions (`domain-server-seq,…`) count their
+/// sequence numbers; MySQL sets (`uuid:1-42:50-60,…`) the transactions in their intervals. Only
+/// comparable between servers replicating the same history, which is what ranking needs.
+pub fn gtid_position(gtid: &str) -> Result<u64, String> {
+    let gtid: String = gtid.chars().filter(|c| !c.is_whitespace()).collect();
+    let bad = || format!("cannot read GTID position {gtid:?}");
+    let mut total: u64 = 0;
+    for part in gtid.split(',').filter(|p| !p.is_empty()) {
+        if let Some((_uuid, intervals)) = part.split_once(':') {
+            for interval in intervals.split(':') {
+                // A tagged GTID (MySQL 8.4) "tag:1-5" puts a name where an interval would be.
+                let is_tag = interval.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && interval.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if is_tag {
+                    continue;
+                }
+                let (a, b) = interval.split_once('-').unwrap_or((interval, interval));
+                let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                total += b.checked_sub(a).ok_or_else(bad)? + 1;
+            }
+        } else {
+            let seq = part.rsplit('-').next().ok_or_else(bad)?;
+            if part.split('-').count() != 3 {
+                return Err(bad());
+            }
+            total += seq.parse::<u64>().map_err(|_| bad())?;
+        }
+    }
+    Ok(total)
+}
+
+/// Whether a server is MariaDB, from `@@version`.
+pub fn is_mariadb(version: &str) -> bool {
+    version.to_ascii_lowercase().contains("mariadb")
+}
+
+/// Reads a 0/1/ON/OFF variable value.
+pub fn flag(value: Option<&str>) -> Option<bool> {
+    match value?.to_ascii_uppercase().as_str() {
+        "1" | "ON" | "YES" => Some(true),
+        "0" | "OFF" | "NO" => Some(false),
+        _ => None,
+    }
+}
+
+/// The hysteresis of the health gate: `fall` failed checks in a row make a healthy database
+/// failing, `rise` good ones make a failing database healthy. It starts failing (unknown is
+/// not healthy).
+#[derive(Clone, Debug)]
+pub struct Gauge {
+    rise: u32,
+    fall: u32,
+    healthy: bool,
+    streak: u32,
+}
+
+impl Gauge {
+    pub fn new(rise: u32, fall: u32) -> Gauge {
+        Gauge {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            healthy: false,
+            streak: 0,
+        }
+    }
+
+    /// Records one check; returns whether the database now counts as healthy.
+    pub fn record(&mut self, ok: bool) -> bool {
+        if ok == self.healthy {
+            self.streak = 0;
+        } else {
+            self.streak += 1;
+            let needed = if ok { self.rise } else { self.fall };
+            if self.streak >= needed {
+                self.healthy = ok;
+                self.streak = 0;
+            }
+        }
+        self.healthy
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pairs: &[(&str, Option<&str>)]) -> Row {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect()
+    }
+
+    /// Columns of `SHOW REPLICA STATUS` as MySQL 8.4 returns them (abridged, order kept).
+    fn mysql_84_replica() -> Row {
+        row(&[
+            ("Replica_IO_State", Some("Waiting for source to send event")),
+            ("Source_Host", Some("192.0.2.11")),
+            ("Source_User", Some("repl")),
+            ("Source_Port", Some("3306")),
+            ("Source_Log_File", Some("binlog.000003")),
+            ("Read_Source_Log_Pos", Some("1563")),
+            ("Relay_Log_File", Some("relay.000002")),
+            ("Relay_Source_Log_File", Some("binlog.000003")),
+            ("Replica_IO_Running", Some("Yes")),
+            ("Replica_SQL_Running", Some("Yes")),
+            ("Last_IO_Error", Some("")),
+            ("Last_SQL_Error", Some("")),
+            ("Exec_Source_Log_Pos", Some("1563")),
+            ("Seconds_Behind_Source", Some("0")),
+            (
+                "Retrieved_Gtid_Set",
+                Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5"),
+            ),
+            (
+                "Executed_Gtid_Set",
+                Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5"),
+            ),
+            ("Auto_Position", Some("1")),
+        ])
+    }
+
+    /// The same from MariaDB 10.11 (old column names, GTID columns of its own).
+    fn mariadb_replica() -> Row {
+        row(&[
+            ("Slave_IO_State", Some("Waiting for master to send event")),
+            ("Master_Host", Some("192.0.2.11")),
+            ("Master_User", Some("repl")),
+            ("Master_Port", Some("3306")),
+            ("Read_Master_Log_Pos", Some("2208")),
+            ("Slave_IO_Running", Some("Yes")),
+            ("Slave_SQL_Running", Some("No")),
+            ("Last_IO_Error", Some("")),
+            ("Last_SQL_Error", Some("Duplicate entry '1' for key 'PRIMARY'")),
+            ("Exec_Master_Log_Pos", Some("1900")),
+            ("Seconds_Behind_Master", None),
+            ("Using_Gtid", Some("Slave_Pos")),
+            ("Gtid_IO_Pos", Some("0-1-42")),
+        ])
+    }
+
+    #[test]
+    fn mysql_84_replica_columns_are_read() {
+        let r = replication(&mysql_84_replica()).unwrap();
+        assert_eq!(r.source, "192.0.2.11");
+        assert!(r.io_running && r.sql_running);
+        assert_eq!(r.seconds_behind, Some(0));
+        assert_eq!(r.received_gtid, "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5");
+        assert_eq!(r.last_error, None);
+    }
+
+    #[test]
+    fn mariadb_replica_columns_are_read_with_a_stopped_sql_thread() {
+        let r = replication(&mariadb_replica()).unwrap();
+        assert!(r.io_running && !r.sql_running);
+        assert_eq!(r.seconds_behind, None);
+        assert_eq!(r.received_gtid, "0-1-42");
+        assert_eq!(
+            r.last_error.as_deref(),
+            Some("Duplicate entry '1' for key 'PRIMARY'")
+        );
+    }
+
+    #[test]
+    fn a_row_without_thread_columns_is_an_error_not_a_guess() {
+        let e = replication(&row(&[("Source_Host", Some("x"))])).unwrap_err();
+        assert!(e.contains("Replica_IO_Running"), "{e}");
+        // "Connecting" is not running.
+        let mut r = mysql_84_replica();
+        r[8].1 = Some("Connecting".into());
+        assert!(!replication(&r).unwrap().io_running);
+    }
+
+    #[test]
+    fn gtid_positions_count_transactions_in_both_flavours() {
+        assert_eq!(gtid_position("").unwrap(), 0);
+        assert_eq!(gtid_position("0-1-42").unwrap(), 42);
+        assert_eq!(gtid_position("0-1-42,1-2-7").unwrap(), 49);
+        assert_eq!(
+            gtid_position("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5").unwrap(),
+            5
+        );
+        assert_eq!(
+            gtid_position(
+                "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:11-18,\n2174b383-5441-11e8-b90a-c80aa9429562:1-3"
+            )
+            .unwrap(),
+            16
+        );
+        assert_eq!(
+            gtid_position("3e11fa47-71ca-11e1-9e33-c80aa9429562:7").unwrap(),
+            1
+        );
+        assert_eq!(
+            gtid_position("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:etl:1-2").unwrap(),
+            7
+        );
+        for bad in ["0-1", "0-1-x", "u:5-1", "u:a-b"] {
+            assert!(gtid_position(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flavour_and_flags_are_recognised() {
+        assert!(is_mariadb("10.11.19-MariaDB-0+deb12u1-log"));
+        assert!(!is_mariadb("8.4.3"));
+        assert_eq!(flag(Some("ON")), Some(true));
+        assert_eq!(flag(Some("0")), Some(false));
+        assert_eq!(flag(Some("maybe")), None);
+        assert_eq!(flag(None), None);
+    }
+
+    #[test]
+    fn the_gauge_needs_fall_failures_and_rise_successes_in_a_row() {
+        let mut g = Gauge::new(2, 3);
+        assert!(!g.healthy(), "unknown is not healthy");
+        assert!(!g.record(true));
+        assert!(g.record(true));
+        // Two failures, a success: the streak restarts.
+        assert!(g.record(false) && g.record(false) && g.record(true));
+        assert!(g.record(false) && g.record(false));
+        assert!(!g.record(false));
+        assert!(!g.record(true));
+        assert!(!g.record(false), "a failure resets the rise streak");
+        assert!(!g.record(true));
+        assert!(g.record(true));
+    }
+}

@@ -1,0 +1,91 @@
+//! The database gate with real MariaDB replication in network namespaces: db1 the primary, db2
+//! its read_only replica, witness w1, agents in `[mysql] mode = "gate"`. Needs root.
+
+mod lab;
+
+use lab::{Lab, Spec, VIP4, wait_for};
+use nix::sys::signal::Signal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn gated() -> Lab {
+    let mut lab = Lab::new(
+        Path::new(env!("CARGO_BIN_EXE_vipgate")),
+        Spec {
+            mysql: Some("gate"),
+            ..Spec::default()
+        },
+    );
+    lab.start_all();
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(6));
+    lab
+}
+
+#[test]
+fn gate_mode_vip_follows_the_database_an_operator_makes_writable() {
+    let lab = gated();
+    let db2 = lab.status("db2").unwrap();
+    let reason = db2.ineligible_reason.unwrap_or_default();
+    assert!(
+        reason.contains("read_only"),
+        "db2 should wait as a read_only replica: {reason}"
+    );
+    let replica = db2
+        .database
+        .as_ref()
+        .and_then(|d| d.replication.clone())
+        .expect("db2 is a replica");
+    assert!(replica.io_running && replica.sql_running, "{replica:?}");
+    assert_eq!(replica.source, "192.0.2.11");
+    let db1 = lab.status("db1").unwrap().database.unwrap();
+    assert!(db1.healthy && db1.read_only == Some(false), "{db1:?}");
+    assert!(db1.version.as_deref().unwrap_or_default().contains("MariaDB"));
+
+    // The operator (or another tool) moves the primary: db1 read-only, db2 promoted.
+    lab.sql("db1", "SET GLOBAL read_only = ON");
+    lab.sql("db2", "STOP SLAVE; SET GLOBAL read_only = OFF");
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(6));
+    lab.assert_never_two_holders(VIP4);
+    assert!(lab.client_ping(VIP4));
+    let s = lab.status("db1").unwrap();
+    assert!(s.ineligible_reason.unwrap_or_default().contains("read_only"));
+    assert_eq!(s.owner.as_deref(), Some("db2"));
+    // Its position travels with its heartbeats: every agent ranks by it.
+    let position = lab.status("db2").unwrap().database.unwrap().position;
+    assert!(position > 0, "db2's GTID position was not read");
+    assert!(wait_for(Duration::from_secs(2), || {
+        lab.status("w1")
+            .unwrap()
+            .peers
+            .iter()
+            .any(|p| p.id == "db2" && p.position == position)
+    }));
+}
+
+#[test]
+fn a_hung_database_makes_its_owner_give_the_vip_up_without_blocking_the_agent() {
+    let lab = gated();
+    lab.signal_mariadb("db1", Signal::SIGSTOP);
+    let frozen = Instant::now();
+    // fall (3) checks of 200 ms, each bounded by 200 ms: about 0.8 s, plus the release.
+    assert!(
+        wait_for(Duration::from_secs(5), || lab.observer().holders(VIP4).is_empty()),
+        "db1 kept the VIP over a hung database\n{}",
+        lab.logs()
+    );
+    println!(
+        "db1 gave the VIP up {} ms after its database froze",
+        frozen.elapsed().as_millis()
+    );
+    // The agent still answers, and says why.
+    let s = lab.status("db1").expect("the agent must stay responsive");
+    let db = s.database.unwrap();
+    assert!(!db.healthy);
+    assert!(db.problem.unwrap_or_default().contains("no answer within 200 ms"));
+    // db2 is a read_only replica: in gate mode no one may own.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lab.observer().holders(VIP4).is_empty());
+    lab.signal_mariadb("db1", Signal::SIGCONT);
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(6));
+    lab.assert_never_two_holders(VIP4);
+}
