@@ -40,6 +40,21 @@ fn gate_mode_vip_follows_the_database_an_operator_makes_writable() {
     let db1 = lab.status("db1").unwrap().database.unwrap();
     assert!(db1.healthy && db1.read_only == Some(false), "{db1:?}");
     assert!(db1.version.as_deref().unwrap_or_default().contains("MariaDB"));
+    // Every agent sees the whole cluster's databases: the witness hears both reports.
+    let seen = |node: &str, want: fn(&vipgate::control::PeerDb) -> bool| {
+        wait_for(Duration::from_secs(3), || {
+            lab.status("w1").is_some_and(|s| {
+                s.peers
+                    .iter()
+                    .any(|p| p.id == node && p.database.as_ref().is_some_and(want))
+            })
+        })
+    };
+    assert!(seen("db1", |d| d.healthy && d.writable && !d.gtid.is_empty()));
+    assert!(seen("db2", |d| d.healthy
+        && !d.writable
+        && d.replicating
+        && d.lag_s == Some(0)));
 
     // The operator (or another tool) moves the primary: db1 read-only, db2 promoted.
     lab.sql("db1", "SET GLOBAL read_only = ON");

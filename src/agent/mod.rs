@@ -12,8 +12,8 @@ pub mod clock;
 pub mod state;
 
 use crate::config::Config;
-use crate::control::{self, GrantStatus, PeerStatus, Request, Status};
-use crate::core::{Action, Core, Event, Instant, Message, NodeIdx, RoleKind, Vote};
+use crate::control::{self, GrantStatus, PeerDb, PeerStatus, Request, Status};
+use crate::core::{Action, Core, DbReport, Event, Instant, Message, NodeIdx, RoleKind, Vote};
 use crate::mysql::DbStatus;
 use crate::net::{Codec, Receiver};
 use crate::vip::{self, Command, Report, VipStatus};
@@ -25,6 +25,39 @@ use std::time::{Duration, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
+
+/// Database reports go out on change, and at least this often.
+const DB_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// What peers are told about a database status.
+fn db_report(db: &DbStatus) -> DbReport {
+    let replicating = db
+        .replication
+        .as_ref()
+        .is_some_and(|r| r.io_running && r.sql_running);
+    DbReport {
+        healthy: db.healthy,
+        writable: db.read_only == Some(false),
+        replicating,
+        lag_s: db
+            .replication
+            .as_ref()
+            .and_then(|r| r.seconds_behind)
+            .map(|s| u32::try_from(s).unwrap_or(u32::MAX)),
+        gtid: crate::net::wire::cut_gtid(db.gtid.as_deref().unwrap_or_default()).into_owned(),
+    }
+}
+
+fn peer_db(report: &DbReport, age: Duration) -> PeerDb {
+    PeerDb {
+        healthy: report.healthy,
+        writable: report.writable,
+        replicating: report.replicating,
+        lag_s: report.lag_s,
+        gtid: report.gtid.clone(),
+        age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+    }
+}
 
 /// After a VIP could not be added, the node stays ineligible this long before trying again.
 const VIP_FAULT_BACKOFF: Duration = Duration::from_secs(5);
@@ -97,6 +130,9 @@ struct Agent {
     release_by: Option<Instant>,
     /// The local database's latest health check, if the database gates this node.
     db: Option<watch::Receiver<DbStatus>>,
+    /// The last database report sent, and each peer's latest.
+    last_report: Option<(Instant, DbReport)>,
+    peer_db: Vec<Option<(Instant, DbReport)>>,
 }
 
 /// Resolves when the database status changes; never if there is no database gate.
@@ -215,6 +251,8 @@ impl Agent {
             drop_seq: 0,
             release_by: None,
             db,
+            last_report: None,
+            peer_db: vec![None; config.nodes.len()],
             config,
         })
     }
@@ -285,9 +323,16 @@ impl Agent {
                     let now = clock::now();
                     match received {
                         Ok((n, _from)) => {
-                            if let Some((from, message)) = self.receiver.accept(&buf[..n]) {
-                                self.received += 1;
-                                self.step(now, Event::Received { from, message })?;
+                            match self.receiver.accept(&buf[..n]) {
+                                Some((from, Message::DbReport(report))) => {
+                                    self.received += 1;
+                                    self.peer_db[usize::from(from)] = Some((now, report));
+                                }
+                                Some((from, message)) => {
+                                    self.received += 1;
+                                    self.step(now, Event::Received { from, message })?;
+                                }
+                                None => {}
                             }
                         }
                         Err(e) => tracing::debug!("receiving: {e}"),
@@ -424,10 +469,9 @@ impl Agent {
             Action::Persist(state) => self.state.save(state).map_err(|e| e.to_string())?,
             Action::Send { to, message } => self.send(to, &message),
             Action::Broadcast(message) => {
-                for to in 0..self.peers.len() as NodeIdx {
-                    if to != self.me {
-                        self.send(to, &message);
-                    }
+                self.broadcast(&message);
+                if matches!(message, Message::Heartbeat(_)) {
+                    self.report_db(now);
                 }
             }
             Action::Acquire { term, lease_end } => {
@@ -462,6 +506,29 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    fn broadcast(&mut self, message: &Message) {
+        for to in 0..self.peers.len() as NodeIdx {
+            if to != self.me {
+                self.send(to, message);
+            }
+        }
+    }
+
+    /// Tells peers about the local database: with a heartbeat, when it changed or at least
+    /// every [`DB_REPORT_EVERY`].
+    fn report_db(&mut self, now: Instant) {
+        let Some(db) = &self.db else { return };
+        let report = db_report(&db.borrow());
+        let due = match &self.last_report {
+            Some((at, last)) => *last != report || now.saturating_since(*at) >= DB_REPORT_EVERY,
+            None => true,
+        };
+        if due {
+            self.broadcast(&Message::DbReport(report.clone()));
+            self.last_report = Some((now, report));
+        }
     }
 
     fn vip(&self, command: Command) {
@@ -530,8 +597,12 @@ impl Agent {
                         owner: self.core.owner(now).map(|o| self.id(o).to_string()),
                         role: role.to_string(),
                         eligible: self.core.eligible(),
-                        position: 0,
+                        position: self.db.as_ref().map_or(0, |db| db.borrow().position),
                         priority: node.priority,
+                        database: self
+                            .db
+                            .as_ref()
+                            .map(|db| peer_db(&db_report(&db.borrow()), Duration::ZERO)),
                     };
                 }
                 let view = self.core.peers()[usize::from(i)];
@@ -556,6 +627,9 @@ impl Agent {
                     eligible: view.eligible,
                     position: view.position,
                     priority: view.priority,
+                    database: self.peer_db[usize::from(i)]
+                        .as_ref()
+                        .map(|(at, report)| peer_db(report, now.saturating_since(*at))),
                 }
             })
             .collect();

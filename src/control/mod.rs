@@ -78,6 +78,32 @@ pub struct PeerStatus {
     pub eligible: bool,
     pub position: u64,
     pub priority: u8,
+    /// Its database, as its agent last reported it.
+    pub database: Option<PeerDb>,
+}
+
+/// A node's database as its own agent reports it to its peers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerDb {
+    pub healthy: bool,
+    pub writable: bool,
+    pub replicating: bool,
+    pub lag_s: Option<u32>,
+    pub gtid: String,
+    /// How old the report is.
+    pub age_ms: u64,
+}
+
+impl PeerDb {
+    /// A few characters for the status table.
+    fn summary(&self) -> String {
+        match (self.healthy, self.writable, self.replicating) {
+            (false, _, _) => "FAILING".into(),
+            (true, true, _) => "writable".into(),
+            (true, false, true) => format!("replica {}", self.lag_s.map_or("?".into(), |s| format!("{s}s"))),
+            (true, false, false) => "read-only".into(),
+        }
+    }
 }
 
 /// A request from the socket, answered by the agent loop.
@@ -209,8 +235,8 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<12} {:<10} {:<8} {:>6}  {:<10} {:>8}  LAST HEARD",
-        "NODE", "ROLE", "ELIGIBLE", "TERM", "SEES OWNER", "PRIORITY"
+        "{:<12} {:<10} {:<8} {:>6}  {:<10} {:>8}  {:<12} LAST HEARD",
+        "NODE", "ROLE", "ELIGIBLE", "TERM", "SEES OWNER", "PRIORITY", "DATABASE"
     );
     for p in &s.peers {
         let me = p.id == s.node;
@@ -232,7 +258,7 @@ pub fn render(s: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<12} {:<10} {:<8} {:>6}  {:<10} {:>8}  {heard}",
+            "{:<12} {:<10} {:<8} {:>6}  {:<10} {:>8}  {:<12} {heard}",
             name,
             p.role,
             eligible,
@@ -243,6 +269,7 @@ pub fn render(s: &Status) -> String {
             } else {
                 p.priority.to_string()
             },
+            p.database.as_ref().map_or("-".to_string(), PeerDb::summary),
         );
     }
     let _ = writeln!(out);

@@ -23,6 +23,9 @@ pub enum Message {
     VoteRequest(VoteRequest),
     Vote(Vote),
     Release(Release),
+    /// Observability only: the sender's database as its probe sees it. The core ignores it;
+    /// the shell shows it in `vipgate status`.
+    DbReport(DbReport),
 }
 
 /// Sent by every agent every interval: its view, so peers (and operators) see the whole cluster.
@@ -74,6 +77,23 @@ pub struct Release {
     pub final_position: Option<Position>,
 }
 
+/// Longest GTID text a [`DbReport`] carries; longer sets are cut (and end with `…`).
+pub const MAX_REPORT_GTID: usize = 200;
+
+/// A database's state as its own agent's probe last saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DbReport {
+    pub healthy: bool,
+    /// `read_only = OFF`.
+    pub writable: bool,
+    /// A replica whose I/O and SQL threads both run.
+    pub replicating: bool,
+    /// Seconds behind its source, when replicating and known.
+    pub lag_s: Option<u32>,
+    /// Executed GTIDs (at most [`MAX_REPORT_GTID`] bytes).
+    pub gtid: String,
+}
+
 impl Message {
     /// Short name used in logs and drop counters.
     pub fn kind(&self) -> &'static str {
@@ -83,6 +103,7 @@ impl Message {
             Message::VoteRequest(_) => "vote-request",
             Message::Vote(_) => "vote",
             Message::Release(_) => "release",
+            Message::DbReport(_) => "db-report",
         }
     }
 }

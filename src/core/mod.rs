@@ -18,7 +18,9 @@ mod ownership;
 mod rank;
 mod time;
 
-pub use message::{Ack, Heartbeat, Message, NodeIdx, Position, Release, Term, Vote, VoteRequest};
+pub use message::{
+    Ack, DbReport, Heartbeat, MAX_REPORT_GTID, Message, NodeIdx, Position, Release, Term, Vote, VoteRequest,
+};
 pub use ownership::{
     Action, Core, Event, Grant, MAX_MEMBERS, Member, PeerView, PersistentState, ReleaseReason, RoleKind,
     Settings, SettingsError,

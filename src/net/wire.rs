@@ -17,12 +17,14 @@
 //! Payloads: heartbeat `term u64, seq u64, owner ref, flags u8 (1 lease claim, 2 eligible),
 //! position u64, priority u8`; ack `term u64, echo_seq u64`; vote request `term u64, position
 //! u64, priority u8`; vote `term u64, granted u8`; release `term u64, to ref, has_position u8,
-//! position u64`. Anything left over, or any flag outside its set, makes the datagram malformed.
+//! position u64`; db report `flags u8 (1 healthy, 2 writable, 4 replicating, 8 lag known),
+//! lag_s u32, gtid (length-prefixed, ≤ 200 bytes of UTF-8)`. Anything left over, or any flag
+//! outside its set, makes the datagram malformed.
 //!
 //! The header is parsed (bounded, unauthenticated) only far enough to tell another cluster
 //! apart; nothing else is trusted before the MAC is verified in constant time.
 
-use crate::core::{Ack, Heartbeat, Message, NodeIdx, Release, Vote, VoteRequest};
+use crate::core::{Ack, DbReport, Heartbeat, MAX_REPORT_GTID, Message, NodeIdx, Release, Vote, VoteRequest};
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
@@ -31,7 +33,8 @@ type HmacSha256 = hmac::Hmac<Sha256>;
 pub const MAGIC: [u8; 2] = *b"VG";
 pub const VERSION: u8 = 1;
 pub const MAC_LEN: usize = 32;
-/// Larger datagrams are dropped unread. The largest valid one (64-byte names) is 281 bytes.
+/// Larger datagrams are dropped unread. The largest valid one (64-byte names, a db report with
+/// the longest GTID text) is 396 bytes.
 pub const MAX_DATAGRAM: usize = 512;
 /// Longest cluster name or node id.
 pub const MAX_NAME: usize = 64;
@@ -42,6 +45,7 @@ const KIND_ACK: u8 = 2;
 const KIND_VOTE_REQUEST: u8 = 3;
 const KIND_VOTE: u8 = 4;
 const KIND_RELEASE: u8 = 5;
+const KIND_DB_REPORT: u8 = 6;
 
 /// Why a datagram was dropped. Every drop is counted under one of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -245,6 +249,15 @@ impl Codec {
                 w.push(u8::from(r.final_position.is_some()));
                 w.extend_from_slice(&r.final_position.unwrap_or(0).to_be_bytes());
             }
+            Message::DbReport(d) => {
+                let flags = u8::from(d.healthy)
+                    | (u8::from(d.writable) << 1)
+                    | (u8::from(d.replicating) << 2)
+                    | (u8::from(d.lag_s.is_some()) << 3);
+                w.push(flags);
+                w.extend_from_slice(&d.lag_s.unwrap_or(0).to_be_bytes());
+                put_name(w, cut_gtid(&d.gtid).as_bytes());
+            }
         }
     }
 
@@ -292,9 +305,36 @@ impl Codec {
                     final_position: has_position.then_some(position),
                 })
             }
+            KIND_DB_REPORT => {
+                let flags = r.u8()?;
+                if flags & !0b1111 != 0 {
+                    return Err(DropReason::Malformed);
+                }
+                let lag = r.u32()?;
+                let gtid = r.text(MAX_REPORT_GTID)?;
+                Message::DbReport(DbReport {
+                    healthy: flags & 1 != 0,
+                    writable: flags & 2 != 0,
+                    replicating: flags & 4 != 0,
+                    lag_s: (flags & 8 != 0).then_some(lag),
+                    gtid: String::from_utf8(gtid.to_vec()).map_err(|_| DropReason::Malformed)?,
+                })
+            }
             _ => return Err(DropReason::Malformed),
         })
     }
+}
+
+/// `gtid`, cut at a character boundary to fit [`MAX_REPORT_GTID`] bytes (ending in `…`).
+pub fn cut_gtid(gtid: &str) -> std::borrow::Cow<'_, str> {
+    if gtid.len() <= MAX_REPORT_GTID {
+        return gtid.into();
+    }
+    let mut end = MAX_REPORT_GTID - '…'.len_utf8();
+    while !gtid.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &gtid[..end]).into()
 }
 
 fn kind_of(message: &Message) -> u8 {
@@ -304,6 +344,7 @@ fn kind_of(message: &Message) -> u8 {
         Message::VoteRequest(_) => KIND_VOTE_REQUEST,
         Message::Vote(_) => KIND_VOTE,
         Message::Release(_) => KIND_RELEASE,
+        Message::DbReport(_) => KIND_DB_REPORT,
     }
 }
 
@@ -347,9 +388,19 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(b.try_into().expect("took 8 bytes")))
     }
 
+    fn u32(&mut self) -> Result<u32, DropReason> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes(b.try_into().expect("took 4 bytes")))
+    }
+
     fn name(&mut self) -> Result<&'a [u8], DropReason> {
+        self.text(MAX_NAME)
+    }
+
+    /// A length-prefixed byte string of at most `max` bytes.
+    fn text(&mut self, max: usize) -> Result<&'a [u8], DropReason> {
         let n = usize::from(self.u8()?);
-        if n > MAX_NAME {
+        if n > max {
             return Err(DropReason::Malformed);
         }
         self.take(n)
@@ -568,6 +619,31 @@ mod tests {
         assert_eq!(codec(1).decode(&seal(short)), Err(DropReason::Truncated));
     }
 
+    #[test]
+    fn the_largest_datagram_fits_and_long_gtids_are_cut() {
+        let long = "x".repeat(MAX_NAME);
+        let ids = vec![format!("a{}", &long[1..]), format!("b{}", &long[1..])];
+        let tx = Codec::new(&long, b"k", 7, ids.clone(), 0);
+        let gtid = "0-1-1,".repeat(100);
+        let report = Message::DbReport(DbReport {
+            healthy: true,
+            writable: false,
+            replicating: true,
+            lag_s: Some(3),
+            gtid: gtid.clone(),
+        });
+        let bytes = tx.encode(u64::MAX, u64::MAX, &report);
+        assert_eq!(bytes.len(), 4 + 2 * 65 + 24 + 6 + MAX_REPORT_GTID + MAC_LEN);
+        assert!(bytes.len() <= MAX_DATAGRAM);
+        let rx = Codec::new(&long, b"k", 7, ids, 1);
+        let Message::DbReport(got) = rx.decode(&bytes).unwrap().message else {
+            panic!("not a db report")
+        };
+        assert_eq!(got.gtid.len(), MAX_REPORT_GTID);
+        assert!(got.gtid.ends_with('…') && gtid.starts_with(got.gtid.trim_end_matches('…')));
+        assert_eq!(cut_gtid("0-1-5"), "0-1-5");
+    }
+
     fn node() -> impl Strategy<Value = Option<NodeIdx>> {
         proptest::option::of(0u8..3)
     }
@@ -610,6 +686,20 @@ mod tests {
                     final_position
                 })
             ),
+            (
+                any::<[bool; 3]>(),
+                proptest::option::of(any::<u32>()),
+                "[0-9a-f:,-]{0,200}"
+            )
+                .prop_map(
+                    |([healthy, writable, replicating], lag_s, gtid)| Message::DbReport(DbReport {
+                        healthy,
+                        writable,
+                        replicating,
+                        lag_s,
+                        gtid
+                    })
+                ),
         ]
     }
 
