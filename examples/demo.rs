@@ -1,4 +1,5 @@
-//! The demo: a three-agent cluster in network namespaces, a failover, and clean-up.
+//! The demo: a three-agent cluster with real MariaDB replication in network namespaces, an
+//! automatic failover under a write load, and clean-up.
 //!
 //! Run through `scripts/demo.sh` (as root): it builds, installs what the lab needs and runs
 //! this with the path of the `vipgate` binary. Everything it creates is removed at the end,
@@ -12,6 +13,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+fn lab_bin() -> PathBuf {
+    std::env::args_os()
+        .nth(1)
+        .map(PathBuf::from)
+        .expect("usage: demo PATH-TO-VIPGATE")
+}
+
 fn show_status(lab: &Lab, node: &str) {
     println!("\n$ vipgate status        # on {node}");
     let out = Command::new(lab_bin())
@@ -23,13 +31,6 @@ fn show_status(lab: &Lab, node: &str) {
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn lab_bin() -> PathBuf {
-    std::env::args_os()
-        .nth(1)
-        .map(PathBuf::from)
-        .expect("usage: demo PATH-TO-VIPGATE")
-}
-
 fn step(text: &str) {
     println!("\n==> {text}");
 }
@@ -39,11 +40,13 @@ fn main() {
     step(
         "building a lab: switch, db1 (priority 150), db2 (100), witness w1, client — each its own network namespace",
     );
-    println!("MariaDB on db1 (primary) and db2 (its read_only replica); agents in [mysql] mode = \"gate\"");
+    println!(
+        "MariaDB on db1 (primary) and db2 (its semi-synchronous replica); agents in [mysql] mode = \"promote\""
+    );
     let mut lab = Lab::new(
         &bin,
         Spec {
-            mysql: Some("gate"),
+            mysql: Some("promote"),
             ..Spec::default()
         },
     );
@@ -58,56 +61,54 @@ fn main() {
     lab.start_all();
     let t = Instant::now();
     assert!(
-        wait_for(Duration::from_secs(6), || lab.observer().sole_holder(VIP4, "db1")),
+        wait_for(Duration::from_secs(8), || lab.observer().sole_holder(VIP4, "db1")),
         "db1 did not take the VIP:\n{}",
         lab.logs()
     );
     println!(
-        "db1 holds the VIP after {} ms (each agent first stays quiet for one lease)",
+        "db1 holds the VIP after {} ms (agents stay quiet for one lease, then db1 — most data, highest \
+         priority — wins, fences every other database and promotes its own)",
         t.elapsed().as_millis()
     );
     assert!(lab.client_ping(VIP4), "the client cannot reach the VIP");
-    println!(
-        "client: {VIP4} is at {} (db1's MAC)",
-        lab.client_neighbour(VIP4).unwrap_or_default()
-    );
+    // Let the next health checks see the promoted database.
+    std::thread::sleep(Duration::from_millis(500));
     show_status(&lab, "db1");
 
-    step("client pings the VIP every 5 ms; now db1's link goes down");
+    step(
+        "the client inserts rows through the VIP as fast as it can, and pings it every 5 ms; now db1's link goes down",
+    );
+    let writer = lab.writer();
     let ping = lab.pinger(VIP4);
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1000));
     let cut = unix_now();
+    let crashed = Instant::now();
     lab.link_down("db1");
-    std::thread::sleep(Duration::from_millis(1500));
-    println!(
-        "after 1.5 s nobody holds the VIP: holders {:?} — db2's database is a read_only replica, and in gate mode \
-         only a writable database may own",
-        lab.observer().holders(VIP4)
-    );
-    println!(
-        "promoting db2's database as an operator (or another tool) would: STOP SLAVE; SET GLOBAL read_only = OFF"
-    );
-    lab.sql("db2", "STOP SLAVE; SET GLOBAL read_only = OFF");
-    let t = Instant::now();
     assert!(
-        wait_for(Duration::from_secs(6), || lab.observer().sole_holder(VIP4, "db2")),
+        wait_for(Duration::from_secs(10), || lab
+            .observer()
+            .sole_holder(VIP4, "db2")),
         "db2 did not take over:\n{}",
         lab.logs()
     );
     println!(
-        "db2 holds the VIP {} ms after its database became writable",
-        t.elapsed().as_millis()
+        "db1 fenced its own database and dropped the VIP; db2 waited out db1's lease, caught up, promoted its \
+         database and holds the VIP {} ms after the cut",
+        crashed.elapsed().as_millis()
     );
-    wait_for(Duration::from_secs(2), || {
-        ping.replies_since(unix_now() - 0.3) > 10
-    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let acked = writer.finish();
     std::thread::sleep(Duration::from_millis(300));
-    match ping.max_gap_since(cut - 0.2) {
-        Some(gap) => println!(
-            "measured outage, including the manual promotion (longest gap between ping replies): {} ms",
-            gap.as_millis()
-        ),
-        None => println!("no ping replies seen"),
+    let pause = lab::longest_pause(&acked, crashed);
+    let present = lab.rows("db2");
+    let lost = acked.iter().filter(|(id, _)| !present.contains(id)).count();
+    println!(
+        "writes: {} acknowledged; longest pause {} ms; acknowledged rows missing on the new primary: {lost}",
+        acked.len(),
+        pause.as_millis()
+    );
+    if let Some(gap) = ping.max_gap_since(cut - 0.2) {
+        println!("ping: longest gap between replies {} ms", gap.as_millis());
     }
     println!(
         "client: {VIP4} is now at {} (db2's MAC, learnt from its gratuitous ARP)",
@@ -124,7 +125,7 @@ fn main() {
     );
     show_status(&lab, "db2");
 
-    step("cleaning up: agents stopped, namespaces deleted");
+    step("cleaning up: agents and databases stopped, namespaces deleted");
     drop(ping);
     drop(lab);
     println!("done");

@@ -216,8 +216,17 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<(), ConfigErrors> {
     }
     match &config.mysql {
         Some(m) => println!(
-            "database  gate: {} as {}; checks every {} (timeout {}), failing after {} in a row, healthy after {}; \
+            "database  {}: {} as {}; checks every {} (timeout {}), failing after {} in a row, healthy after {}; \
              a dead or hung database is noticed within {}",
+            match m.mode {
+                vipgate::config::MysqlMode::Promote => format!(
+                    "promote (replicas at most {} behind; catch-up within {}; clients killed {} after fencing)",
+                    ms(m.max_lag),
+                    ms(m.catchup_timeout),
+                    ms(m.kill_grace)
+                ),
+                vipgate::config::MysqlMode::Gate => "gate".to_string(),
+            },
             m.endpoint,
             m.user,
             ms(m.check_interval),

@@ -9,11 +9,12 @@
 //! the address covers a frozen process).
 
 pub mod clock;
+mod database;
 pub mod state;
 
-use crate::config::Config;
+use crate::config::{Config, Mysql, Secret};
 use crate::control::{self, GrantStatus, PeerDb, PeerStatus, Request, Status};
-use crate::core::{Action, Core, DbReport, Event, Instant, Message, NodeIdx, RoleKind, Vote};
+use crate::core::{Action, Core, DbReport, Event, Instant, Message, NodeIdx, RoleKind, Term, Vote};
 use crate::mysql::DbStatus;
 use crate::net::{Codec, Receiver};
 use crate::vip::{self, Command, Report, VipStatus};
@@ -25,6 +26,13 @@ use std::time::{Duration, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
+
+/// A release in progress: done when the VIP is gone and the database fenced.
+struct PendingRelease {
+    term: Term,
+    vip_done: bool,
+    fence_done: bool,
+}
 
 /// Database reports go out on change, and at least this often.
 const DB_REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -128,6 +136,22 @@ struct Agent {
     /// confirmation completes the release.
     drop_seq: u64,
     release_by: Option<Instant>,
+    pending_release: Option<PendingRelease>,
+    /// The lease this node holds as owner (term, end), as the core last granted it.
+    lease: Option<(Term, Instant)>,
+    /// Promote mode: the term whose promotion is running, or done.
+    promoting: Option<Term>,
+    promoted: Option<Term>,
+    /// Promote mode: a fence of a database this node does not own is running.
+    fencing: bool,
+    /// A failed promotion, and until when it keeps this node ineligible.
+    db_fault: Option<(String, Instant)>,
+    mysql: Option<(Mysql, Option<Secret>)>,
+    /// Promote mode: the queue of database changes, run one at a time.
+    db_jobs: Option<mpsc::UnboundedSender<database::Job>>,
+    promotion_cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    db_outcomes_tx: mpsc::UnboundedSender<database::Outcome>,
+    db_outcomes: mpsc::UnboundedReceiver<database::Outcome>,
     /// The local database's latest health check, if the database gates this node.
     db: Option<watch::Receiver<DbStatus>>,
     /// The last database report sent, and each peer's latest.
@@ -202,13 +226,15 @@ impl Agent {
             (Some(tx), rx, status)
         };
 
-        let db = match (&config.mysql, node.witness) {
+        let (db, mysql) = match (&config.mysql, node.witness) {
             (Some(mysql), false) => {
                 let password = config.read_mysql_password().map_err(|e| e.to_string())?;
-                Some(crate::mysql::start(mysql.clone(), password))
+                let db = crate::mysql::start(mysql.clone(), password.clone());
+                (Some(db), Some((mysql.clone(), password)))
             }
-            _ => None,
+            _ => (None, None),
         };
+        let (db_outcomes_tx, db_outcomes) = mpsc::unbounded_channel();
 
         let (control_tx, control) = mpsc::channel(16);
         control::serve(&config.control.socket, control_tx)?;
@@ -250,6 +276,20 @@ impl Agent {
             stopping: None,
             drop_seq: 0,
             release_by: None,
+            pending_release: None,
+            lease: None,
+            promoting: None,
+            promoted: None,
+            fencing: false,
+            db_fault: None,
+            db_jobs: mysql
+                .as_ref()
+                .filter(|(m, _)| m.mode == crate::config::MysqlMode::Promote)
+                .map(|(m, p)| database::start_worker(m.clone(), p.clone(), db_outcomes_tx.clone())),
+            promotion_cancel: None,
+            mysql,
+            db_outcomes_tx,
+            db_outcomes,
             db,
             last_report: None,
             peer_db: vec![None; config.nodes.len()],
@@ -281,16 +321,7 @@ impl Agent {
         if self.links_down.is_some() {
             return self.links_down.clone();
         }
-        let db = self.db.as_ref()?;
-        let status = db.borrow();
-        if !status.healthy {
-            let problem = status.problem.as_deref().unwrap_or("not checked yet");
-            return Some(format!("database not healthy ({problem})"));
-        }
-        match status.read_only {
-            Some(false) => None,
-            _ => Some("database is read_only (gate mode: only the writable database's node may own)".into()),
-        }
+        self.database_ineligible(now)
     }
 
     fn health(&self, now: Instant) -> Event {
@@ -344,8 +375,13 @@ impl Agent {
                 }
                 Ok(()) = db_changed(&mut self.db) => {
                     let now = clock::now();
+                    self.on_db_status(now);
                     let health = self.health(now);
                     self.step(now, health)?;
+                }
+                Some(outcome) = self.db_outcomes.recv() => {
+                    let now = clock::now();
+                    self.on_db_outcome(now, outcome)?;
                 }
                 Some(request) = self.control.recv() => {
                     let answer = self.answer(&request.command);
@@ -401,6 +437,19 @@ impl Agent {
         Ok(())
     }
 
+    /// Reports the pending release to the core once every part of it is done.
+    fn complete_release(&mut self, now: Instant) -> Result<(), String> {
+        match &self.pending_release {
+            Some(p) if p.vip_done && p.fence_done => {
+                let term = p.term;
+                self.pending_release = None;
+                self.release_by = None;
+                self.step(now, Event::Released { term })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Removes any VIP still on this host (the agent is exiting), bounded in time.
     async fn remove_vips(&mut self) {
         let Some(tx) = self.vip_commands.take() else {
@@ -417,8 +466,12 @@ impl Agent {
     fn on_report(&mut self, now: Instant, report: Report) -> Result<(), String> {
         match report {
             Report::Dropped { term, seq } if seq == self.drop_seq => {
-                self.release_by = None;
-                self.step(now, Event::Released { term })
+                if let Some(p) = &mut self.pending_release
+                    && p.term == term
+                {
+                    p.vip_done = true;
+                }
+                self.complete_release(now)
             }
             Report::Dropped { .. } => Ok(()),
             Report::Expired { term } => {
@@ -456,6 +509,10 @@ impl Agent {
         for action in actions {
             self.execute(now, action)?;
         }
+        if self.pending_release.is_some() && self.core.role() != RoleKind::Releasing {
+            // The core gave up waiting at the lease end; grants have lapsed by now.
+            self.pending_release = None;
+        }
         let owner_after = self.core.owner(now);
         if owner_after != owner_before && owner_after.is_some_and(|o| o != self.me) {
             let owner = owner_after.map(|o| self.id(o).to_string()).unwrap_or_default();
@@ -475,34 +532,54 @@ impl Agent {
                 }
             }
             Action::Acquire { term, lease_end } => {
-                tracing::info!(term, "became owner: adding the VIPs");
-                self.vip(Command::Hold {
-                    term,
-                    until: lease_end,
-                });
+                self.lease = Some((term, lease_end));
+                if self.promote_mode() {
+                    self.start_promotion(term);
+                } else {
+                    tracing::info!(term, "became owner: adding the VIPs");
+                    self.vip(Command::Hold {
+                        term,
+                        until: lease_end,
+                    });
+                }
             }
-            Action::Renewed { term, lease_end } => self.vip(Command::Hold {
-                term,
-                until: lease_end,
-            }),
+            Action::Renewed { term, lease_end } => {
+                self.lease = Some((term, lease_end));
+                // In promote mode the VIP follows only once the database is writable.
+                if !self.promote_mode() || self.promoted == Some(term) {
+                    self.vip(Command::Hold {
+                        term,
+                        until: lease_end,
+                    });
+                }
+            }
             Action::Release {
                 term,
                 reason,
                 lease_end,
             } => {
                 tracing::warn!(term, "releasing ownership: {}", reason.as_str());
+                self.lease = None;
+                self.release_by = Some(lease_end);
+                // The release completes once the VIP is gone and (promote mode) the database
+                // refuses writes; only then do peers hear of it.
+                self.pending_release = Some(PendingRelease {
+                    term,
+                    vip_done: self.vip_commands.is_none(),
+                    fence_done: !self.promote_mode(),
+                });
                 if self.vip_commands.is_some() {
                     self.drop_seq += 1;
-                    self.release_by = Some(lease_end);
                     self.vip(Command::Drop {
                         term,
                         by: lease_end,
                         seq: self.drop_seq,
                     });
-                } else {
-                    // Nothing to remove: the release is complete at once.
-                    return self.step(now, Event::Released { term });
                 }
+                if self.promote_mode() {
+                    self.start_fence(Some(term), lease_end);
+                }
+                return self.complete_release(now);
             }
         }
         Ok(())

@@ -22,6 +22,12 @@ pub(super) struct RawMysql {
     rise: i64,
     #[serde(default = "default_fall")]
     fall: i64,
+    #[serde(default = "default_max_lag")]
+    max_lag_ms: u64,
+    #[serde(default = "default_catchup")]
+    catchup_timeout_ms: u64,
+    #[serde(default = "default_kill_grace")]
+    kill_grace_ms: u64,
 }
 
 fn default_interval() -> u64 {
@@ -36,10 +42,22 @@ fn default_rise() -> i64 {
 fn default_fall() -> i64 {
     3
 }
+fn default_max_lag() -> u64 {
+    10_000
+}
+fn default_catchup() -> u64 {
+    30_000
+}
+fn default_kill_grace() -> u64 {
+    1_000
+}
 
 /// What vipgate does with the local database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MysqlMode {
+    /// vipgate manages read_only and replication: the owner catches up and promotes its
+    /// database before taking the VIP; every other node keeps its database read_only.
+    Promote,
     /// Never writes to it: the node may own only while its database is healthy and writable
     /// (`read_only = OFF`), for setups where another tool promotes.
     Gate,
@@ -74,6 +92,12 @@ pub struct Mysql {
     pub rise: u32,
     /// Consecutive failed checks before a healthy database counts as failing.
     pub fall: u32,
+    /// Promote mode: a replica further behind than this is not eligible.
+    pub max_lag: Duration,
+    /// Promote mode: how long a new owner waits for its replica to apply what it received.
+    pub catchup_timeout: Duration,
+    /// Promote mode: after fencing (read_only ON), client connections are killed this much later.
+    pub kill_grace: Duration,
 }
 
 impl Mysql {
@@ -87,21 +111,15 @@ impl Mysql {
 pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Option<Mysql> {
     let at = |k| [Seg::Key("mysql"), Seg::Key(k)];
     let mode = match raw.mode.as_str() {
+        "promote" => Some(MysqlMode::Promote),
         "gate" => Some(MysqlMode::Gate),
         "none" => None,
-        "promote" => {
-            p.add(
-                &at("mode"),
-                "mode \"promote\" (vipgate promotes and fences the database) is not available in this version".into(),
-                "use \"gate\" (another tool promotes; vipgate follows the writable database) or \"none\"",
-            );
-            None
-        }
         other => {
             p.add(
                 &at("mode"),
                 format!("{other:?} is not a mode"),
-                "use \"gate\" (follow the writable database) or \"none\" (ignore the database)",
+                "use \"promote\" (vipgate promotes and fences), \"gate\" (follow the writable database) \
+                 or \"none\" (ignore the database)",
             );
             None
         }
@@ -167,6 +185,16 @@ pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Opt
             "a check must end before the next one starts; lower the timeout or raise the interval",
         );
     }
+    if raw.catchup_timeout_ms < 100 {
+        p.add(
+            &at("catchup_timeout_ms"),
+            format!(
+                "{} ms leaves a new primary no time to apply what it received",
+                raw.catchup_timeout_ms
+            ),
+            "use at least 100 ms (30000 ms is the default)",
+        );
+    }
     for (key, value) in [("rise", raw.rise), ("fall", raw.fall)] {
         if !(1..=100).contains(&value) {
             p.add(
@@ -185,5 +213,8 @@ pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Opt
         check_timeout: Duration::from_millis(raw.check_timeout_ms),
         rise: raw.rise.clamp(1, 100) as u32,
         fall: raw.fall.clamp(1, 100) as u32,
+        max_lag: Duration::from_millis(raw.max_lag_ms),
+        catchup_timeout: Duration::from_millis(raw.catchup_timeout_ms),
+        kill_grace: Duration::from_millis(raw.kill_grace_ms),
     })
 }

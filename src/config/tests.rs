@@ -337,7 +337,7 @@ fn mysql_gate_is_read_with_defaults_and_a_socket_or_tcp_endpoint() {
 #[test]
 fn bad_mysql_settings_are_each_located_with_the_fix() {
     let src = format!(
-        "{GOOD}\n[mysql]\nmode = \"promote\"\nuser = \"\"\nsocket = \"s\"\nhost = \"h\"\ncheck_interval_ms = 10\ncheck_timeout_ms = 5000\nfall = 0\n"
+        "{GOOD}\n[mysql]\nmode = \"promot\"\nuser = \"\"\nsocket = \"s\"\nhost = \"h\"\ncheck_interval_ms = 10\ncheck_timeout_ms = 5000\nfall = 0\n"
     );
     let errors = parse(&src).unwrap_err().0;
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
@@ -353,7 +353,7 @@ fn bad_mysql_settings_are_each_located_with_the_fix() {
         ],
         "{errors:#?}"
     );
-    assert!(errors[0].fix.contains("\"gate\""), "{:?}", errors[0]);
+    assert!(errors[0].fix.contains("\"promote\""), "{:?}", errors[0]);
     assert!(errors.iter().all(|e| e.line.is_some()), "{errors:#?}");
     let e = only_error(&format!("{GOOD}\n[mysql]\nmode = \"fast\"\nuser = \"v\"\n"));
     assert!(e.problem.contains("\"fast\" is not a mode"), "{e}");

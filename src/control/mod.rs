@@ -269,7 +269,12 @@ pub fn render(s: &Status) -> String {
             } else {
                 p.priority.to_string()
             },
-            p.database.as_ref().map_or("-".to_string(), PeerDb::summary),
+            match (&p.database, p.role.as_str()) {
+                (None, _) => "-".to_string(),
+                // Its last report may no longer hold.
+                (Some(_), "silent") => "?".to_string(),
+                (Some(db), _) => db.summary(),
+            },
         );
     }
     let _ = writeln!(out);

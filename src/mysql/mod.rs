@@ -8,6 +8,7 @@
 //! The agent reads the latest [`DbStatus`] from a watch channel. This module never writes to
 //! the database.
 
+pub mod actions;
 pub mod probe;
 
 use crate::config::{Endpoint, Mysql, Secret};
@@ -31,6 +32,10 @@ pub struct DbStatus {
     pub read_only: Option<bool>,
     pub super_read_only: Option<bool>,
     pub replication: Option<Replication>,
+    /// Replicas: how far behind the source, in seconds — `Seconds_Behind_*` while connected,
+    /// 0 once everything received is applied, else the last value known (the source may be
+    /// gone, which is exactly when this matters).
+    pub lag_s: Option<u64>,
     /// Executed GTIDs, and the same as a transaction count (the ranking position).
     pub gtid: Option<String>,
     pub position: u64,
@@ -67,7 +72,7 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-fn to_row(row: &mysql_async::Row) -> Row {
+pub(crate) fn to_row(row: &mysql_async::Row) -> Row {
     row.columns_ref()
         .iter()
         .enumerate()
@@ -75,7 +80,7 @@ fn to_row(row: &mysql_async::Row) -> Row {
         .collect()
 }
 
-fn server_code(e: &mysql_async::Error) -> Option<u16> {
+pub(crate) fn server_code(e: &mysql_async::Error) -> Option<u16> {
     match e {
         mysql_async::Error::Server(s) => Some(s.code),
         _ => None,
@@ -89,7 +94,7 @@ pub fn start(config: Mysql, password: Option<Secret>) -> watch::Receiver<DbStatu
     rx
 }
 
-fn options(config: &Mysql, password: &Option<Secret>) -> OptsBuilder {
+pub(crate) fn options(config: &Mysql, password: &Option<Secret>) -> OptsBuilder {
     let pass = password
         .as_ref()
         .map(|p| String::from_utf8_lossy(p.bytes()).into_owned());
@@ -135,6 +140,14 @@ async fn run(config: Mysql, password: Option<Secret>, tx: watch::Sender<DbStatus
                 status.version = Some(o.version);
                 status.read_only = Some(o.read_only);
                 status.super_read_only = o.super_read_only;
+                status.lag_s = o
+                    .replication
+                    .as_ref()
+                    .and_then(|r| match (r.io_running, r.seconds_behind) {
+                        (true, Some(s)) => Some(s),
+                        _ if r.applied_all_received => Some(0),
+                        _ => status.lag_s,
+                    });
                 status.replication = o.replication;
                 status.gtid = Some(o.gtid);
                 status.position = o.position;

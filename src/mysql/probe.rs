@@ -20,6 +20,9 @@ pub struct Replication {
     pub seconds_behind: Option<u64>,
     /// Received GTIDs (MySQL `Retrieved_Gtid_Set`, MariaDB `Gtid_IO_Pos`), for catch-up waits.
     pub received_gtid: String,
+    /// The SQL thread has applied everything the I/O thread received (same source file and
+    /// position): nothing is left to catch up on, whether or not the source is reachable.
+    pub applied_all_received: bool,
     pub last_error: Option<String>,
 }
 
@@ -52,6 +55,17 @@ pub fn replication(row: &Row) -> Result<Replication, String> {
         received_gtid: column(row, &["Retrieved_Gtid_Set", "Gtid_IO_Pos"])
             .unwrap_or_default()
             .to_string(),
+        applied_all_received: {
+            let read = (
+                column(row, &["Source_Log_File", "Master_Log_File"]),
+                column(row, &["Read_Source_Log_Pos", "Read_Master_Log_Pos"]),
+            );
+            let exec = (
+                column(row, &["Relay_Source_Log_File", "Relay_Master_Log_File"]),
+                column(row, &["Exec_Source_Log_Pos", "Exec_Master_Log_Pos"]),
+            );
+            read.0.is_some() && read.1.is_some() && read == exec
+        },
         last_error: (!errors.is_empty()).then(|| errors.join("; ")),
     })
 }
@@ -190,7 +204,9 @@ mod tests {
             ("Master_Host", Some("192.0.2.11")),
             ("Master_User", Some("repl")),
             ("Master_Port", Some("3306")),
+            ("Master_Log_File", Some("binlog.000002")),
             ("Read_Master_Log_Pos", Some("2208")),
+            ("Relay_Master_Log_File", Some("binlog.000002")),
             ("Slave_IO_Running", Some("Yes")),
             ("Slave_SQL_Running", Some("No")),
             ("Last_IO_Error", Some("")),
@@ -209,6 +225,7 @@ mod tests {
         assert!(r.io_running && r.sql_running);
         assert_eq!(r.seconds_behind, Some(0));
         assert_eq!(r.received_gtid, "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5");
+        assert!(r.applied_all_received);
         assert_eq!(r.last_error, None);
     }
 
@@ -218,6 +235,7 @@ mod tests {
         assert!(r.io_running && !r.sql_running);
         assert_eq!(r.seconds_behind, None);
         assert_eq!(r.received_gtid, "0-1-42");
+        assert!(!r.applied_all_received, "1900 of 2208 applied");
         assert_eq!(
             r.last_error.as_deref(),
             Some("Duplicate entry '1' for key 'PRIMARY'")

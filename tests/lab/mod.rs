@@ -59,6 +59,8 @@ pub struct Spec {
     /// `Some(mode)`: db1 and db2 run MariaDB (db1 the primary, db2 its replica) and the agents
     /// get a `[mysql]` section with this mode.
     pub mysql: Option<&'static str>,
+    /// `[mysql] max_lag_ms`.
+    pub max_lag_ms: u64,
 }
 
 impl Default for Spec {
@@ -69,6 +71,7 @@ impl Default for Spec {
             ipv6_vip: false,
             announce: "delay_ms = 500\nrefresh_ms = 30000\n".into(),
             mysql: None,
+            max_lag_ms: 10_000,
         }
     }
 }
@@ -265,6 +268,77 @@ impl VipObserver {
             let _ = t.join();
         }
     }
+}
+
+/// Rows acknowledged by the primary through the VIP, in order, with when.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Vec<(u64, Instant)>>>,
+}
+
+impl Writer {
+    /// Stops the writer; returns every acknowledged row id and when it was acknowledged.
+    pub fn finish(mut self) -> Vec<(u64, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().expect("writer thread")
+    }
+}
+
+/// The longest pause between consecutive acknowledged writes that ended after `since`.
+pub fn longest_pause(acked: &[(u64, Instant)], since: Instant) -> Duration {
+    acked
+        .windows(2)
+        .filter(|w| w[1].1 > since)
+        .map(|w| w[1].1 - w[0].1)
+        .max()
+        .unwrap_or_default()
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+async fn write_loop(stop: Arc<AtomicBool>) -> Vec<(u64, Instant)> {
+    use mysql_async::prelude::Queryable;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(VIP4)
+        .user(Some("app"))
+        .pass(Some("app-lab-password"))
+        .db_name(Some("lab"));
+    let limit = Duration::from_millis(500);
+    let mut acked = Vec::new();
+    let mut conn: Option<mysql_async::Conn> = None;
+    let mut next: u64 = 1;
+    while !stop.load(Ordering::Relaxed) {
+        if conn.is_none() {
+            match tokio::time::timeout(limit, mysql_async::Conn::new(opts.clone())).await {
+                Ok(Ok(c)) => conn = Some(c),
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().unwrap();
+        let id = next;
+        next += 1;
+        match tokio::time::timeout(limit, c.exec_drop("INSERT INTO writes (id) VALUES (?)", (id,))).await {
+            Ok(Ok(())) => acked.push((id, Instant::now())),
+            // A hung or failed connection is abandoned (never closed politely: the server may
+            // be gone).
+            _ => {
+                if let Some(c) = conn.take() {
+                    std::mem::forget(c);
+                }
+            }
+        }
+    }
+    acked
 }
 
 /// The client's ping to a VIP: reply timestamps, for outage measurement.
@@ -530,8 +604,10 @@ impl Lab {
             let _ = writeln!(
                 t,
                 "[mysql]\nmode = \"{mode}\"\nsocket = \"{}\"\nuser = \"vipgate\"\npassword_file = \"../mysql-password\"\n\
-                 check_interval_ms = 200\ncheck_timeout_ms = 200\nrise = 2\nfall = 3\n",
-                self.mysql_socket(name).display()
+                 check_interval_ms = 200\ncheck_timeout_ms = 200\nrise = 2\nfall = 3\n\
+                 max_lag_ms = {}\ncatchup_timeout_ms = 5000\nkill_grace_ms = 200\n",
+                self.mysql_socket(name).display(),
+                self.spec.max_lag_ms
             );
         }
         t
@@ -589,7 +665,8 @@ impl Lab {
             .arg(format!("--socket={}", self.mysql_socket(name).display()))
             .arg(format!("--pid-file={}", dir.join("mysql.pid").display()))
             .arg(format!("--log-error={}", dir.join("mysql.err").display()))
-            .arg(format!("--bind-address={}", h.ip4))
+            // All of the namespace's addresses: its own, and the VIP when it owns.
+            .arg("--bind-address=0.0.0.0")
             .arg(format!("--server-id={server_id}"))
             .args([
                 "--user=root",
@@ -626,14 +703,17 @@ impl Lab {
         self.sql(
             "db1",
             "CREATE USER vipgate@'%' IDENTIFIED BY 'vipgate-lab-password'; \
-             GRANT REPLICA MONITOR, READ_ONLY ADMIN, CONNECTION ADMIN, REPLICATION SLAVE ADMIN ON *.* TO vipgate@'%'; \
+             GRANT PROCESS, REPLICA MONITOR, READ_ONLY ADMIN, CONNECTION ADMIN, REPLICATION SLAVE ADMIN, REPLICATION MASTER ADMIN ON *.* TO vipgate@'%'; \
              CREATE USER repl@'%' IDENTIFIED BY 'repl-lab-password'; \
              GRANT REPLICATION SLAVE ON *.* TO repl@'%'; \
+             CREATE USER app@'%' IDENTIFIED BY 'app-lab-password'; \
+             GRANT SELECT, INSERT ON lab.* TO app@'%'; \
+             SET GLOBAL rpl_semi_sync_master_enabled = ON, GLOBAL rpl_semi_sync_master_timeout = 10000; \
              CREATE DATABASE lab; CREATE TABLE lab.writes (id INT PRIMARY KEY, at TIMESTAMP(6) DEFAULT NOW(6));",
         );
         self.sql(
             "db2",
-            "SET GLOBAL read_only = ON; \
+            "SET GLOBAL read_only = ON, GLOBAL rpl_semi_sync_slave_enabled = ON; \
              CHANGE MASTER TO MASTER_HOST='192.0.2.11', MASTER_USER='repl', MASTER_PASSWORD='repl-lab-password', \
              MASTER_USE_GTID=slave_pos; START SLAVE;",
         );
@@ -644,6 +724,42 @@ impl Lab {
             "db2 did not replicate from db1: {}",
             self.try_sql("db2", "SHOW SLAVE STATUS\\G").unwrap_or_default()
         );
+    }
+
+    /// Kills `name`'s MariaDB (SIGKILL) and reaps it.
+    pub fn kill_mariadb(&mut self, name: &str) {
+        if let Some(mut c) = self.databases.remove(name) {
+            kill_group(&c, nix::sys::signal::Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a client that inserts rows through the VIP as fast as it can, one connection,
+    /// reconnecting after any error; every acknowledged row is recorded.
+    pub fn writer(&self) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let ns = self.client.ns.clone();
+        let handle = std::thread::spawn(move || {
+            enter_netns(&ns);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(write_loop(flag))
+        });
+        Writer {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// The ids of the rows in `lab.writes` on `name`'s database.
+    pub fn rows(&self, name: &str) -> std::collections::BTreeSet<u64> {
+        self.sql(name, "SELECT id FROM lab.writes")
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
     }
 
     /// Stops (SIGSTOP) or resumes (SIGCONT) `name`'s MariaDB.

@@ -1,0 +1,156 @@
+//! Promote mode with real MariaDB replication (semi-synchronous) in network namespaces: db1 the
+//! primary, db2 its replica, witness w1, and a client writing through the VIP and recording
+//! every acknowledged row. Needs root.
+
+mod lab;
+
+use lab::{Lab, Spec, VIP4, wait_for};
+use nix::sys::signal::Signal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn promoting(max_lag_ms: u64) -> Lab {
+    let mut lab = Lab::new(
+        Path::new(env!("CARGO_BIN_EXE_vipgate")),
+        Spec {
+            mysql: Some("promote"),
+            max_lag_ms,
+            ..Spec::default()
+        },
+    );
+    lab.start_all();
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    lab
+}
+
+fn read_only(lab: &Lab, node: &str) -> Option<bool> {
+    lab.try_sql(node, "SELECT @@global.read_only")
+        .map(|v| v.trim() == "1")
+}
+
+/// Writes through the VIP, breaks db1's database with `fault`, and checks that db2 is promoted,
+/// writes resume, and no acknowledged row is missing on db2. Returns the write downtime.
+fn failover_under_writes(lab: &mut Lab, fault: impl FnOnce(&mut Lab)) -> Duration {
+    assert_eq!(
+        read_only(lab, "db1"),
+        Some(false),
+        "the owner's database must be writable"
+    );
+    assert_eq!(read_only(lab, "db2"), Some(true), "the replica must be fenced");
+    let writer = lab.writer();
+    std::thread::sleep(Duration::from_millis(800));
+    let broken = Instant::now();
+    fault(lab);
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(800));
+    let acked = writer.finish();
+    let before = acked.iter().filter(|(_, t)| *t < broken).count();
+    assert!(before > 5, "only {before} writes before the fault");
+    assert!(
+        acked.last().is_some_and(|(_, t)| *t > broken),
+        "no write succeeded after the failover"
+    );
+    // The longest pause between acknowledged writes around the fault.
+    let downtime = lab::longest_pause(&acked, broken);
+    let present = lab.rows("db2");
+    let lost: Vec<u64> = acked
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !present.contains(id))
+        .collect();
+    println!(
+        "{} rows acknowledged ({before} before the fault); write downtime {} ms; lost acknowledged rows: {}",
+        acked.len(),
+        downtime.as_millis(),
+        lost.len()
+    );
+    for line in lab.log("db1").lines().chain(lab.log("db2").lines()) {
+        if line.contains("promoted") || line.contains("releasing") || line.contains("failing") {
+            println!("  {line}");
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows missing on the new primary: {lost:?}\n{}",
+        lab.logs()
+    );
+    assert_eq!(read_only(lab, "db2"), Some(false));
+    let replica = lab.status("db2").unwrap().database.unwrap().replication.unwrap();
+    assert!(
+        !replica.io_running && !replica.sql_running,
+        "replication still runs on the new primary"
+    );
+    lab.assert_never_two_holders(VIP4);
+    downtime
+}
+
+#[test]
+fn primary_database_killed_the_replica_is_promoted_and_no_acknowledged_write_is_lost() {
+    let mut lab = promoting(10_000);
+    failover_under_writes(&mut lab, |lab| lab.kill_mariadb("db1"));
+    assert!(lab.log("db2").contains("database promoted"), "{}", lab.log("db2"));
+    assert!(
+        lab.log("db1").contains("local node no longer eligible"),
+        "{}",
+        lab.log("db1")
+    );
+}
+
+#[test]
+fn primary_database_frozen_the_replica_takes_over_and_the_old_one_is_fenced_when_it_thaws() {
+    let mut lab = promoting(10_000);
+    failover_under_writes(&mut lab, |lab| lab.signal_mariadb("db1", Signal::SIGSTOP));
+    lab.signal_mariadb("db1", Signal::SIGCONT);
+    // db1's database comes back writable; its agent does not own and fences it.
+    assert!(
+        wait_for(Duration::from_secs(5), || read_only(&lab, "db1") == Some(true)),
+        "the thawed old primary stayed writable\n{}\nprocesslist:\n{}",
+        lab.log("db1"),
+        lab.try_sql("db1", "SHOW FULL PROCESSLIST").unwrap_or_default()
+    );
+    assert!(lab.observer().sole_holder(VIP4, "db2"));
+}
+
+#[test]
+fn a_replica_lagging_beyond_max_lag_is_not_promoted_until_it_catches_up() {
+    let mut lab = promoting(2_000);
+    // db2 applies events 8 s late; a write makes it fall behind.
+    lab.sql(
+        "db2",
+        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 8; START SLAVE",
+    );
+    lab.sql("db1", "INSERT INTO lab.writes (id) VALUES (1000000)");
+    let written = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(7), || {
+            lab.status("db2")
+                .and_then(|s| s.ineligible_reason)
+                .is_some_and(|r| r.contains("behind its source"))
+        }),
+        "db2 never reported its lag: {:?}",
+        lab.status("db2").map(|s| s.database)
+    );
+    lab.kill_mariadb("db1");
+    assert!(wait_for(Duration::from_secs(5), || lab
+        .observer()
+        .holders(VIP4)
+        .is_empty()));
+    // Until the delayed row is applied (8 s after it was written) db2 must not own.
+    while written.elapsed() < Duration::from_millis(7_500) {
+        assert!(
+            lab.observer().holders(VIP4).is_empty(),
+            "a lagging replica took the VIP\n{}",
+            lab.logs()
+        );
+        assert_eq!(read_only(&lab, "db2"), Some(true));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once it has applied everything it received, it is promoted.
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(10));
+    assert!(
+        lab.rows("db2").contains(&1_000_000),
+        "promoted before applying what it received"
+    );
+    assert_eq!(read_only(&lab, "db2"), Some(false));
+    lab.assert_never_two_holders(VIP4);
+}
