@@ -65,7 +65,11 @@ fn failover_under_writes(lab: &mut Lab, fault: impl FnOnce(&mut Lab)) -> Duratio
         lost.len()
     );
     for line in lab.log("db1").lines().chain(lab.log("db2").lines()) {
-        if line.contains("promoted") || line.contains("releasing") || line.contains("failing") {
+        if std::env::var("LAB_VERBOSE").is_ok()
+            || line.contains("promoted")
+            || line.contains("releasing")
+            || line.contains("failing")
+        {
             println!("  {line}");
         }
     }
@@ -152,5 +156,94 @@ fn a_replica_lagging_beyond_max_lag_is_not_promoted_until_it_catches_up() {
         "promoted before applying what it received"
     );
     assert_eq!(read_only(&lab, "db2"), Some(false));
+    lab.assert_never_two_holders(VIP4);
+}
+
+/// Cuts db1 off, lets db2 take over, runs `while_isolated` on db1's database, and brings db1
+/// back.
+fn isolate_and_return(lab: &mut Lab, while_isolated: impl FnOnce(&Lab)) {
+    lab.link_down("db1");
+    // db1's database stays up: it must be fenced before db2's becomes writable. Both are read
+    // through their local sockets, whatever the network does.
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut samples = 0;
+    while !lab.observer().sole_holder(VIP4, "db2") && Instant::now() < end {
+        let (a, b) = (read_only(lab, "db1"), read_only(lab, "db2"));
+        assert!(
+            !(a == Some(false) && b == Some(false)),
+            "both databases writable at once\n{}",
+            lab.logs()
+        );
+        samples += 1;
+    }
+    println!("{samples} samples of both databases' read_only during the failover");
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(10));
+    assert!(
+        wait_for(Duration::from_secs(3), || read_only(lab, "db1") == Some(true)),
+        "db1 did not fence itself"
+    );
+    while_isolated(lab);
+    lab.link_up("db1");
+}
+
+#[test]
+fn a_former_primary_rejoins_as_a_replica_of_the_new_owner() {
+    let mut lab = promoting(10_000);
+    lab.sql("db1", "INSERT INTO lab.writes (id) VALUES (1)");
+    isolate_and_return(&mut lab, |_| {});
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            lab.status("db1")
+                .and_then(|s| s.database)
+                .and_then(|d| d.replication)
+                .is_some_and(|r| r.source == "192.0.2.12" && r.io_running && r.sql_running)
+        }),
+        "db1 did not start replicating from db2\n{}",
+        lab.log("db1")
+    );
+    lab.sql("db2", "INSERT INTO lab.writes (id) VALUES (2)");
+    assert!(
+        wait_for(Duration::from_secs(5), || lab.rows("db1").contains(&2)),
+        "db1 does not receive db2's writes"
+    );
+    let s = lab.status("db1").unwrap();
+    assert_eq!(s.diverged, None);
+    assert_eq!(read_only(&lab, "db1"), Some(true));
+    assert!(lab.observer().sole_holder(VIP4, "db2"));
+    lab.assert_never_two_holders(VIP4);
+}
+
+#[test]
+fn a_diverged_former_primary_refuses_to_rejoin_and_reports_it() {
+    let mut lab = promoting(10_000);
+    isolate_and_return(&mut lab, |lab| {
+        // Written to the old primary after it lost ownership (root bypasses read_only): the new
+        // primary will never have it.
+        lab.sql("db1", "INSERT INTO lab.writes (id) VALUES (666)");
+    });
+    assert!(
+        wait_for(Duration::from_secs(15), || lab
+            .status("db1")
+            .is_some_and(|s| s.diverged.is_some())),
+        "db1 did not report its divergence\n{}",
+        lab.log("db1")
+    );
+    let s = lab.status("db1").unwrap();
+    println!("db1 reports: {}", s.diverged.as_deref().unwrap());
+    assert!(s.ineligible_reason.unwrap_or_default().contains("diverged"));
+    let replica = s.database.and_then(|d| d.replication);
+    assert!(
+        replica.is_none_or(|r| !r.io_running),
+        "db1 replicates despite diverging"
+    );
+    assert_eq!(read_only(&lab, "db1"), Some(true));
+    assert!(!lab.rows("db2").contains(&666));
+    // The status table makes it impossible to miss.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
+        .args(["status", "--config"])
+        .arg(lab.config_path("db1"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DIVERGED:"));
     lab.assert_never_two_holders(VIP4);
 }

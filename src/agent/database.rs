@@ -16,20 +16,42 @@ use tokio::sync::mpsc;
 
 /// After a failed promotion the node stays ineligible this long (or one lease, if longer).
 const PROMOTE_FAULT_BACKOFF: Duration = Duration::from_secs(10);
+/// Between attempts of a fence that failed.
+const FENCE_RETRY: Duration = Duration::from_millis(100);
 /// Bound on killing client connections after a fence.
 const KILL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A change to the database. Jobs run one at a time, in order, so that a fence can never be
 /// overtaken by a promotion that started before it (or the reverse).
 pub(super) enum Job {
-    Promote { term: Term, cancelled: Arc<AtomicBool> },
-    Fence { term: Option<Term>, budget: Duration },
+    Promote {
+        term: Term,
+        cancelled: Arc<AtomicBool>,
+    },
+    Fence {
+        term: Option<Term>,
+        budget: Duration,
+    },
+    /// Replicate from the owner of `term`, whose database is at `host`.
+    Rejoin {
+        term: Term,
+        owner: String,
+        host: String,
+        gtid: String,
+        cancelled: Arc<AtomicBool>,
+    },
 }
+
+/// Bound on one rejoin attempt (re-pointing and waiting for the I/O thread to connect).
+const REJOIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed rejoin attempt, the next one waits this long.
+const REJOIN_RETRY: Duration = Duration::from_secs(5);
 
 /// Runs database jobs in order and reports each outcome.
 pub(super) fn start_worker(
     mysql: Mysql,
     password: Option<Secret>,
+    replication_password: Option<Secret>,
     outcomes: mpsc::UnboundedSender<Outcome>,
 ) -> mpsc::UnboundedSender<Job> {
     let (tx, mut jobs) = mpsc::unbounded_channel();
@@ -43,8 +65,40 @@ pub(super) fn start_worker(
                 }
                 Job::Fence { term, budget } => {
                     let deadline = tokio::time::Instant::now() + budget;
-                    let result = actions::fence(&mysql, &password, deadline).await;
+                    // A refused or dropped connection may be passing: retry until the deadline.
+                    let mut result = actions::fence(&mysql, &password, deadline).await;
+                    while result.is_err() && tokio::time::Instant::now() + FENCE_RETRY * 2 < deadline {
+                        tokio::time::sleep(FENCE_RETRY).await;
+                        result = actions::fence(&mysql, &password, deadline).await;
+                    }
                     Outcome::Fenced { term, result }
+                }
+                Job::Rejoin {
+                    term,
+                    owner,
+                    host,
+                    gtid,
+                    cancelled,
+                } => {
+                    let result = match &mysql.replication {
+                        Some(account) => {
+                            let pw = replication_password
+                                .as_ref()
+                                .map(|p| String::from_utf8_lossy(p.bytes()).into_owned())
+                                .unwrap_or_default();
+                            let source = actions::Source {
+                                host,
+                                port: account.port,
+                                user: &account.user,
+                                password: &pw,
+                                gtid: &gtid,
+                            };
+                            let deadline = tokio::time::Instant::now() + REJOIN_TIMEOUT;
+                            actions::rejoin(&mysql, &password, &source, deadline, &cancelled).await
+                        }
+                        None => Err("no replication_user configured".into()),
+                    };
+                    Outcome::Rejoined { term, owner, result }
                 }
             };
             if outcomes.send(outcome).is_err() {
@@ -66,7 +120,16 @@ pub(super) enum Outcome {
         term: Option<Term>,
         result: Result<(), String>,
     },
+    /// `kill_grace` has passed since the fence of a release of `term`.
+    KillDue {
+        term: Term,
+    },
     Killed(Result<u32, String>),
+    Rejoined {
+        term: Term,
+        owner: String,
+        result: Result<actions::Rejoin, String>,
+    },
 }
 
 impl Agent {
@@ -83,6 +146,9 @@ impl Agent {
         {
             return Some(error.clone());
         }
+        if let Some((_, diverged)) = &self.diverged {
+            return Some(format!("database diverged from the primary: {diverged}"));
+        }
         let (mysql, _) = self.mysql.as_ref()?;
         let status = self.db.as_ref()?.borrow();
         if !status.healthy {
@@ -97,14 +163,48 @@ impl Agent {
                 ),
             },
             MysqlMode::Promote => {
-                // A database that replicates from nobody (the primary) has no lag to check.
-                status.replication.as_ref()?;
-                let max = mysql.max_lag.as_secs();
-                match status.lag_s {
-                    Some(lag) if lag <= max => None,
-                    Some(lag) => Some(format!("replica {lag} s behind its source (max_lag {max} s)")),
-                    None => Some("replica lag unknown (replication never ran?)".into()),
+                let max_ms = u64::try_from(mysql.max_lag.as_millis()).unwrap_or(u64::MAX);
+                let streaming = status.replication.as_ref().map(|r| {
+                    (
+                        r,
+                        r.io_running || status.io_stopped_ms.is_some_and(|ms| ms < max_ms),
+                    )
+                });
+                match streaming {
+                    Some((r, _)) if !r.sql_running && !r.applied_all_received => {
+                        Some("replication SQL thread stopped with received events left to apply".into())
+                    }
+                    // A replica whose source is (or was just) connected: its lag decides.
+                    Some((_, true)) => match status.lag_s {
+                        Some(lag) if lag.saturating_mul(1000) <= max_ms => None,
+                        Some(lag) => Some(format!("replica {lag} s behind its source (max_lag {max_ms} ms)")),
+                        None => Some("replica lag unknown".into()),
+                    },
+                    // No live replication (a primary, a former one, a replica cut off long ago):
+                    // only as far as the furthest any node has been seen, or it would lose data.
+                    _ => {
+                        let (best, who) = self.highest_position;
+                        (status.position < best).then(|| {
+                            format!(
+                                "database behind the most advanced one seen (position {} < {best} on {}) and not replicating",
+                                status.position,
+                                self.id(who)
+                            )
+                        })
+                    }
                 }
+            }
+        }
+    }
+
+    /// Remembers the highest position any peer has reported while its database was writable
+    /// (a primary) in this run. Replicas are not counted: one that streams from this node's
+    /// database is at most as far, give or take the writes between two checks.
+    pub(super) fn note_positions(&mut self) {
+        for (i, view) in self.core.peers().iter().enumerate() {
+            let writable = self.peer_db[i].as_ref().is_some_and(|(_, r)| r.writable);
+            if i != usize::from(self.me) && writable && view.position > self.highest_position.0 {
+                self.highest_position = (view.position, i as crate::core::NodeIdx);
             }
         }
     }
@@ -133,7 +233,64 @@ impl Agent {
                 .as_ref()
                 .map_or(Duration::from_secs(1), |(m, _)| m.check_timeout);
             self.start_fence(None, clock::now() + timeout.max(Duration::from_secs(1)));
+            return;
         }
+        self.maybe_rejoin(now);
+    }
+
+    /// A fenced database that does not replicate from the current owner's re-points itself
+    /// there — unless it has diverged (then it stays out, and says so).
+    fn maybe_rejoin(&mut self, now: Instant) {
+        let Some((mysql, _)) = &self.mysql else { return };
+        if mysql.replication.is_none() || self.rejoining || now < self.rejoin_retry_at {
+            return;
+        }
+        if self.core.role() != RoleKind::Follower {
+            return;
+        }
+        let Some(owner) = self.core.owner(now).filter(|o| *o != self.me) else {
+            return;
+        };
+        let term = self.core.grant().map_or(self.core.term(), |g| g.term);
+        if self.diverged.as_ref().is_some_and(|(t, _)| *t == term) {
+            return;
+        }
+        let Some((at, report)) = &self.peer_db[usize::from(owner)] else {
+            return;
+        };
+        let fresh = now.saturating_since(*at) < self.config.cluster.lease * 3;
+        if !(fresh && report.healthy && report.writable) {
+            return;
+        }
+        let host = self.config.nodes[usize::from(owner)].address.to_string();
+        let Some(db) = &self.db else { return };
+        let status = db.borrow();
+        if !status.healthy || status.read_only != Some(true) {
+            return;
+        }
+        // Already pointed at the owner: its threads are its own business (a stopped thread shows
+        // in status and in eligibility); re-pointing would only interrupt it.
+        if status.replication.as_ref().is_some_and(|r| r.source == host) {
+            return;
+        }
+        let gtid = report.gtid.clone();
+        drop(status);
+        let Some(jobs) = &self.db_jobs else { return };
+        let owner = self.id(owner).to_string();
+        tracing::info!(
+            term,
+            "re-pointing replication at the owner {owner} ({host}) if this database has not diverged"
+        );
+        self.rejoining = true;
+        let cancelled = Arc::new(AtomicBool::new(false));
+        self.rejoin_cancel = Some(cancelled.clone());
+        let _ = jobs.send(Job::Rejoin {
+            term,
+            owner,
+            host,
+            gtid,
+            cancelled,
+        });
     }
 
     pub(super) fn start_promotion(&mut self, term: Term) {
@@ -142,6 +299,10 @@ impl Agent {
             term,
             "became owner: promoting the database before adding the VIPs"
         );
+        // A rejoin still waiting for its source must not hold the promotion up.
+        if let Some(cancel) = self.rejoin_cancel.take() {
+            cancel.store(true, Ordering::SeqCst);
+        }
         self.promoting = Some(term);
         self.promoted = None;
         let cancelled = Arc::new(AtomicBool::new(false));
@@ -177,8 +338,10 @@ impl Agent {
                     self.fencing = false;
                     return Ok(());
                 }
-                if result.is_ok() {
-                    self.kill_clients_later();
+                if result.is_ok()
+                    && let Some(t) = term
+                {
+                    self.kill_clients_later(t);
                     if let Some(p) = &mut self.pending_release
                         && Some(p.term) == term
                     {
@@ -186,6 +349,38 @@ impl Agent {
                     }
                 }
                 self.complete_release(now)
+            }
+            Outcome::Rejoined { term, owner, result } => {
+                self.rejoining = false;
+                self.rejoin_cancel = None;
+                match result {
+                    Ok(actions::Rejoin::Replicating) => {
+                        tracing::info!(term, "the database replicates from {owner}");
+                        self.diverged = None;
+                    }
+                    Ok(actions::Rejoin::Diverged { detail, count }) => {
+                        let count = count.map_or("an unknown number of".to_string(), |n| n.to_string());
+                        let message = format!(
+                            "{count} transaction(s) that {owner} lacks ({detail}); manual action needed"
+                        );
+                        tracing::error!(
+                            term,
+                            "diverged: this database stays read_only and out of replication: {message}"
+                        );
+                        self.diverged = Some((term, message));
+                        let health = self.health(now);
+                        return self.step(now, health);
+                    }
+                    Err(e) => {
+                        tracing::warn!(term, "could not re-point replication at {owner}: {e}; retrying");
+                        self.rejoin_retry_at = now + REJOIN_RETRY;
+                    }
+                }
+                Ok(())
+            }
+            Outcome::KillDue { term } => {
+                self.kill_now(term);
+                Ok(())
             }
             Outcome::Killed(result) => {
                 match result {
@@ -204,11 +399,11 @@ impl Agent {
         result: Result<actions::Promoted, String>,
     ) -> Result<(), String> {
         if self.promoting != Some(term) {
-            // Ownership ended while promoting: make sure the database does not stay writable.
-            if result.is_ok() && self.pending_release.is_none() && !self.fencing {
-                tracing::warn!(term, "promotion finished after ownership ended: fencing again");
-                self.fencing = true;
-                self.start_fence(None, now + Duration::from_secs(1));
+            // Ownership of `term` ended while promoting. If the database was made writable
+            // anyway, the next health check sees it and fences it (unless this node owns again
+            // and is promoting, in which case it is about to be writable by right).
+            if result.is_ok() {
+                tracing::warn!(term, "a promotion finished after its ownership ended");
             }
             return Ok(());
         }
@@ -240,15 +435,29 @@ impl Agent {
         }
     }
 
-    /// Kills client connections `kill_grace` after a fence: they cannot write any more, and
-    /// should reconnect — through the VIP, to the new primary.
-    fn kill_clients_later(&self) {
+    /// Kills client connections `kill_grace` after the fence of a release of `term`: they
+    /// cannot write any more, and should reconnect — through the VIP, to the new primary.
+    fn kill_clients_later(&self, term: Term) {
+        let Some((mysql, _)) = &self.mysql else { return };
+        let grace = mysql.kill_grace;
+        let tx = self.db_outcomes_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = tx.send(Outcome::KillDue { term });
+        });
+    }
+
+    /// The grace after a fence is over: kill, unless this node has been promoted since.
+    fn kill_now(&self, term: Term) {
+        if self.promoting.is_some() || self.promoted.is_some() {
+            tracing::info!(term, "not killing client connections: this node owns again");
+            return;
+        }
         let Some((mysql, password)) = self.mysql.clone() else {
             return;
         };
         let tx = self.db_outcomes_tx.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(mysql.kill_grace).await;
             let deadline = tokio::time::Instant::now() + KILL_TIMEOUT;
             let _ = tx.send(Outcome::Killed(
                 actions::kill_clients(&mysql, &password, deadline).await,

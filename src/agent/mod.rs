@@ -47,11 +47,7 @@ fn db_report(db: &DbStatus) -> DbReport {
         healthy: db.healthy,
         writable: db.read_only == Some(false),
         replicating,
-        lag_s: db
-            .replication
-            .as_ref()
-            .and_then(|r| r.seconds_behind)
-            .map(|s| u32::try_from(s).unwrap_or(u32::MAX)),
+        lag_s: db.lag_s.map(|s| u32::try_from(s).unwrap_or(u32::MAX)),
         gtid: crate::net::wire::cut_gtid(db.gtid.as_deref().unwrap_or_default()).into_owned(),
     }
 }
@@ -150,6 +146,14 @@ struct Agent {
     /// Promote mode: the queue of database changes, run one at a time.
     db_jobs: Option<mpsc::UnboundedSender<database::Job>>,
     promotion_cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Promote mode: a rejoin attempt is running; when the next may start; and, once found,
+    /// that the database diverged from the owner of a term (it then never owns).
+    rejoining: bool,
+    rejoin_cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The highest database position any peer has reported in this run, and whose.
+    highest_position: (u64, NodeIdx),
+    rejoin_retry_at: Instant,
+    diverged: Option<(Term, String)>,
     db_outcomes_tx: mpsc::UnboundedSender<database::Outcome>,
     db_outcomes: mpsc::UnboundedReceiver<database::Outcome>,
     /// The local database's latest health check, if the database gates this node.
@@ -235,6 +239,7 @@ impl Agent {
             _ => (None, None),
         };
         let (db_outcomes_tx, db_outcomes) = mpsc::unbounded_channel();
+        let replication_password = config.read_replication_password().map_err(|e| e.to_string())?;
 
         let (control_tx, control) = mpsc::channel(16);
         control::serve(&config.control.socket, control_tx)?;
@@ -285,8 +290,15 @@ impl Agent {
             db_jobs: mysql
                 .as_ref()
                 .filter(|(m, _)| m.mode == crate::config::MysqlMode::Promote)
-                .map(|(m, p)| database::start_worker(m.clone(), p.clone(), db_outcomes_tx.clone())),
+                .map(|(m, p)| {
+                    database::start_worker(m.clone(), p.clone(), replication_password, db_outcomes_tx.clone())
+                }),
             promotion_cancel: None,
+            rejoining: false,
+            rejoin_cancel: None,
+            highest_position: (0, me),
+            rejoin_retry_at: now,
+            diverged: None,
             mysql,
             db_outcomes_tx,
             db_outcomes,
@@ -324,7 +336,8 @@ impl Agent {
         self.database_ineligible(now)
     }
 
-    fn health(&self, now: Instant) -> Event {
+    fn health(&mut self, now: Instant) -> Event {
+        self.note_positions();
         Event::Health {
             eligible: self.ineligible_reason(now).is_none(),
             position: self.db.as_ref().map_or(0, |db| db.borrow().position),
@@ -749,6 +762,7 @@ impl Agent {
                 .collect(),
             vip: self.vip_status.lock().expect("status lock").clone(),
             database: self.db.as_ref().map(|db| db.borrow().clone()),
+            diverged: self.diverged.as_ref().map(|(_, d)| d.clone()),
             peers,
             sent: self.sent,
             received: self.received,

@@ -11,7 +11,7 @@ mod secret;
 mod vip;
 
 pub use error::{ConfigError, ConfigErrors, Seg};
-pub use mysql::{Endpoint, Mysql, MysqlMode};
+pub use mysql::{Endpoint, Mysql, MysqlMode, ReplicationAccount};
 pub use secret::{KeyFileProblem, Secret, read_key_file};
 pub use vip::{Announce, Control, DEFAULT_SOCKET, Vip};
 
@@ -269,24 +269,39 @@ impl Config {
 
     /// The database password, if `[mysql] password_file` is set (owner-only permissions).
     pub fn read_mysql_password(&self) -> Result<Option<Secret>, ConfigErrors> {
-        let Some(path) = self.mysql.as_ref().and_then(|m| m.password_file.as_ref()) else {
-            return Ok(None);
-        };
+        let path = self.mysql.as_ref().and_then(|m| m.password_file.as_deref());
+        self.read_password(path, "password_file", "the [mysql] user")
+    }
+
+    /// The replication account's password, if `[mysql] replication_password_file` is set.
+    pub fn read_replication_password(&self) -> Result<Option<Secret>, ConfigErrors> {
+        let path = self
+            .mysql
+            .as_ref()
+            .and_then(|m| m.replication.as_ref())
+            .and_then(|r| r.password_file.as_deref());
+        self.read_password(path, "replication_password_file", "the replication user")
+    }
+
+    fn read_password(
+        &self,
+        path: Option<&Path>,
+        key: &str,
+        whose: &str,
+    ) -> Result<Option<Secret>, ConfigErrors> {
+        let Some(path) = path else { return Ok(None) };
         read_key_file(path, 1).map(Some).map_err(|e| {
             let src = std::fs::read_to_string(&self.file).unwrap_or_default();
-            let at = [Seg::Key("mysql"), Seg::Key("password_file")];
+            let at = [Seg::Key("mysql"), Seg::Key(key)];
             let fix = if e.fix.contains("openssl") {
-                format!(
-                    "write the password of the [mysql] user to {} (mode 600)",
-                    path.display()
-                )
+                format!("write the password of {whose} to {} (mode 600)", path.display())
             } else {
                 e.fix
             };
             ConfigErrors::one(
                 &self.file,
                 error::locate(&src, &at),
-                "mysql.password_file",
+                &format!("mysql.{key}"),
                 e.problem,
                 &fix,
             )

@@ -28,6 +28,9 @@ pub(super) struct RawMysql {
     catchup_timeout_ms: u64,
     #[serde(default = "default_kill_grace")]
     kill_grace_ms: u64,
+    replication_user: Option<String>,
+    replication_password_file: Option<PathBuf>,
+    replication_port: Option<i64>,
 }
 
 fn default_interval() -> u64 {
@@ -98,6 +101,17 @@ pub struct Mysql {
     pub catchup_timeout: Duration,
     /// Promote mode: after fencing (read_only ON), client connections are killed this much later.
     pub kill_grace: Duration,
+    /// Promote mode: how a former primary (or any replica) re-points itself at the new owner's
+    /// database. `None`: it is left fenced and out of replication for an operator.
+    pub replication: Option<ReplicationAccount>,
+}
+
+/// The account replicas use to connect to the primary's database, on the owner node's address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationAccount {
+    pub user: String,
+    pub password_file: Option<PathBuf>,
+    pub port: u16,
 }
 
 impl Mysql {
@@ -185,6 +199,36 @@ pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Opt
             "a check must end before the next one starts; lower the timeout or raise the interval",
         );
     }
+    if raw.replication_user.as_deref() == Some("") {
+        p.add(
+            &at("replication_user"),
+            "is empty".into(),
+            "name the account replicas connect with (REPLICATION SLAVE), or remove the key to leave rejoining to an operator",
+        );
+    }
+    if raw.replication_user.is_none()
+        && (raw.replication_password_file.is_some() || raw.replication_port.is_some())
+    {
+        p.add(
+            &at("replication_user"),
+            "replication_password_file or replication_port is set without replication_user".into(),
+            "add replication_user, or remove the other replication_* keys",
+        );
+    }
+    let replication_port = match u16::try_from(raw.replication_port.unwrap_or(3306))
+        .ok()
+        .filter(|p| *p > 0)
+    {
+        Some(port) => port,
+        None => {
+            p.add(
+                &at("replication_port"),
+                format!("{:?} is not a TCP port", raw.replication_port),
+                "use the port the databases listen on (3306 is usual)",
+            );
+            3306
+        }
+    };
     if raw.catchup_timeout_ms < 100 {
         p.add(
             &at("catchup_timeout_ms"),
@@ -216,5 +260,10 @@ pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Opt
         max_lag: Duration::from_millis(raw.max_lag_ms),
         catchup_timeout: Duration::from_millis(raw.catchup_timeout_ms),
         kill_grace: Duration::from_millis(raw.kill_grace_ms),
+        replication: raw.replication_user.clone().map(|user| ReplicationAccount {
+            user,
+            password_file: raw.replication_password_file.as_ref().map(|f| base.join(f)),
+            port: replication_port,
+        }),
     })
 }

@@ -44,6 +44,8 @@ pub struct Status {
     pub vip: VipStatus,
     /// The local database's health, when `[mysql]` gates this node.
     pub database: Option<DbStatus>,
+    /// Promote mode: this database has transactions the primary lacks, and stays out.
+    pub diverged: Option<String>,
     pub peers: Vec<PeerStatus>,
     pub sent: u64,
     pub received: u64,
@@ -231,6 +233,9 @@ pub fn render(s: &Status) -> String {
     );
     if let Some(db) = &s.database {
         let _ = writeln!(out, "database: {}", describe_db(db));
+    }
+    if let Some(d) = &s.diverged {
+        let _ = writeln!(out, "DIVERGED: {d}");
     }
     let _ = writeln!(out);
     let _ = writeln!(

@@ -117,6 +117,38 @@ pub async fn promote(
     catchup_deadline: Instant,
     cancelled: &AtomicBool,
 ) -> Result<Promoted, String> {
+    let started = Instant::now();
+    let mut c = connect(config, password, catchup_deadline).await?;
+    let mariadb = is_mariadb(&mut c, catchup_deadline).await?;
+    let mut stopped = false;
+    let result = promote_on(&mut c, mariadb, catchup_deadline, cancelled, &mut stopped).await;
+    if result.is_err() && stopped {
+        // Not promoted: keep receiving from the current source, or this replica would fall
+        // silently behind a primary that may still be alive.
+        let start = if mariadb { "START SLAVE" } else { "START REPLICA" };
+        let again = Instant::now() + Duration::from_secs(1);
+        if let Err(e) = bounded(again, start, c.query_drop(start)).await {
+            tracing::error!("after the failed promotion, replication could not be restarted: {e}");
+        }
+    }
+    let applied = result?;
+    // The connection is not waited for: the promotion is done.
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
+    });
+    Ok(Promoted {
+        applied,
+        caught_up_in: started.elapsed(),
+    })
+}
+
+async fn promote_on(
+    c: &mut Conn,
+    mariadb: bool,
+    deadline: Instant,
+    cancelled: &AtomicBool,
+    stopped: &mut bool,
+) -> Result<String, String> {
     let check = || {
         if cancelled.load(Ordering::SeqCst) {
             Err("ownership ended during the promotion".to_string())
@@ -124,30 +156,23 @@ pub async fn promote(
             Ok(())
         }
     };
-    let started = Instant::now();
-    let deadline = catchup_deadline;
-    let mut c = connect(config, password, deadline).await?;
-    let mariadb = is_mariadb(&mut c, deadline).await?;
-    let (stop_io, stop_all) = if mariadb {
-        ("STOP SLAVE IO_THREAD", "STOP SLAVE")
-    } else {
-        ("STOP REPLICA IO_THREAD", "STOP REPLICA")
-    };
-    let status = replica_row(&mut c, deadline).await?;
     let mut applied = String::new();
-    if status.is_some() {
+    if replica_row(c, deadline).await?.is_some() {
         // Freeze what was received, then wait until all of it is applied.
         check()?;
-        kill_io_thread(&mut c, deadline).await?;
-        bounded(deadline, stop_io, c.query_drop(stop_io)).await?;
-        let row = replica_row(&mut c, deadline).await?.unwrap_or_default();
+        *stopped = true;
+        if let Err(e) = kill_io_thread(c, deadline).await {
+            tracing::warn!("{e}; stopping it normally");
+        }
+        stop(c, mariadb, "IO_THREAD", deadline).await?;
+        let row = replica_row(c, deadline).await?.unwrap_or_default();
         let replica = probe::replication(&row)?;
         applied = replica.received_gtid.clone();
         if !replica.applied_all_received {
-            wait_applied(&mut c, mariadb, &replica.received_gtid, deadline).await?;
+            wait_applied(c, mariadb, &replica.received_gtid, deadline, cancelled).await?;
         }
         check()?;
-        bounded(deadline, stop_all, c.query_drop(stop_all)).await?;
+        stop(c, mariadb, "", deadline).await?;
     }
     let writable = if mariadb {
         "SET GLOBAL read_only = OFF"
@@ -156,11 +181,23 @@ pub async fn promote(
     };
     check()?;
     bounded(deadline, writable, c.query_drop(writable)).await?;
-    let _ = timeout_at(deadline, c.disconnect()).await;
-    Ok(Promoted {
-        applied,
-        caught_up_in: started.elapsed(),
-    })
+    Ok(applied)
+}
+
+/// `STOP REPLICA [thread]`, or `STOP SLAVE` where the server predates the new name.
+async fn stop(c: &mut Conn, mariadb: bool, thread: &str, deadline: Instant) -> Result<(), String> {
+    let old = format!("STOP SLAVE {thread}");
+    if !mariadb {
+        let new = format!("STOP REPLICA {thread}");
+        match timeout_at(deadline, c.query_drop(new.as_str())).await {
+            Ok(Ok(())) => return Ok(()),
+            // Before MySQL 8.0.22.
+            Ok(Err(e)) if server_code(&e) == Some(1064) => {}
+            Ok(Err(e)) => return Err(format!("{new}: {e}")),
+            Err(_) => return Err(format!("{new}: no answer before the deadline")),
+        }
+    }
+    bounded(deadline, &old, c.query_drop(old.as_str())).await
 }
 
 /// Kills the replication I/O thread. An I/O thread blocked reading from a source that froze or
@@ -177,15 +214,16 @@ async fn kill_io_thread(c: &mut Conn, deadline: Instant) -> Result<(), String> {
         ),
     )
     .await?;
+    let mut failed = None;
     for id in ids {
         match timeout_at(deadline, c.query_drop(format!("KILL {id}"))).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) if server_code(&e) == Some(1094) => {}
-            Ok(Err(e)) => return Err(format!("KILL {id} (replication I/O thread): {e}")),
+            Ok(Err(e)) => failed = Some(format!("KILL {id} (replication I/O thread): {e}")),
             Err(_) => return Err("killing the replication I/O thread: no answer before the deadline".into()),
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 async fn replica_row(c: &mut Conn, deadline: Instant) -> Result<Option<Row>, String> {
@@ -200,30 +238,46 @@ async fn replica_row(c: &mut Conn, deadline: Instant) -> Result<Option<Row>, Str
     Ok(rows.first().map(super::to_row))
 }
 
-/// Waits until the GTIDs in `received` are applied, or fails at the deadline.
-async fn wait_applied(c: &mut Conn, mariadb: bool, received: &str, deadline: Instant) -> Result<(), String> {
-    let left = deadline.saturating_duration_since(Instant::now()).as_secs_f64();
+/// Waits until the GTIDs in `received` are applied, or fails at the deadline — in short slices,
+/// so that a cancelled promotion stops waiting at once.
+async fn wait_applied(
+    c: &mut Conn,
+    mariadb: bool,
+    received: &str,
+    deadline: Instant,
+    cancelled: &AtomicBool,
+) -> Result<(), String> {
     if received.is_empty() {
         return Err(
             "the replica has unapplied events but reports no received GTIDs; catch-up needs GTIDs".into(),
         );
     }
-    let (sql, done): (&str, i64) = if mariadb {
-        ("SELECT MASTER_GTID_WAIT(?, ?)", 0)
+    // MASTER_GTID_WAIT answers 0 when done, -1 on timeout; WAIT_FOR_EXECUTED_GTID_SET 0 and 1.
+    let sql = if mariadb {
+        "SELECT MASTER_GTID_WAIT(?, ?)"
     } else {
-        ("SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)", 0)
+        "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
     };
-    let result: Option<i64> = bounded(
-        deadline,
-        "waiting for catch-up",
-        c.exec_first(sql, (received, left)),
-    )
-    .await?;
-    match result {
-        Some(r) if r == done => Ok(()),
-        _ => Err(format!(
-            "the replica did not apply everything it received ({received}) within the catch-up timeout"
-        )),
+    const SLICE: f64 = 0.2;
+    loop {
+        if cancelled.load(Ordering::SeqCst) {
+            return Err("ownership ended during the catch-up".into());
+        }
+        let left = deadline.saturating_duration_since(Instant::now()).as_secs_f64();
+        if left <= 0.0 {
+            return Err(format!(
+                "the replica did not apply everything it received ({received}) within the catch-up timeout"
+            ));
+        }
+        let result: Option<i64> = bounded(
+            deadline,
+            "waiting for catch-up",
+            c.exec_first(sql, (received, left.min(SLICE))),
+        )
+        .await?;
+        if result == Some(0) {
+            return Ok(());
+        }
     }
 }
 
@@ -257,17 +311,153 @@ pub async fn kill_clients(
         let command = command.unwrap_or_default();
         let replication =
             command.starts_with("Binlog Dump") || command == "Slave_IO" || command == "Slave_SQL";
-        if Some(id) == me || replication || SPARED_USERS.contains(&user.as_str()) || command == "Daemon" {
+        // The agent's own sessions (its probe) are spared too.
+        let own = user == config.user;
+        if Some(id) == me
+            || own
+            || replication
+            || SPARED_USERS.contains(&user.as_str())
+            || command == "Daemon"
+        {
             continue;
         }
         match timeout_at(deadline, c.query_drop(format!("KILL {id}"))).await {
             Ok(Ok(())) => killed += 1,
-            // Gone already (1094 unknown thread) is fine.
+            // Gone already (1094 unknown thread) is fine; one we may not kill (1095, e.g. a
+            // MySQL SYSTEM_USER session) must not stop the others being killed.
             Ok(Err(e)) if server_code(&e) == Some(1094) => {}
-            Ok(Err(e)) => return Err(format!("KILL {id}: {e}")),
+            Ok(Err(e)) => tracing::warn!("KILL {id} ({user}): {e}"),
             Err(_) => return Err("killing connections: no answer before the deadline".into()),
         }
     }
     let _ = timeout_at(deadline, c.disconnect()).await;
     Ok(killed)
+}
+
+/// Where and how to replicate from the new primary.
+pub struct Source<'a> {
+    pub host: String,
+    pub port: u16,
+    pub user: &'a str,
+    pub password: &'a str,
+    /// The new primary's executed GTIDs as it last reported them.
+    pub gtid: &'a str,
+}
+
+/// How a rejoin went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejoin {
+    /// Replicating from the new primary.
+    Replicating,
+    /// This database has transactions the new primary lacks: it must not replicate (its extra
+    /// transactions would be silently kept, the seed's MMM replication break). `count` when the
+    /// server can tell.
+    Diverged { detail: String, count: Option<u64> },
+}
+
+/// A SQL string literal.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Re-points this (fenced) database's replication at `source`, but only if it has no
+/// transactions `source` lacks. MySQL compares GTID sets first; MariaDB asks the source to
+/// stream from this server's own position (`current_pos`), which in strict mode the source
+/// refuses (error 1236) if that position is not in its history.
+pub async fn rejoin(
+    config: &Mysql,
+    password: &Option<Secret>,
+    source: &Source<'_>,
+    deadline: Instant,
+    cancelled: &AtomicBool,
+) -> Result<Rejoin, String> {
+    let mut c = connect(config, password, deadline).await?;
+    let mariadb = is_mariadb(&mut c, deadline).await?;
+    if !mariadb {
+        if source.gtid.ends_with('…') {
+            return Err("the new primary's GTID set is too long to compare from its report".into());
+        }
+        let extra: Option<String> = bounded(
+            deadline,
+            "comparing GTID sets",
+            c.exec_first("SELECT GTID_SUBTRACT(@@GLOBAL.gtid_executed, ?)", (source.gtid,)),
+        )
+        .await?;
+        let extra = extra.unwrap_or_default();
+        if !extra.trim().is_empty() {
+            return Ok(Rejoin::Diverged {
+                count: probe::gtid_position(&extra).ok(),
+                detail: format!("transactions the new primary lacks: {}", extra.trim()),
+            });
+        }
+    }
+    let (change, start) = if mariadb {
+        (
+            format!(
+                "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, \
+                 MASTER_USE_GTID=current_pos",
+                quote(&source.host),
+                source.port,
+                quote(source.user),
+                quote(source.password)
+            ),
+            "START SLAVE",
+        )
+    } else {
+        (
+            format!(
+                "CHANGE REPLICATION SOURCE TO SOURCE_HOST={}, SOURCE_PORT={}, SOURCE_USER={}, SOURCE_PASSWORD={}, \
+                 SOURCE_AUTO_POSITION=1",
+                quote(&source.host),
+                source.port,
+                quote(source.user),
+                quote(source.password)
+            ),
+            "START REPLICA",
+        )
+    };
+    if let Err(e) = kill_io_thread(&mut c, deadline).await {
+        tracing::warn!("{e}; stopping it normally");
+    }
+    stop(&mut c, mariadb, "", deadline).await?;
+    bounded(deadline, "CHANGE MASTER", c.query_drop(change)).await?;
+    bounded(deadline, start, c.query_drop(start)).await?;
+    // Wait for the I/O thread to connect (or to be refused).
+    loop {
+        let row = replica_row(&mut c, deadline).await?.unwrap_or_default();
+        let errno = row
+            .iter()
+            .find(|(n, _)| n == "Last_IO_Errno")
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0);
+        let replica = probe::replication(&row)?;
+        if errno == 1236 {
+            stop(&mut c, mariadb, "", deadline).await?;
+            return Ok(Rejoin::Diverged {
+                detail: replica
+                    .last_error
+                    .unwrap_or_else(|| "the new primary refused this server's position".into()),
+                count: None,
+            });
+        }
+        if replica.io_running && replica.sql_running {
+            let _ = timeout_at(deadline, c.disconnect()).await;
+            return Ok(Rejoin::Replicating);
+        }
+        // Replication stays configured: it connects on its own once it can. Only the wait ends.
+        if cancelled.load(Ordering::SeqCst) {
+            return Err("this node became owner".into());
+        }
+        if Instant::now() + Duration::from_millis(100) >= deadline {
+            let _ = stop(&mut c, mariadb, "", deadline).await;
+            return Err(format!(
+                "replication did not start: {}",
+                replica
+                    .last_error
+                    .unwrap_or_else(|| "the I/O thread is still connecting".into())
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

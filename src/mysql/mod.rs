@@ -36,6 +36,8 @@ pub struct DbStatus {
     /// 0 once everything received is applied, else the last value known (the source may be
     /// gone, which is exactly when this matters).
     pub lag_s: Option<u64>,
+    /// Replicas: how long the I/O thread has been seen not running (0 while it runs).
+    pub io_stopped_ms: Option<u64>,
     /// Executed GTIDs, and the same as a transaction count (the ranking position).
     pub gtid: Option<String>,
     pub position: u64,
@@ -114,6 +116,7 @@ async fn run(config: Mysql, password: Option<Secret>, tx: watch::Sender<DbStatus
     let mut ticks = tokio::time::interval(config.check_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status = DbStatus::default();
+    let mut io_stopped_since: Option<Instant> = None;
     loop {
         ticks.tick().await;
         let started = Instant::now();
@@ -148,6 +151,13 @@ async fn run(config: Mysql, password: Option<Secret>, tx: watch::Sender<DbStatus
                         _ if r.applied_all_received => Some(0),
                         _ => status.lag_s,
                     });
+                io_stopped_since = match &o.replication {
+                    Some(r) if !r.io_running => Some(io_stopped_since.unwrap_or(started)),
+                    _ => None,
+                };
+                status.io_stopped_ms = o.replication.as_ref().map(|_| {
+                    io_stopped_since.map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX))
+                });
                 status.replication = o.replication;
                 status.gtid = Some(o.gtid);
                 status.position = o.position;

@@ -92,7 +92,7 @@ pub fn sh(args: &[&str]) -> String {
 }
 
 /// Checks that the lab can run here, with a clear message when it cannot.
-fn preflight() {
+fn preflight(mysql: bool) {
     assert!(
         nix::unistd::geteuid().is_root(),
         "the network-namespace lab needs root (CAP_NET_ADMIN, CAP_NET_RAW): run the test suite as root, \
@@ -105,6 +105,9 @@ fn preflight() {
         ("mariadbd", "mariadb-server"),
         ("mariadb", "mariadb-client"),
     ] {
+        if !mysql && tool.starts_with("mariadb") {
+            continue;
+        }
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -431,7 +434,7 @@ impl Lab {
     /// Builds the switch, db1 (priority 150), db2 (100), witness w1 and a client, and writes
     /// each agent's configuration. Agents are not started yet.
     pub fn new(bin: &Path, spec: Spec) -> Lab {
-        preflight();
+        preflight(spec.mysql.is_some());
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         remove_abandoned_labs();
         let prefix = format!(
@@ -605,7 +608,8 @@ impl Lab {
                 t,
                 "[mysql]\nmode = \"{mode}\"\nsocket = \"{}\"\nuser = \"vipgate\"\npassword_file = \"../mysql-password\"\n\
                  check_interval_ms = 200\ncheck_timeout_ms = 200\nrise = 2\nfall = 3\n\
-                 max_lag_ms = {}\ncatchup_timeout_ms = 5000\nkill_grace_ms = 200\n",
+                 max_lag_ms = {}\ncatchup_timeout_ms = 5000\nkill_grace_ms = 200\n\
+                 replication_user = \"repl\"\nreplication_password_file = \"../repl-password\"\n",
                 self.mysql_socket(name).display(),
                 self.spec.max_lag_ms
             );
@@ -694,9 +698,14 @@ impl Lab {
 
     /// db1 primary, db2 its replica (read_only), both with the agent's account.
     fn setup_mariadb(&mut self) {
-        let password = self.dir.path().join("mysql-password");
-        std::fs::write(&password, "vipgate-lab-password\n").unwrap();
-        std::fs::set_permissions(&password, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        for (file, password) in [
+            ("mysql-password", "vipgate-lab-password"),
+            ("repl-password", "repl-lab-password"),
+        ] {
+            let path = self.dir.path().join(file);
+            std::fs::write(&path, format!("{password}\n")).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        }
         self.start_mariadb("db1", 1);
         self.start_mariadb("db2", 2);
         // Created on the primary and replicated: the replica's copy comes from the binlog.
