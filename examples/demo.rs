@@ -100,8 +100,7 @@ fn main() {
     let acked = writer.finish();
     std::thread::sleep(Duration::from_millis(300));
     let pause = lab::longest_pause(&acked, crashed);
-    let present = lab.rows("db2");
-    let lost = acked.iter().filter(|(id, _)| !present.contains(id)).count();
+    let lost = lab.missing_rows("db2", &acked).len();
     println!(
         "writes: {} acknowledged; longest pause {} ms; acknowledged rows missing on the new primary: {lost}",
         acked.len(),

@@ -20,13 +20,39 @@ fn main() {
     let runs: usize = args
         .next()
         .map_or(10, |r| r.parse().expect("RUNS must be a number"));
+    // (name, interval, lease, with MariaDB and writes, planned switchover instead of a crash)
     let profiles = [
-        ("ping, default (interval 200 ms, lease 1000 ms)", 200, 1000, false),
-        ("ping, aggressive (interval 20 ms, lease 120 ms)", 20, 120, false),
-        ("writes, promote mode, default timings", 200, 1000, true),
+        (
+            "ping, default (interval 200 ms, lease 1000 ms)",
+            200,
+            1000,
+            false,
+            false,
+        ),
+        (
+            "ping, aggressive (interval 20 ms, lease 120 ms)",
+            20,
+            120,
+            false,
+            false,
+        ),
+        (
+            "writes, promote mode, default timings: host crash",
+            200,
+            1000,
+            true,
+            false,
+        ),
+        (
+            "writes, promote mode, default timings: switchover",
+            200,
+            1000,
+            true,
+            true,
+        ),
     ];
     let mut table = Vec::new();
-    for (name, interval_ms, lease_ms, writes) in profiles {
+    for (name, interval_ms, lease_ms, writes, switchover) in profiles {
         let mut outages = Vec::new();
         for run in 1..=runs {
             let spec = Spec {
@@ -52,10 +78,21 @@ fn main() {
             std::thread::sleep(Duration::from_millis(500));
             let crash = unix_now();
             let crashed = std::time::Instant::now();
-            lab.link_down("db1");
-            lab.kill("db1");
-            if writes {
-                lab.kill_mariadb("db1");
+            if switchover {
+                let out = std::process::Command::new(&bin)
+                    .args(["switchover", "--to", "db2", "--config"])
+                    .arg(lab.config_path("db1"))
+                    .output()
+                    .expect("vipgate switchover");
+                if !out.status.success() {
+                    eprintln!("{name} run {run}: {}", String::from_utf8_lossy(&out.stderr));
+                }
+            } else {
+                lab.link_down("db1");
+                lab.kill("db1");
+                if writes {
+                    lab.kill_mariadb("db1");
+                }
             }
             let took_over = wait_for(Duration::from_secs(10), || {
                 lab.observer().sole_holder(VIP4, "db2")
@@ -68,8 +105,7 @@ fn main() {
             let gap = match writer {
                 Some(w) => {
                     let acked = w.finish();
-                    let present = lab.rows("db2");
-                    let lost = acked.iter().filter(|(id, _)| !present.contains(id)).count();
+                    let lost = lab.missing_rows("db2", &acked).len();
                     if lost > 0 {
                         eprintln!("{name} run {run}: {lost} acknowledged rows missing on db2");
                     }

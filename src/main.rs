@@ -40,6 +40,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Planned hand-over: run on the owner; it fences its database, then hands ownership (and
+    /// its final position) to NODE or to the best candidate, which catches up and promotes.
+    Switchover {
+        /// The node to hand over to (default: the best eligible candidate).
+        #[arg(long)]
+        to: Option<String>,
+        /// How long to wait for the new owner, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Keep this node from owning (handing over if it owns), or let it own again. Persisted.
+    Maintenance {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Validate a configuration file and print a summary of the cluster it describes.
     CheckConfig {
         /// The configuration file.
@@ -60,6 +83,22 @@ fn main() -> ExitCode {
         }
         Command::Run { config, node } => run(&config, node.as_deref()),
         Command::Status { config, socket, json } => status(&config, socket, json),
+        Command::Switchover {
+            to,
+            timeout,
+            config,
+            socket,
+        } => switchover(
+            &config,
+            socket,
+            to.as_deref(),
+            std::time::Duration::from_secs(timeout),
+        ),
+        Command::Maintenance {
+            state,
+            config,
+            socket,
+        } => command(&config, socket, &format!("maintenance {state}")).map(|m| println!("{m}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,11 +134,64 @@ fn run(file: &Path, node: Option<&str>) -> Result<(), String> {
     vipgate::agent::run(config, me)
 }
 
-fn status(file: &Path, socket: Option<PathBuf>, json: bool) -> Result<(), String> {
-    let socket = match socket {
-        Some(s) => s,
-        None => Config::load(file).map_err(|e| e.to_string())?.control.socket,
+fn socket_of(file: &Path, socket: Option<PathBuf>) -> Result<PathBuf, String> {
+    match socket {
+        Some(s) => Ok(s),
+        None => Ok(Config::load(file).map_err(|e| e.to_string())?.control.socket),
+    }
+}
+
+/// Sends a command that answers `{"ok": …, "message"|"error": …}`.
+fn command(file: &Path, socket: Option<PathBuf>, line: &str) -> Result<String, String> {
+    let socket = socket_of(file, socket)?;
+    let answer = vipgate::control::request(&socket, line)?;
+    let v: serde_json::Value = serde_json::from_str(&answer)
+        .map_err(|_| format!("the agent at {} answered: {}", socket.display(), answer.trim()))?;
+    match (v["ok"].as_bool(), v["message"].as_str(), v["error"].as_str()) {
+        (Some(true), Some(m), _) => Ok(m.to_string()),
+        (_, _, Some(e)) => Err(format!("refused: {e}")),
+        _ => Err(format!("unexpected answer: {}", answer.trim())),
+    }
+}
+
+fn switchover(
+    file: &Path,
+    socket: Option<PathBuf>,
+    to: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let socket = socket_of(file, socket)?;
+    let line = match to {
+        Some(node) => format!("switchover {node}"),
+        None => "switchover".to_string(),
     };
+    let started = std::time::Instant::now();
+    println!("{}", command(file, Some(socket.clone()), &line)?);
+    loop {
+        let answer = vipgate::control::request(&socket, "status")?;
+        if let Ok(s) = serde_json::from_str::<vipgate::control::Status>(&answer)
+            && let Some(owner) = s.owner.as_deref().filter(|o| *o != s.node)
+        {
+            println!(
+                "{owner} owns (term {}) after {} ms",
+                s.term,
+                started.elapsed().as_millis()
+            );
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(format!(
+                "no new owner within {} s; this node does not compete for one lease, then may own again \
+                 (see vipgate status and the agents' logs)",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn status(file: &Path, socket: Option<PathBuf>, json: bool) -> Result<(), String> {
+    let socket = socket_of(file, socket)?;
     let answer = vipgate::control::request(&socket, "status")?;
     let status: vipgate::control::Status = serde_json::from_str(&answer)
         .map_err(|_| format!("the agent at {} answered: {}", socket.display(), answer.trim()))?;

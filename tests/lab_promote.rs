@@ -52,12 +52,7 @@ fn failover_under_writes(lab: &mut Lab, fault: impl FnOnce(&mut Lab)) -> Duratio
     );
     // The longest pause between acknowledged writes around the fault.
     let downtime = lab::longest_pause(&acked, broken);
-    let present = lab.rows("db2");
-    let lost: Vec<u64> = acked
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| !present.contains(id))
-        .collect();
+    let lost = lab.missing_rows("db2", &acked);
     println!(
         "{} rows acknowledged ({before} before the fault); write downtime {} ms; lost acknowledged rows: {}",
         acked.len(),
@@ -245,5 +240,98 @@ fn a_diverged_former_primary_refuses_to_rejoin_and_reports_it() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("DIVERGED:"));
+    lab.assert_never_two_holders(VIP4);
+}
+
+fn vipgate(lab: &Lab, node: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
+        .args(args)
+        .arg("--config")
+        .arg(lab.config_path(node))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn switchover_under_writes_loses_no_acknowledged_row_and_the_old_primary_follows() {
+    let lab = promoting(10_000);
+    // Not on a node that does not own.
+    let (ok, text) = vipgate(&lab, "db2", &["switchover", "--to", "db2"]);
+    assert!(!ok && text.contains("the owner is db1"), "{text}");
+    let writer = lab.writer();
+    std::thread::sleep(Duration::from_millis(800));
+    let asked = Instant::now();
+    let (ok, text) = vipgate(&lab, "db1", &["switchover", "--to", "db2"]);
+    assert!(ok, "{text}\n{}", lab.logs());
+    println!("{}", text.trim());
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(800));
+    let acked = writer.finish();
+    let pause = lab::longest_pause(&acked, asked);
+    let lost = lab.missing_rows("db2", &acked);
+    println!(
+        "switchover: {} rows acknowledged; write pause {} ms; lost: {}",
+        acked.len(),
+        pause.as_millis(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows missing after the switchover: {lost:?}"
+    );
+    assert!(
+        acked.last().is_some_and(|(_, t)| *t > asked + pause),
+        "writes did not resume"
+    );
+    assert!(
+        lab.log("db2")
+            .contains("waiting until this database has the old primary's"),
+        "{}",
+        lab.log("db2")
+    );
+    // The old primary was fenced, and follows the new one.
+    assert_eq!(read_only(&lab, "db1"), Some(true));
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            lab.status("db1")
+                .and_then(|s| s.database)
+                .and_then(|d| d.replication)
+                .is_some_and(|r| r.source == "192.0.2.12" && r.io_running && r.sql_running)
+        }),
+        "db1 does not replicate from db2\n{}",
+        lab.log("db1")
+    );
+    lab.assert_never_two_holders(VIP4);
+}
+
+#[test]
+fn maintenance_hands_ownership_over_and_keeps_the_node_out_until_ended() {
+    let lab = promoting(10_000);
+    let (ok, text) = vipgate(&lab, "db1", &["maintenance", "on"]);
+    assert!(ok && text.contains("handing ownership over"), "{text}");
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(5));
+    let s = lab.status("db1").unwrap();
+    assert!(s.maintenance);
+    assert!(s.ineligible_reason.unwrap_or_default().contains("maintenance"));
+    let (_, table) = vipgate(&lab, "db1", &["status"]);
+    assert!(table.contains("maintenance mode"), "{table}");
+    // Off again: eligible once it has caught up (it rejoins db2 as a replica); no preemption,
+    // so db2 keeps the VIP.
+    let (ok, _) = vipgate(&lab, "db1", &["maintenance", "off"]);
+    assert!(ok);
+    assert!(
+        wait_for(Duration::from_secs(10), || lab
+            .status("db1")
+            .is_some_and(|s| s.eligible)),
+        "db1 did not become eligible again: {:?}",
+        lab.status("db1").map(|s| s.ineligible_reason)
+    );
+    assert!(lab.observer().sole_holder(VIP4, "db2"));
     lab.assert_never_two_holders(VIP4);
 }

@@ -27,6 +27,8 @@ pub(super) enum Job {
     Promote {
         term: Term,
         cancelled: Arc<AtomicBool>,
+        /// A planned hand-over: the old primary's final position.
+        wait_for: Option<u64>,
     },
     Fence {
         term: Option<Term>,
@@ -58,9 +60,13 @@ pub(super) fn start_worker(
     tokio::spawn(async move {
         while let Some(job) = jobs.recv().await {
             let outcome = match job {
-                Job::Promote { term, cancelled } => {
+                Job::Promote {
+                    term,
+                    cancelled,
+                    wait_for,
+                } => {
                     let deadline = tokio::time::Instant::now() + mysql.catchup_timeout;
-                    let result = actions::promote(&mysql, &password, deadline, &cancelled).await;
+                    let result = actions::promote(&mysql, &password, deadline, &cancelled, wait_for).await;
                     Outcome::Promoted { term, result }
                 }
                 Job::Fence { term, budget } => {
@@ -116,9 +122,10 @@ pub(super) enum Outcome {
         result: Result<actions::Promoted, String>,
     },
     /// `term`: the fence of a release of that term; `None`: of a database this node does not own.
+    /// With the database's final position on success.
     Fenced {
         term: Option<Term>,
-        result: Result<(), String>,
+        result: Result<u64, String>,
     },
     /// `kill_grace` has passed since the fence of a release of `term`.
     KillDue {
@@ -307,7 +314,23 @@ impl Agent {
         self.promoted = None;
         let cancelled = Arc::new(AtomicBool::new(false));
         self.promotion_cancel = Some(cancelled.clone());
-        let _ = jobs.send(Job::Promote { term, cancelled });
+        // Handed over by name a moment ago: wait for everything the old primary wrote.
+        let wait_for = self
+            .handover_position
+            .take()
+            .filter(|(_, at)| clock::now().saturating_since(*at) < self.config.cluster.lease * 2)
+            .map(|(p, _)| p);
+        if let Some(p) = wait_for {
+            tracing::info!(
+                term,
+                "planned hand-over: waiting until this database has the old primary's {p} transactions"
+            );
+        }
+        let _ = jobs.send(Job::Promote {
+            term,
+            cancelled,
+            wait_for,
+        });
     }
 
     /// Fences the database (read_only ON) before `by`, after any job already queued; a
@@ -328,8 +351,10 @@ impl Agent {
             Outcome::Promoted { term, result } => self.on_promoted(now, term, result),
             Outcome::Fenced { term, result } => {
                 match (&result, term) {
-                    (Ok(()), Some(t)) => tracing::info!(term = t, "database fenced (read_only ON)"),
-                    (Ok(()), None) => tracing::info!("database fenced (read_only ON)"),
+                    (Ok(p), Some(t)) => {
+                        tracing::info!(term = t, "database fenced (read_only ON) at position {p}")
+                    }
+                    (Ok(_), None) => tracing::info!("database fenced (read_only ON)"),
                     (Err(e), _) => tracing::error!(
                         "could not fence the database: {e}; a release waits for the lease to run out"
                     ),
@@ -338,14 +363,21 @@ impl Agent {
                     self.fencing = false;
                     return Ok(());
                 }
-                if result.is_ok()
-                    && let Some(t) = term
-                {
+                if let (Ok(position), Some(t)) = (&result, term) {
                     self.kill_clients_later(t);
                     if let Some(p) = &mut self.pending_release
-                        && Some(p.term) == term
+                        && p.term == t
                     {
                         p.fence_done = true;
+                        // The release announces this final position to the successor.
+                        let eligible = self.ineligible_reason(now).is_none();
+                        self.step(
+                            now,
+                            crate::core::Event::Health {
+                                eligible,
+                                position: *position,
+                            },
+                        )?;
                     }
                 }
                 self.complete_release(now)

@@ -128,6 +128,10 @@ struct Agent {
     control: mpsc::Receiver<Request>,
     /// Set once a stop was requested: exit when ownership is handed over, or at this deadline.
     stopping: Option<Instant>,
+    /// `vipgate maintenance on`: never eligible (persisted).
+    maintenance: bool,
+    /// A release naming this node: the old owner's final data position, and when it came.
+    handover_position: Option<(u64, Instant)>,
     /// The number of the last `Drop` sent to the VIP task and its deadline: only its
     /// confirmation completes the release.
     drop_seq: u64,
@@ -239,6 +243,7 @@ impl Agent {
             _ => (None, None),
         };
         let (db_outcomes_tx, db_outcomes) = mpsc::unbounded_channel();
+        let maintenance = state.maintenance();
         let replication_password = config.read_replication_password().map_err(|e| e.to_string())?;
 
         let (control_tx, control) = mpsc::channel(16);
@@ -279,6 +284,8 @@ impl Agent {
             vip_fault: None,
             control,
             stopping: None,
+            maintenance,
+            handover_position: None,
             drop_seq: 0,
             release_by: None,
             pending_release: None,
@@ -324,6 +331,9 @@ impl Agent {
         }
         if self.stopping.is_some() {
             return Some("stopping".into());
+        }
+        if self.maintenance {
+            return Some("maintenance mode (vipgate maintenance off ends it)".into());
         }
         if let Some((error, until)) = &self.vip_fault
             && now < *until
@@ -374,6 +384,12 @@ impl Agent {
                                 }
                                 Some((from, message)) => {
                                     self.received += 1;
+                                    if let Message::Release(r) = &message
+                                        && r.to == Some(self.me)
+                                        && let Some(p) = r.final_position
+                                    {
+                                        self.handover_position = Some((p, now));
+                                    }
                                     self.step(now, Event::Received { from, message })?;
                                 }
                                 None => {}
@@ -397,7 +413,7 @@ impl Agent {
                     self.on_db_outcome(now, outcome)?;
                 }
                 Some(request) = self.control.recv() => {
-                    let answer = self.answer(&request.command);
+                    let answer = self.answer(&request.command)?;
                     let _ = request.reply.send(answer);
                 }
                 _ = sigterm.recv() => self.begin_stop("SIGTERM")?,
@@ -651,13 +667,93 @@ impl Agent {
         }
     }
 
-    fn answer(&self, command: &str) -> String {
-        match command {
-            "status" => serde_json::to_string(&self.status(clock::now())).expect("status serialises"),
-            other => {
-                serde_json::json!({ "error": format!("unknown command {other:?}; try: status") }).to_string()
+    /// Answers a control command. Only a failure to persist is an error of the agent.
+    fn answer(&mut self, command: &str) -> Result<String, String> {
+        let now = clock::now();
+        let reply = |r: Result<String, String>| match r {
+            Ok(message) => serde_json::json!({ "ok": true, "message": message }).to_string(),
+            Err(error) => serde_json::json!({ "ok": false, "error": error }).to_string(),
+        };
+        let words: Vec<&str> = command.split_whitespace().collect();
+        Ok(match words.as_slice() {
+            ["status"] => serde_json::to_string(&self.status(now)).expect("status serialises"),
+            ["maintenance", on @ ("on" | "off")] => {
+                let on = *on == "on";
+                self.state.set_maintenance(on).map_err(|e| e.to_string())?;
+                self.maintenance = on;
+                let owner = self.core.role() == RoleKind::Owner;
+                if on {
+                    tracing::warn!(
+                        "maintenance on: this node will not own{}",
+                        if owner { "; handing over" } else { "" }
+                    );
+                    if owner {
+                        self.step(now, Event::Release { to: None })?;
+                    }
+                } else {
+                    tracing::info!("maintenance off: this node may own again");
+                }
+                let health = self.health(now);
+                self.step(now, health)?;
+                reply(Ok(if on && owner {
+                    "maintenance on; handing ownership over".into()
+                } else {
+                    format!("maintenance {}", if on { "on" } else { "off" })
+                }))
             }
+            ["switchover", rest @ ..] if rest.len() <= 1 => {
+                reply(self.switchover(now, rest.first().copied()))
+            }
+            _ => reply(Err(format!(
+                "unknown command {command:?}; try: status, maintenance on|off, switchover [NODE]"
+            ))),
+        })
+    }
+
+    /// Planned hand-over from this (owning) node to `to`, or to the best candidate.
+    fn switchover(&mut self, now: Instant, to: Option<&str>) -> Result<String, String> {
+        if self.core.role() != RoleKind::Owner {
+            return Err(match self.core.owner(now) {
+                Some(o) => format!(
+                    "this node does not own; the owner is {}: run switchover there",
+                    self.id(o)
+                ),
+                None => "this node does not own, and no owner is known".into(),
+            });
         }
+        let target = match to {
+            Some(id) => {
+                let Some(i) = self.ids.iter().position(|n| n == id) else {
+                    return Err(format!(
+                        "{id:?} is not a member (members: {})",
+                        self.ids.join(", ")
+                    ));
+                };
+                let i = i as NodeIdx;
+                if i == self.me {
+                    return Err(format!("{id} already owns"));
+                }
+                if self.config.nodes[usize::from(i)].witness {
+                    return Err(format!("{id} is a witness and cannot own"));
+                }
+                if !self.core.peers()[usize::from(i)].eligible {
+                    return Err(format!(
+                        "{id} is not eligible now (see vipgate status); nothing was changed"
+                    ));
+                }
+                Some(i)
+            }
+            None => None,
+        };
+        tracing::warn!(
+            "switchover requested: fencing this database, then handing over to {}",
+            target.map_or("the best candidate", |t| self.id(t))
+        );
+        self.step(now, Event::Release { to: target })?;
+        Ok(format!(
+            "handing over to {}; this node fences its database first",
+            target.map_or("the best candidate", |t| self.id(t))
+        ))
     }
 
     fn status(&self, now: Instant) -> Status {
@@ -763,6 +859,7 @@ impl Agent {
             vip: self.vip_status.lock().expect("status lock").clone(),
             database: self.db.as_ref().map(|db| db.borrow().clone()),
             diverged: self.diverged.as_ref().map(|(_, d)| d.clone()),
+            maintenance: self.maintenance,
             peers,
             sent: self.sent,
             received: self.received,

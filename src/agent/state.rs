@@ -26,6 +26,9 @@ struct OnDisk {
     term: Term,
     voted_for: Option<String>,
     boot: u64,
+    /// Set by `vipgate maintenance on`: the node stays ineligible, also across restarts.
+    #[serde(default)]
+    maintenance: bool,
 }
 
 /// The open state file of one agent.
@@ -91,6 +94,16 @@ impl StateFile {
 
     pub fn boot(&self) -> u64 {
         self.disk.boot
+    }
+
+    pub fn maintenance(&self) -> bool {
+        self.disk.maintenance
+    }
+
+    /// Persists the maintenance flag.
+    pub fn set_maintenance(&mut self, on: bool) -> Result<(), StateError> {
+        self.disk.maintenance = on;
+        self.write()
     }
 
     /// Takes the next boot id — greater than every earlier one, and at least the wall clock in
@@ -160,6 +173,11 @@ mod tests {
         // A wall clock that went backwards still yields a greater boot id.
         assert_eq!(s.next_boot(10).unwrap(), 1001);
         assert_eq!(s.boot(), 1001);
+        assert!(!s.maintenance());
+        s.set_maintenance(true).unwrap();
+        let s = StateFile::open(dir.path(), ids()).unwrap();
+        assert!(s.maintenance());
+        assert_eq!(s.persistent().term, 7);
         assert!(!dir.path().join("state.toml.tmp").exists());
     }
 

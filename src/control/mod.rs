@@ -46,6 +46,8 @@ pub struct Status {
     pub database: Option<DbStatus>,
     /// Promote mode: this database has transactions the primary lacks, and stays out.
     pub diverged: Option<String>,
+    /// `vipgate maintenance on`: this node does not own.
+    pub maintenance: bool,
     pub peers: Vec<PeerStatus>,
     pub sent: u64,
     pub received: u64,

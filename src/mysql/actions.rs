@@ -50,7 +50,29 @@ async fn is_mariadb(c: &mut Conn, deadline: Instant) -> Result<bool, String> {
 /// connections are killed first (their clients must never see those commits acknowledged),
 /// then semi-sync is switched off here (it releases the waiting commits, which stay on this
 /// server only: it has diverged, and rejoining will say so), then read_only is set again.
-pub async fn fence(config: &Mysql, password: &Option<Secret>, deadline: Instant) -> Result<(), String> {
+pub async fn fence(config: &Mysql, password: &Option<Secret>, deadline: Instant) -> Result<u64, String> {
+    fence_only(config, password, deadline).await?;
+    // With writes refused, this is the database's final position: a planned successor waits
+    // for exactly this much.
+    let mut c = connect(config, password, deadline).await?;
+    let mariadb = is_mariadb(&mut c, deadline).await?;
+    let position = position(&mut c, mariadb, deadline).await?;
+    let _ = timeout_at(deadline, c.disconnect()).await;
+    Ok(position)
+}
+
+/// The local executed GTIDs, counted (see `probe::gtid_position`).
+async fn position(c: &mut Conn, mariadb: bool, deadline: Instant) -> Result<u64, String> {
+    let sql = if mariadb {
+        "SELECT @@global.gtid_current_pos"
+    } else {
+        "SELECT @@global.gtid_executed"
+    };
+    let gtid: Option<String> = bounded(deadline, sql, c.query_first(sql)).await?;
+    probe::gtid_position(&gtid.unwrap_or_default())
+}
+
+async fn fence_only(config: &Mysql, password: &Option<Secret>, deadline: Instant) -> Result<(), String> {
     let mut c = connect(config, password, deadline).await?;
     let mariadb = is_mariadb(&mut c, deadline).await?;
     let sql = if mariadb {
@@ -111,15 +133,36 @@ pub struct Promoted {
 /// (bounded by `catchup_deadline`), stop replication, `read_only = OFF`.
 /// `cancelled` is checked before each step that changes the database: once ownership ends the
 /// promotion stops, and never makes the database writable.
+///
+/// `wait_for`: in a planned switchover, the old primary's final position; replication keeps
+/// running until this database has applied that much, so nothing it wrote is left behind.
 pub async fn promote(
     config: &Mysql,
     password: &Option<Secret>,
     catchup_deadline: Instant,
     cancelled: &AtomicBool,
+    wait_for: Option<u64>,
 ) -> Result<Promoted, String> {
     let started = Instant::now();
     let mut c = connect(config, password, catchup_deadline).await?;
     let mariadb = is_mariadb(&mut c, catchup_deadline).await?;
+    if let Some(target) = wait_for {
+        loop {
+            if cancelled.load(Ordering::SeqCst) {
+                return Err("ownership ended while waiting for the old primary's final position".into());
+            }
+            let now = position(&mut c, mariadb, catchup_deadline).await?;
+            if now >= target {
+                break;
+            }
+            if Instant::now() + Duration::from_millis(20) >= catchup_deadline {
+                return Err(format!(
+                    "did not reach the old primary's final position ({now} of {target} transactions) within the catch-up timeout"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let mut stopped = false;
     let result = promote_on(&mut c, mariadb, catchup_deadline, cancelled, &mut stopped).await;
     if result.is_err() && stopped {

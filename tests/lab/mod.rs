@@ -313,13 +313,16 @@ async fn write_loop(stop: Arc<AtomicBool>) -> Vec<(u64, Instant)> {
         .user(Some("app"))
         .pass(Some("app-lab-password"))
         .db_name(Some("lab"));
+    // A LAN connect takes well under a millisecond: retry quickly, as a pool with a short
+    // connect timeout would. A statement gets longer (a commit may wait for a replica).
+    let connect_limit = Duration::from_millis(100);
     let limit = Duration::from_millis(500);
     let mut acked = Vec::new();
     let mut conn: Option<mysql_async::Conn> = None;
     let mut next: u64 = 1;
     while !stop.load(Ordering::Relaxed) {
         if conn.is_none() {
-            match tokio::time::timeout(limit, mysql_async::Conn::new(opts.clone())).await {
+            match tokio::time::timeout(connect_limit, mysql_async::Conn::new(opts.clone())).await {
                 Ok(Ok(c)) => conn = Some(c),
                 _ => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -768,6 +771,16 @@ impl Lab {
         self.sql(name, "SELECT id FROM lab.writes")
             .lines()
             .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// The acknowledged rows (from [`Writer::finish`]) missing on `name`'s database.
+    pub fn missing_rows(&self, name: &str, acked: &[(u64, Instant)]) -> Vec<u64> {
+        let present = self.rows(name);
+        acked
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !present.contains(id))
             .collect()
     }
 
