@@ -70,6 +70,10 @@ enum Command {
         /// This node's id (default: the host name, if it is a member).
         #[arg(long)]
         node: Option<String>,
+        /// Also connect to the local database ([mysql]) and report its version, GTID and
+        /// semi-sync settings, and the privileges the mode needs that the account lacks.
+        #[arg(long)]
+        probe: bool,
     },
 }
 
@@ -78,9 +82,9 @@ const DEFAULT_CONFIG: &str = "/etc/vipgate/vipgate.toml";
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::CheckConfig { file, node } => {
-            check_config(&file, node.as_deref()).map_err(|e| e.to_string())
-        }
+        Command::CheckConfig { file, node, probe } => check_config(&file, node.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|()| if probe { probe_database(&file) } else { Ok(()) }),
         Command::Run { config, node } => run(&config, node.as_deref()),
         Command::Status { config, socket, json } => status(&config, socket, json),
         Command::Switchover {
@@ -132,6 +136,39 @@ fn run(file: &Path, node: Option<&str>) -> Result<(), String> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     vipgate::agent::run(config, me)
+}
+
+/// `check-config --probe`: one bounded connection to the local database.
+fn probe_database(file: &Path) -> Result<(), String> {
+    let config = Config::load(file).map_err(|e| e.to_string())?;
+    let Some(mysql) = config.mysql.clone() else {
+        return Err(format!(
+            "{}: there is no [mysql] (or mode = \"none\") to probe",
+            file.display()
+        ));
+    };
+    let password = config.read_mysql_password().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let timeout = std::time::Duration::from_secs(5).max(mysql.check_timeout);
+    let report = runtime.block_on(vipgate::mysql::check::check(&mysql, &password, timeout));
+    println!("database  probed at {} as {}", mysql.endpoint, mysql.user);
+    for line in &report.lines {
+        println!("          {line}");
+    }
+    if report.problems.is_empty() {
+        println!("database: OK");
+        Ok(())
+    } else {
+        Err(report
+            .problems
+            .iter()
+            .map(|p| format!("database problem: {p}"))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
 }
 
 fn socket_of(file: &Path, socket: Option<PathBuf>) -> Result<PathBuf, String> {

@@ -104,3 +104,63 @@ fn a_hung_database_makes_its_owner_give_the_vip_up_without_blocking_the_agent() 
     lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(6));
     lab.assert_never_two_holders(VIP4);
 }
+
+#[test]
+fn check_config_probe_reports_the_server_and_the_privileges_a_mode_lacks() {
+    let lab = Lab::new(
+        Path::new(env!("CARGO_BIN_EXE_vipgate")),
+        Spec {
+            mysql: Some("promote"),
+            ..Spec::default()
+        },
+    );
+    let probe = |config: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
+            .arg("check-config")
+            .arg(config)
+            .args(["--node", "db1", "--probe"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    // The documented GRANT is exactly enough.
+    let (ok, text) = probe(&lab.config_path("db1"));
+    assert!(ok, "{text}");
+    assert!(text.contains("MariaDB 10."), "{text}");
+    assert!(text.contains("privileges all that promote mode needs"), "{text}");
+    assert!(text.contains("strict mode ON"), "{text}");
+    assert!(text.contains("rpl_semi_sync_master_enabled=ON"), "{text}");
+    // An account with only the monitoring privilege is fine for gate mode, not for promote.
+    lab.sql(
+        "db1",
+        "CREATE USER watcher@'%' IDENTIFIED BY 'vipgate-lab-password'; GRANT SLAVE MONITOR ON *.* TO watcher@'%'",
+    );
+    let weak = lab.config_path("db1").with_file_name("weak.toml");
+    std::fs::write(
+        &weak,
+        std::fs::read_to_string(lab.config_path("db1"))
+            .unwrap()
+            .replace("user = \"vipgate\"", "user = \"watcher\""),
+    )
+    .unwrap();
+    let (ok, text) = probe(&weak);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("watcher lacks PROCESS, READ_ONLY ADMIN, CONNECTION ADMIN"),
+        "{text}"
+    );
+    std::fs::write(
+        &weak,
+        std::fs::read_to_string(&weak)
+            .unwrap()
+            .replace("mode = \"promote\"", "mode = \"gate\""),
+    )
+    .unwrap();
+    let (ok, text) = probe(&weak);
+    assert!(ok, "{text}");
+}

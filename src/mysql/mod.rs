@@ -9,6 +9,7 @@
 //! the database.
 
 pub mod actions;
+pub mod check;
 pub mod probe;
 
 use crate::config::{Endpoint, Mysql, Secret};
