@@ -115,18 +115,13 @@ fn check_config_probe_reports_the_server_and_the_privileges_a_mode_lacks() {
         },
     );
     let probe = |config: &Path| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
-            .arg("check-config")
-            .arg(config)
-            .args(["--node", "db1", "--probe"])
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        let args = [
+            config.as_os_str(),
+            "--node".as_ref(),
+            "db1".as_ref(),
+            "--probe".as_ref(),
+        ];
+        lab.vipgate(&[&["check-config".as_ref()], &args[..]].concat())
     };
     // The documented GRANT is exactly enough.
     let (ok, text) = probe(&lab.config_path("db1"));

@@ -244,18 +244,11 @@ fn a_diverged_former_primary_refuses_to_rejoin_and_reports_it() {
 }
 
 fn vipgate(lab: &Lab, node: &str, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
-        .args(args)
-        .arg("--config")
-        .arg(lab.config_path(node))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let config = lab.config_path(node);
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    all.push("--config".as_ref());
+    all.push(config.as_os_str());
+    lab.vipgate(&all)
 }
 
 #[test]

@@ -866,6 +866,17 @@ impl Lab {
         }
     }
 
+    /// Runs the `vipgate` binary with `args`; returns success and its output (both streams).
+    pub fn vipgate<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> (bool, String) {
+        let out = Command::new(&self.bin).args(args).output().expect("run vipgate");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// The agent's own status, or `None` if it does not answer.
     pub fn status(&self, name: &str) -> Option<Status> {
         let answer = vipgate::control::request(&self.socket_path(name), "status").ok()?;
