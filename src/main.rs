@@ -46,8 +46,9 @@ enum Command {
         /// The node to hand over to (default: the best eligible candidate).
         #[arg(long)]
         to: Option<String>,
-        /// How long to wait for the new owner, in seconds.
-        #[arg(long, default_value_t = 10)]
+        /// How long to wait for the new owner to have promoted, in seconds (its catch-up may
+        /// take up to [mysql] catchup_timeout_ms).
+        #[arg(long, default_value_t = 30)]
         timeout: u64,
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -206,12 +207,16 @@ fn switchover(
     println!("{}", command(file, Some(socket.clone()), &line)?);
     loop {
         let answer = vipgate::control::request(&socket, "status")?;
+        // Done when another node claims the lease with a writable database (it has promoted).
         if let Ok(s) = serde_json::from_str::<vipgate::control::Status>(&answer)
-            && let Some(owner) = s.owner.as_deref().filter(|o| *o != s.node)
+            && let Some(p) = s.peers.iter().find(|p| {
+                p.id != s.node && p.role == "owner" && p.database.as_ref().is_none_or(|d| d.writable)
+            })
         {
             println!(
-                "{owner} owns (term {}) after {} ms",
-                s.term,
+                "{} owns (term {}) after {} ms",
+                p.id,
+                p.term,
                 started.elapsed().as_millis()
             );
             return Ok(());

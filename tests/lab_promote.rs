@@ -328,3 +328,42 @@ fn maintenance_hands_ownership_over_and_keeps_the_node_out_until_ended() {
     assert!(lab.observer().sole_holder(VIP4, "db2"));
     lab.assert_never_two_holders(VIP4);
 }
+
+#[test]
+fn a_former_primary_that_has_not_rejoined_is_never_handed_ownership() {
+    let mut lab = promoting(10_000);
+    isolate_and_return(&mut lab, |lab| {
+        // db1 comes back without a replication account: it cannot rejoin on its own.
+        let config = lab.config_path("db1");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("replication_"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&config, text).unwrap();
+    });
+    lab.kill("db1");
+    lab.start("db1");
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            lab.status("db1")
+                .and_then(|s| s.ineligible_reason)
+                .is_some_and(|r| r.contains("must rejoin first"))
+        }),
+        "db1 should wait to rejoin: {:?}",
+        lab.status("db1").map(|s| s.ineligible_reason)
+    );
+    // The owner stops gracefully and hands over to the best candidate: there is none, since
+    // db1's database lacks db2's writes. Nobody owns rather than rolling back.
+    assert_eq!(lab.stop("db2", Duration::from_secs(5)), Some(0));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        lab.observer().runs("db1", VIP4).len() <= 1,
+        "db1 took the VIP back\n{}",
+        lab.logs()
+    );
+    assert!(!lab.observer().holders(VIP4).contains(&"db1".to_string()));
+    assert_eq!(read_only(&lab, "db1"), Some(true));
+    lab.assert_never_two_holders(VIP4);
+}

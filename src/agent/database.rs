@@ -171,34 +171,47 @@ impl Agent {
             },
             MysqlMode::Promote => {
                 let max_ms = u64::try_from(mysql.max_lag.as_millis()).unwrap_or(u64::MAX);
-                let streaming = status.replication.as_ref().map(|r| {
-                    (
-                        r,
-                        r.io_running || status.io_stopped_ms.is_some_and(|ms| ms < max_ms),
-                    )
-                });
-                match streaming {
-                    Some((r, _)) if !r.sql_running && !r.applied_all_received => {
+                // The owner this node last supported (persisted with its vote): only its
+                // database's history is the cluster's.
+                let last_owner = self.last_owner.map(|(_, o)| o);
+                let from_last_owner = |r: &crate::mysql::probe::Replication| {
+                    last_owner
+                        .is_none_or(|o| r.source == self.config.nodes[usize::from(o)].address.to_string())
+                };
+                match status.replication.as_ref() {
+                    Some(r) if r.io_errno == Some(1236) => {
+                        Some("the source refuses this database's position (error 1236): diverged or purged binlogs".into())
+                    }
+                    Some(r) if !r.sql_running && !r.applied_all_received => {
                         Some("replication SQL thread stopped with received events left to apply".into())
                     }
-                    // A replica whose source is (or was just) connected: its lag decides.
-                    Some((_, true)) => match status.lag_s {
+                    // A replica of the last owner: its lag decides (the last known lag once the
+                    // source is gone, 0 once everything received is applied).
+                    Some(r) if from_last_owner(r) && last_owner != Some(self.me) => match status.lag_s {
                         Some(lag) if lag.saturating_mul(1000) <= max_ms => None,
                         Some(lag) => Some(format!("replica {lag} s behind its source (max_lag {max_ms} ms)")),
                         None => Some("replica lag unknown".into()),
                     },
-                    // No live replication (a primary, a former one, a replica cut off long ago):
-                    // only as far as the furthest any node has been seen, or it would lose data.
-                    _ => {
+                    // This node was the last owner: its database is the newest history.
+                    _ if last_owner == Some(self.me) => None,
+                    // Never saw an owner (a cluster starting): the most advanced database wins;
+                    // one behind a writable peer waits.
+                    _ if last_owner.is_none() => {
                         let (best, who) = self.highest_position;
                         (status.position < best).then(|| {
                             format!(
-                                "database behind the most advanced one seen (position {} < {best} on {}) and not replicating",
+                                "database behind a writable one (position {} < {best} on {}) and not replicating",
                                 status.position,
                                 self.id(who)
                             )
                         })
                     }
+                    // A former primary, or a replica of someone else: it must rejoin the owner's
+                    // history first, or it could roll the cluster back.
+                    _ => Some(format!(
+                        "database does not replicate from the last owner {}: it must rejoin first",
+                        last_owner.map_or("?", |o| self.id(o))
+                    )),
                 }
             }
         }
@@ -208,10 +221,36 @@ impl Agent {
     /// (a primary) in this run. Replicas are not counted: one that streams from this node's
     /// database is at most as far, give or take the writes between two checks.
     pub(super) fn note_positions(&mut self) {
+        self.note_owner();
         for (i, view) in self.core.peers().iter().enumerate() {
             let writable = self.peer_db[i].as_ref().is_some_and(|(_, r)| r.writable);
             if i != usize::from(self.me) && writable && view.position > self.highest_position.0 {
                 self.highest_position = (view.position, i as crate::core::NodeIdx);
+            }
+        }
+    }
+
+    /// Remembers the owner of the newest term seen — from this node's own vote, its own
+    /// ownership, or a peer claiming a lease — even after that owner releases or falls
+    /// silent: its database holds the newest history.
+    fn note_owner(&mut self) {
+        let mut seen: Vec<(Term, crate::core::NodeIdx)> = Vec::new();
+        let persisted = self.core.persisted();
+        if let Some(v) = persisted.voted_for {
+            seen.push((persisted.term, v));
+        }
+        if self.core.role() == RoleKind::Owner {
+            seen.push((self.core.term(), self.me));
+        }
+        for (i, view) in self.core.peers().iter().enumerate() {
+            let i = i as crate::core::NodeIdx;
+            if view.lease_claim && view.owner == Some(i) {
+                seen.push((view.term, i));
+            }
+        }
+        for candidate in seen {
+            if self.last_owner.is_none_or(|(t, _)| candidate.0 > t) {
+                self.last_owner = Some(candidate);
             }
         }
     }
@@ -227,6 +266,7 @@ impl Agent {
         {
             return;
         }
+        self.watch_divergence();
         let writable = self
             .db
             .as_ref()
@@ -243,6 +283,46 @@ impl Agent {
             return;
         }
         self.maybe_rejoin(now);
+    }
+
+    /// Persists a divergence finding (or its end), so that a restart does not forget it.
+    fn set_diverged(&mut self, why: Option<String>) {
+        if why.is_none() {
+            self.diverged = None;
+        }
+        if let Err(e) = self.state.set_diverged(why) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Divergence the replication threads reveal on their own (the source refusing this
+    /// database's position, error 1236), and its end: replicating cleanly from the last owner,
+    /// e.g. after an operator repaired it.
+    fn watch_divergence(&mut self) {
+        let Some(db) = &self.db else { return };
+        let replication = db.borrow().replication.clone();
+        let Some(r) = replication else { return };
+        let last_owner = self.last_owner.map(|(_, o)| o).filter(|o| *o != self.me);
+        let from_owner =
+            last_owner.is_some_and(|o| r.source == self.config.nodes[usize::from(o)].address.to_string());
+        if r.io_errno == Some(1236) && self.diverged.is_none() {
+            let message = format!(
+                "the source {} refuses this database's position ({}); manual action needed",
+                r.source,
+                r.last_error.clone().unwrap_or_default()
+            );
+            tracing::error!("diverged: {message}");
+            self.diverged = Some((self.core.term(), message.clone()));
+            self.set_diverged(Some(message));
+        } else if self.diverged.is_some()
+            && from_owner
+            && r.io_running
+            && r.sql_running
+            && r.io_errno.is_none()
+        {
+            tracing::info!("the database replicates cleanly from the owner again: no longer diverged");
+            self.set_diverged(None);
+        }
     }
 
     /// A fenced database that does not replicate from the current owner's re-points itself
@@ -369,6 +449,7 @@ impl Agent {
                         && p.term == t
                     {
                         p.fence_done = true;
+                        p.final_position = Some(*position);
                         // The release announces this final position to the successor.
                         let eligible = self.ineligible_reason(now).is_none();
                         self.step(
@@ -388,7 +469,7 @@ impl Agent {
                 match result {
                     Ok(actions::Rejoin::Replicating) => {
                         tracing::info!(term, "the database replicates from {owner}");
-                        self.diverged = None;
+                        self.set_diverged(None);
                     }
                     Ok(actions::Rejoin::Diverged { detail, count }) => {
                         let count = count.map_or("an unknown number of".to_string(), |n| n.to_string());
@@ -399,7 +480,8 @@ impl Agent {
                             term,
                             "diverged: this database stays read_only and out of replication: {message}"
                         );
-                        self.diverged = Some((term, message));
+                        self.diverged = Some((term, message.clone()));
+                        self.set_diverged(Some(message));
                         let health = self.health(now);
                         return self.step(now, health);
                     }

@@ -32,6 +32,9 @@ struct PendingRelease {
     term: Term,
     vip_done: bool,
     fence_done: bool,
+    /// The fenced database's final position: what the release announces, whatever a later
+    /// (or older) health check says.
+    final_position: Option<u64>,
 }
 
 /// Database reports go out on change, and at least this often.
@@ -156,6 +159,8 @@ struct Agent {
     rejoin_cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// The highest database position any peer has reported in this run, and whose.
     highest_position: (u64, NodeIdx),
+    /// The owner of the newest term seen (by vote, own ownership or a peer's claim).
+    last_owner: Option<(Term, NodeIdx)>,
     rejoin_retry_at: Instant,
     diverged: Option<(Term, String)>,
     db_outcomes_tx: mpsc::UnboundedSender<database::Outcome>,
@@ -244,6 +249,7 @@ impl Agent {
         };
         let (db_outcomes_tx, db_outcomes) = mpsc::unbounded_channel();
         let maintenance = state.maintenance();
+        let diverged = state.diverged().map(|d| (0, d.to_string()));
         let replication_password = config.read_replication_password().map_err(|e| e.to_string())?;
 
         let (control_tx, control) = mpsc::channel(16);
@@ -304,8 +310,9 @@ impl Agent {
             rejoining: false,
             rejoin_cancel: None,
             highest_position: (0, me),
+            last_owner: None,
             rejoin_retry_at: now,
-            diverged: None,
+            diverged,
             mysql,
             db_outcomes_tx,
             db_outcomes,
@@ -348,9 +355,14 @@ impl Agent {
 
     fn health(&mut self, now: Instant) -> Event {
         self.note_positions();
+        let probed = self.db.as_ref().map_or(0, |db| db.borrow().position);
         Event::Health {
             eligible: self.ineligible_reason(now).is_none(),
-            position: self.db.as_ref().map_or(0, |db| db.borrow().position),
+            position: self
+                .pending_release
+                .as_ref()
+                .and_then(|p| p.final_position)
+                .unwrap_or(probed),
         }
     }
 
@@ -384,8 +396,10 @@ impl Agent {
                                 }
                                 Some((from, message)) => {
                                     self.received += 1;
+                                    // Whoever wins next waits for the released database's
+                                    // final position (named successor or not).
                                     if let Message::Release(r) = &message
-                                        && r.to == Some(self.me)
+                                        && r.term >= self.core.term()
                                         && let Some(p) = r.final_position
                                     {
                                         self.handover_position = Some((p, now));
@@ -596,6 +610,7 @@ impl Agent {
                     term,
                     vip_done: self.vip_commands.is_none(),
                     fence_done: !self.promote_mode(),
+                    final_position: None,
                 });
                 if self.vip_commands.is_some() {
                     self.drop_seq += 1;
@@ -679,7 +694,9 @@ impl Agent {
             ["status"] => serde_json::to_string(&self.status(now)).expect("status serialises"),
             ["maintenance", on @ ("on" | "off")] => {
                 let on = *on == "on";
-                self.state.set_maintenance(on).map_err(|e| e.to_string())?;
+                if let Err(e) = self.state.set_maintenance(on) {
+                    return Ok(reply(Err(format!("nothing changed: {e}"))));
+                }
                 self.maintenance = on;
                 let owner = self.core.role() == RoleKind::Owner;
                 if on {
@@ -736,7 +753,11 @@ impl Agent {
                 if self.config.nodes[usize::from(i)].witness {
                     return Err(format!("{id} is a witness and cannot own"));
                 }
-                if !self.core.peers()[usize::from(i)].eligible {
+                let view = self.core.peers()[usize::from(i)];
+                let fresh = view
+                    .last_heard
+                    .is_some_and(|t| now.saturating_since(t) < self.config.cluster.lease);
+                if !view.eligible || !fresh {
                     return Err(format!(
                         "{id} is not eligible now (see vipgate status); nothing was changed"
                     ));

@@ -29,6 +29,10 @@ struct OnDisk {
     /// Set by `vipgate maintenance on`: the node stays ineligible, also across restarts.
     #[serde(default)]
     maintenance: bool,
+    /// Promote mode: this database diverged from the primary's history (why); it stays out of
+    /// ownership until it replicates cleanly again, also across restarts.
+    #[serde(default)]
+    diverged: Option<String>,
 }
 
 /// The open state file of one agent.
@@ -100,10 +104,21 @@ impl StateFile {
         self.disk.maintenance
     }
 
-    /// Persists the maintenance flag.
+    /// Persists the maintenance flag (unchanged if the write fails).
     pub fn set_maintenance(&mut self, on: bool) -> Result<(), StateError> {
+        let before = self.disk.maintenance;
         self.disk.maintenance = on;
-        self.write()
+        self.write().inspect_err(|_| self.disk.maintenance = before)
+    }
+
+    pub fn diverged(&self) -> Option<&str> {
+        self.disk.diverged.as_deref()
+    }
+
+    /// Persists (or clears) the divergence finding (unchanged if the write fails).
+    pub fn set_diverged(&mut self, why: Option<String>) -> Result<(), StateError> {
+        let before = std::mem::replace(&mut self.disk.diverged, why);
+        self.write().inspect_err(|_| self.disk.diverged = before.clone())
     }
 
     /// Takes the next boot id — greater than every earlier one, and at least the wall clock in

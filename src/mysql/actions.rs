@@ -398,9 +398,9 @@ pub enum Rejoin {
     Diverged { detail: String, count: Option<u64> },
 }
 
-/// A SQL string literal.
+/// A SQL string literal, for a session with `NO_BACKSLASH_ESCAPES`.
 fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Re-points this (fenced) database's replication at `source`, but only if it has no
@@ -450,7 +450,7 @@ pub async fn rejoin(
         (
             format!(
                 "CHANGE REPLICATION SOURCE TO SOURCE_HOST={}, SOURCE_PORT={}, SOURCE_USER={}, SOURCE_PASSWORD={}, \
-                 SOURCE_AUTO_POSITION=1",
+                 SOURCE_AUTO_POSITION=1, GET_SOURCE_PUBLIC_KEY=1",
                 quote(&source.host),
                 source.port,
                 quote(source.user),
@@ -459,12 +459,30 @@ pub async fn rejoin(
             "START REPLICA",
         )
     };
+    let check = || {
+        if cancelled.load(Ordering::SeqCst) {
+            Err("this node became owner".to_string())
+        } else {
+            Ok(())
+        }
+    };
+    check()?;
     if let Err(e) = kill_io_thread(&mut c, deadline).await {
         tracing::warn!("{e}; stopping it normally");
     }
     stop(&mut c, mariadb, "", deadline).await?;
+    check()?;
+    // Quotes are doubled rather than backslash-escaped, which holds whatever the sql_mode.
+    bounded(
+        deadline,
+        "sql_mode",
+        c.query_drop("SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',NO_BACKSLASH_ESCAPES')"),
+    )
+    .await?;
     bounded(deadline, "CHANGE MASTER", c.query_drop(change)).await?;
+    check()?;
     bounded(deadline, start, c.query_drop(start)).await?;
+    let mut running_polls = 0;
     // Wait for the I/O thread to connect (or to be refused).
     loop {
         let row = replica_row(&mut c, deadline).await?.unwrap_or_default();
@@ -484,9 +502,15 @@ pub async fn rejoin(
                 count: None,
             });
         }
-        if replica.io_running && replica.sql_running {
-            let _ = timeout_at(deadline, c.disconnect()).await;
-            return Ok(Rejoin::Replicating);
+        // The source may refuse a moment after the I/O thread starts: it must stay up.
+        if replica.io_running && replica.sql_running && errno == 0 {
+            running_polls += 1;
+            if running_polls >= 3 {
+                let _ = timeout_at(deadline, c.disconnect()).await;
+                return Ok(Rejoin::Replicating);
+            }
+        } else {
+            running_polls = 0;
         }
         // Replication stays configured: it connects on its own once it can. Only the wait ends.
         if cancelled.load(Ordering::SeqCst) {

@@ -21,7 +21,8 @@ fn needed(mariadb: bool, mode: MysqlMode) -> Vec<&'static [&'static str]> {
         (true, MysqlMode::Promote) => vec![
             &["PROCESS"],
             &["REPLICA MONITOR", "SLAVE MONITOR", "SUPER"],
-            &["READ_ONLY ADMIN", "SUPER"],
+            // Since MariaDB 10.11 SUPER no longer includes it.
+            &["READ_ONLY ADMIN"],
             &["CONNECTION ADMIN", "SUPER"],
             &["REPLICATION SLAVE ADMIN", "SUPER"],
             &["REPLICATION MASTER ADMIN", "SUPER"],

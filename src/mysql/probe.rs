@@ -24,6 +24,8 @@ pub struct Replication {
     /// position): nothing is left to catch up on, whether or not the source is reachable.
     pub applied_all_received: bool,
     pub last_error: Option<String>,
+    /// `Last_IO_Errno` when set: 1236 means the source refuses this replica's position.
+    pub io_errno: Option<u32>,
 }
 
 fn column<'a>(row: &'a Row, names: &[&str]) -> Option<&'a str> {
@@ -67,6 +69,9 @@ pub fn replication(row: &Row) -> Result<Replication, String> {
             read.0.is_some() && read.1.is_some() && read == exec
         },
         last_error: (!errors.is_empty()).then(|| errors.join("; ")),
+        io_errno: column(row, &["Last_IO_Errno"])
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|e| *e != 0),
     })
 }
 
