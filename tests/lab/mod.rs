@@ -11,6 +11,7 @@
 //! which hosts hold a VIP (sampled every 2 ms from each namespace), the client's neighbour
 //! entry, and the gaps between the client's ping replies.
 
+// Shared by several test binaries and the examples; each uses only part of it.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
