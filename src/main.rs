@@ -64,6 +64,14 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Lift the anti-flap window after an automatic failover ([mysql] failover_block_ms): on
+    /// the owner for the whole cluster; on a node when no node owns, so that it may take over.
+    FailoverAck {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Validate a configuration file and print a summary of the cluster it describes.
     CheckConfig {
         /// The configuration file.
@@ -104,6 +112,9 @@ fn main() -> ExitCode {
             config,
             socket,
         } => command(&config, socket, &format!("maintenance {state}")).map(|m| println!("{m}")),
+        Command::FailoverAck { config, socket } => {
+            command(&config, socket, "failover-ack").map(|m| println!("{m}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -354,10 +365,18 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<(), ConfigErrors> {
              a dead or hung database is noticed within {}",
             match m.mode {
                 vipgate::config::MysqlMode::Promote => format!(
-                    "promote (replicas at most {} behind; catch-up within {}; clients killed {} after fencing)",
+                    "promote (replicas at most {} behind; catch-up within {}; clients killed {} after fencing; {})",
                     ms(m.max_lag),
                     ms(m.catchup_timeout),
-                    ms(m.kill_grace)
+                    ms(m.kill_grace),
+                    if m.failover_block.is_zero() {
+                        "no anti-flap window".to_string()
+                    } else {
+                        format!(
+                            "no second automatic failover within {} s",
+                            m.failover_block.as_secs()
+                        )
+                    }
                 ),
                 vipgate::config::MysqlMode::Gate => "gate".to_string(),
             },

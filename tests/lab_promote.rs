@@ -367,3 +367,96 @@ fn a_former_primary_that_has_not_rejoined_is_never_handed_ownership() {
     assert_eq!(read_only(&lab, "db1"), Some(true));
     lab.assert_never_two_holders(VIP4);
 }
+
+#[test]
+fn after_an_automatic_failover_the_next_one_waits_for_an_operator_but_planned_moves_do_not() {
+    // The shipped default window: one hour.
+    let mut lab = promoting(10_000);
+    lab.kill_mariadb("db1");
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(15));
+    let s = lab.status("db2").unwrap();
+    let left = s.failover_block_remaining_ms.unwrap_or_default();
+    assert!(left > 3_500_000, "db2 opened no window: {left} ms");
+    assert!(!s.takeover_blocked, "the owner itself is not blocked");
+    // db1's database comes back, is fenced and rejoins db2; it learns the window from db2.
+    lab.start_mariadb("db1", 1);
+    assert!(
+        wait_for(Duration::from_secs(20), || lab
+            .status("db1")
+            .is_some_and(|s| s.eligible && s.takeover_blocked)),
+        "db1 did not become an eligible, blocked replica: {:?}\n{}",
+        lab.status("db1")
+            .map(|s| (s.ineligible_reason, s.failover_block_remaining_ms)),
+        lab.log("db1")
+    );
+    // Only the owner can lift the cluster's window.
+    let (ok, text) = vipgate(&lab, "db1", &["failover-ack"]);
+    assert!(
+        !ok && text.contains("run `vipgate failover-ack` on db2"),
+        "{text}"
+    );
+    lab.sql("db2", "INSERT INTO lab.writes (id) VALUES (7)");
+    assert!(wait_for(Duration::from_secs(5), || lab.rows("db1").contains(&7)));
+
+    // The new primary's database dies too: no second automatic failover.
+    lab.kill_mariadb("db2");
+    assert!(
+        wait_for(Duration::from_secs(5), || lab.observer().holders(VIP4).is_empty()),
+        "db2 kept the VIP without a database"
+    );
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(4) {
+        assert!(
+            lab.observer().holders(VIP4).is_empty(),
+            "a second automatic failover inside the window\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, table) = vipgate(&lab, "db1", &["status"]);
+    assert!(table.contains("failover block: 60 min left"), "{table}");
+    // The operator decides: db1 takes over, with every row db2 had acknowledged.
+    let (ok, text) = vipgate(&lab, "db1", &["failover-ack"]);
+    assert!(ok, "{text}");
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(10));
+    assert!(lab.rows("db1").contains(&7));
+    assert_eq!(read_only(&lab, "db1"), Some(false));
+    // It was a failover too: the window opens again.
+    assert!(
+        lab.status("db1")
+            .and_then(|s| s.failover_block_remaining_ms)
+            .is_some_and(|ms| ms > 3_500_000)
+    );
+
+    // A planned switchover inside the window is not blocked.
+    lab.start_mariadb("db2", 2);
+    assert!(
+        wait_for(Duration::from_secs(20), || lab
+            .status("db2")
+            .is_some_and(|s| s.eligible && s.takeover_blocked)),
+        "db2 did not become an eligible, blocked replica: {:?}",
+        lab.status("db2").map(|s| s.ineligible_reason)
+    );
+    assert!(
+        wait_for(Duration::from_secs(2), || lab
+            .status("db1")
+            .is_some_and(|s| s.peers.iter().any(|p| p.id == "db2" && p.eligible))),
+        "db1 does not see db2 eligible"
+    );
+    let (ok, text) = vipgate(&lab, "db1", &["switchover", "--to", "db2"]);
+    assert!(ok, "{text}\n{}", lab.logs());
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(5));
+    // On the owner, an ack lifts the window for everyone.
+    let (ok, text) = vipgate(&lab, "db2", &["failover-ack"]);
+    assert!(ok && text.contains("for the cluster"), "{text}");
+    assert!(
+        wait_for(Duration::from_secs(5), || lab
+            .status("db1")
+            .is_some_and(
+                |s| s.failover_block_remaining_ms.is_none() && !s.takeover_blocked
+            )),
+        "db1 still follows a window: {:?}",
+        lab.status("db1").map(|s| s.failover_block_remaining_ms)
+    );
+    lab.assert_never_two_holders(VIP4);
+}

@@ -317,6 +317,7 @@ fn forged_and_replayed_datagrams_from_a_rogue_host_change_nothing_and_are_counte
         owner: Some(1),
         lease_claim: true,
         eligible: true,
+        blocked: false,
         position: u64::MAX,
         priority: 255,
     });

@@ -233,7 +233,7 @@ impl Agent {
     /// Remembers the owner of the newest term seen — from this node's own vote, its own
     /// ownership, or a peer claiming a lease — even after that owner releases or falls
     /// silent: its database holds the newest history.
-    fn note_owner(&mut self) {
+    pub(super) fn note_owner(&mut self) {
         let mut seen: Vec<(Term, crate::core::NodeIdx)> = Vec::new();
         let persisted = self.core.persisted();
         if let Some(v) = persisted.voted_for {
@@ -248,9 +248,14 @@ impl Agent {
                 seen.push((view.term, i));
             }
         }
-        for candidate in seen {
+        for (i, candidate) in seen.into_iter().enumerate() {
             if self.last_owner.is_none_or(|(t, _)| candidate.0 > t) {
                 self.last_owner = Some(candidate);
+            }
+            // Every entry but a vote is a lease actually held.
+            let voted = i == 0 && persisted.voted_for.is_some();
+            if !voted && self.last_holder.is_none_or(|(t, _)| candidate.0 > t) {
+                self.last_holder = Some(candidate);
             }
         }
     }
@@ -435,7 +440,10 @@ impl Agent {
                         tracing::info!(term = t, "database fenced (read_only ON) at position {p}")
                     }
                     (Ok(_), None) => tracing::info!("database fenced (read_only ON)"),
-                    (Err(e), _) => tracing::error!(
+                    (Err(e), None) => {
+                        tracing::error!("could not fence the database: {e}; retrying with the next check")
+                    }
+                    (Err(e), Some(_)) => tracing::error!(
                         "could not fence the database: {e}; a release waits for the lease to run out"
                     ),
                 }
@@ -457,6 +465,7 @@ impl Agent {
                             crate::core::Event::Health {
                                 eligible,
                                 position: *position,
+                                blocked: self.takeover_blocked(),
                             },
                         )?;
                     }
@@ -532,6 +541,7 @@ impl Agent {
                     p.caught_up_in.as_millis()
                 );
                 self.promoted = Some(term);
+                self.start_failover_block(term);
                 if let Some((t, until)) = self.lease
                     && t == term
                 {

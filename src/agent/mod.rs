@@ -10,6 +10,7 @@
 
 pub mod clock;
 mod database;
+mod failover_block;
 pub mod state;
 
 use crate::config::{Config, Mysql, Secret};
@@ -41,7 +42,7 @@ struct PendingRelease {
 const DB_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// What peers are told about a database status.
-fn db_report(db: &DbStatus) -> DbReport {
+fn db_report(db: &DbStatus, failover_block: Duration) -> DbReport {
     let replicating = db
         .replication
         .as_ref()
@@ -51,6 +52,7 @@ fn db_report(db: &DbStatus) -> DbReport {
         writable: db.read_only == Some(false),
         replicating,
         lag_s: db.lag_s.map(|s| u32::try_from(s).unwrap_or(u32::MAX)),
+        failover_block_ms: u32::try_from(failover_block.as_millis()).unwrap_or(u32::MAX),
         gtid: crate::net::wire::cut_gtid(db.gtid.as_deref().unwrap_or_default()).into_owned(),
     }
 }
@@ -161,6 +163,14 @@ struct Agent {
     highest_position: (u64, NodeIdx),
     /// The owner of the newest term seen (by vote, own ownership or a peer's claim).
     last_owner: Option<(Term, NodeIdx)>,
+    /// The node that held the lease of the newest term seen held (own ownership or a peer's
+    /// claim; votes do not count): whom a new owner takes over from.
+    last_holder: Option<(Term, NodeIdx)>,
+    /// Promote mode: the term just won by taking over from another node unnamed (an automatic
+    /// failover), and from whom; the anti-flap window opens once it is promoted.
+    takeover: Option<(Term, NodeIdx)>,
+    /// Promote mode: no automatic takeover before this wall-clock time (Unix ms; persisted).
+    failover_block_until: Option<u64>,
     rejoin_retry_at: Instant,
     diverged: Option<(Term, String)>,
     db_outcomes_tx: mpsc::UnboundedSender<database::Outcome>,
@@ -249,6 +259,7 @@ impl Agent {
         };
         let (db_outcomes_tx, db_outcomes) = mpsc::unbounded_channel();
         let maintenance = state.maintenance();
+        let failover_block_until = state.failover_block_until_ms();
         let diverged = state.diverged().map(|d| (0, d.to_string()));
         let replication_password = config.read_replication_password().map_err(|e| e.to_string())?;
 
@@ -311,6 +322,9 @@ impl Agent {
             rejoin_cancel: None,
             highest_position: (0, me),
             last_owner: None,
+            last_holder: None,
+            takeover: None,
+            failover_block_until,
             rejoin_retry_at: now,
             diverged,
             mysql,
@@ -358,6 +372,7 @@ impl Agent {
         let probed = self.db.as_ref().map_or(0, |db| db.borrow().position);
         Event::Health {
             eligible: self.ineligible_reason(now).is_none(),
+            blocked: self.takeover_blocked(),
             position: self
                 .pending_release
                 .as_ref()
@@ -392,6 +407,7 @@ impl Agent {
                             match self.receiver.accept(&buf[..n]) {
                                 Some((from, Message::DbReport(report))) => {
                                     self.received += 1;
+                                    self.follow_failover_block(now, from, &report);
                                     self.peer_db[usize::from(from)] = Some((now, report));
                                 }
                                 Some((from, message)) => {
@@ -574,8 +590,13 @@ impl Agent {
                     self.report_db(now);
                 }
             }
-            Action::Acquire { term, lease_end } => {
+            Action::Acquire {
+                term,
+                lease_end,
+                named,
+            } => {
                 self.lease = Some((term, lease_end));
+                self.note_acquire(term, named);
                 if self.promote_mode() {
                     self.start_promotion(term);
                 } else {
@@ -641,7 +662,7 @@ impl Agent {
     /// every [`DB_REPORT_EVERY`].
     fn report_db(&mut self, now: Instant) {
         let Some(db) = &self.db else { return };
-        let report = db_report(&db.borrow());
+        let report = db_report(&db.borrow(), self.failover_block_left());
         let due = match &self.last_report {
             Some((at, last)) => *last != report || now.saturating_since(*at) >= DB_REPORT_EVERY,
             None => true,
@@ -721,8 +742,14 @@ impl Agent {
             ["switchover", rest @ ..] if rest.len() <= 1 => {
                 reply(self.switchover(now, rest.first().copied()))
             }
+            ["failover-ack"] => {
+                let answer = self.failover_ack(now);
+                let health = self.health(now);
+                self.step(now, health)?;
+                reply(answer)
+            }
             _ => reply(Err(format!(
-                "unknown command {command:?}; try: status, maintenance on|off, switchover [NODE]"
+                "unknown command {command:?}; try: status, maintenance on|off, switchover [NODE], failover-ack"
             ))),
         })
     }
@@ -806,10 +833,12 @@ impl Agent {
                         eligible: self.core.eligible(),
                         position: self.db.as_ref().map_or(0, |db| db.borrow().position),
                         priority: node.priority,
-                        database: self
-                            .db
-                            .as_ref()
-                            .map(|db| peer_db(&db_report(&db.borrow()), Duration::ZERO)),
+                        database: self.db.as_ref().map(|db| {
+                            peer_db(
+                                &db_report(&db.borrow(), self.failover_block_left()),
+                                Duration::ZERO,
+                            )
+                        }),
                     };
                 }
                 let view = self.core.peers()[usize::from(i)];
@@ -881,6 +910,8 @@ impl Agent {
             database: self.db.as_ref().map(|db| db.borrow().clone()),
             diverged: self.diverged.as_ref().map(|(_, d)| d.clone()),
             maintenance: self.maintenance,
+            failover_block_remaining_ms: Some(ms(self.failover_block_left())).filter(|&m| m > 0),
+            takeover_blocked: self.takeover_blocked(),
             peers,
             sent: self.sent,
             received: self.received,

@@ -33,6 +33,10 @@ struct OnDisk {
     /// ownership until it replicates cleanly again, also across restarts.
     #[serde(default)]
     diverged: Option<String>,
+    /// Promote mode: no automatic failover before this wall-clock time (Unix milliseconds),
+    /// the anti-flap window after the last one; also across restarts.
+    #[serde(default)]
+    failover_block_until_ms: Option<u64>,
 }
 
 /// The open state file of one agent.
@@ -121,6 +125,17 @@ impl StateFile {
         self.write().inspect_err(|_| self.disk.diverged = before.clone())
     }
 
+    pub fn failover_block_until_ms(&self) -> Option<u64> {
+        self.disk.failover_block_until_ms
+    }
+
+    /// Persists (or clears) the end of the anti-flap window (unchanged if the write fails).
+    pub fn set_failover_block_until_ms(&mut self, until: Option<u64>) -> Result<(), StateError> {
+        let before = std::mem::replace(&mut self.disk.failover_block_until_ms, until);
+        self.write()
+            .inspect_err(|_| self.disk.failover_block_until_ms = before)
+    }
+
     /// Takes the next boot id — greater than every earlier one, and at least the wall clock in
     /// seconds so that a lost state file still yields a fresh id — and persists it.
     pub fn next_boot(&mut self, unix_secs: u64) -> Result<u64, StateError> {
@@ -190,8 +205,10 @@ mod tests {
         assert_eq!(s.boot(), 1001);
         assert!(!s.maintenance());
         s.set_maintenance(true).unwrap();
+        s.set_failover_block_until_ms(Some(5_000)).unwrap();
         let s = StateFile::open(dir.path(), ids()).unwrap();
         assert!(s.maintenance());
+        assert_eq!(s.failover_block_until_ms(), Some(5_000));
         assert_eq!(s.persistent().term, 7);
         assert!(!dir.path().join("state.toml.tmp").exists());
     }

@@ -28,6 +28,8 @@ pub(super) struct RawMysql {
     catchup_timeout_ms: u64,
     #[serde(default = "default_kill_grace")]
     kill_grace_ms: u64,
+    #[serde(default = "default_failover_block")]
+    failover_block_ms: u64,
     replication_user: Option<String>,
     replication_password_file: Option<PathBuf>,
     replication_port: Option<i64>,
@@ -54,6 +56,12 @@ fn default_catchup() -> u64 {
 fn default_kill_grace() -> u64 {
     1_000
 }
+/// One hour, like orchestrator's RecoveryPeriodBlockSeconds (MHA: eight hours).
+fn default_failover_block() -> u64 {
+    3_600_000
+}
+/// Longest anti-flap window: 30 days (it travels in milliseconds as a 32-bit number).
+const MAX_FAILOVER_BLOCK_MS: u64 = 30 * 24 * 3_600_000;
 
 /// What vipgate does with the local database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +109,9 @@ pub struct Mysql {
     pub catchup_timeout: Duration,
     /// Promote mode: after fencing (read_only ON), client connections are killed this much later.
     pub kill_grace: Duration,
+    /// Promote mode: after an automatic failover, no other automatic failover for this long
+    /// (planned hand-overs are not blocked; `vipgate failover-ack` lifts it). Zero: off.
+    pub failover_block: Duration,
     /// Promote mode: how a former primary (or any replica) re-points itself at the new owner's
     /// database. `None`: it is left fenced and out of replication for an operator.
     pub replication: Option<ReplicationAccount>,
@@ -239,6 +250,13 @@ pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Opt
             "use at least 100 ms (30000 ms is the default)",
         );
     }
+    if raw.failover_block_ms > MAX_FAILOVER_BLOCK_MS {
+        p.add(
+            &at("failover_block_ms"),
+            format!("{} ms is longer than 30 days", raw.failover_block_ms),
+            "use at most 2592000000 (30 days); 3600000 (one hour) is the default, 0 turns the block off",
+        );
+    }
     for (key, value) in [("rise", raw.rise), ("fall", raw.fall)] {
         if !(1..=100).contains(&value) {
             p.add(
@@ -260,6 +278,7 @@ pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Opt
         max_lag: Duration::from_millis(raw.max_lag_ms),
         catchup_timeout: Duration::from_millis(raw.catchup_timeout_ms),
         kill_grace: Duration::from_millis(raw.kill_grace_ms),
+        failover_block: Duration::from_millis(raw.failover_block_ms.min(MAX_FAILOVER_BLOCK_MS)),
         replication: raw.replication_user.clone().map(|user| ReplicationAccount {
             user,
             password_file: raw.replication_password_file.as_ref().map(|f| base.join(f)),

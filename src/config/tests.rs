@@ -323,6 +323,7 @@ fn mysql_gate_is_read_with_defaults_and_a_socket_or_tcp_endpoint() {
     );
     assert_eq!((m.rise, m.fall), (2, 3));
     assert_eq!(m.detection_bound(), Duration::from_millis(4000));
+    assert_eq!(m.failover_block, Duration::from_secs(3600));
     let c = parse(&format!(
         "{GOOD}\n[mysql]\nmode = \"gate\"\nuser = \"v\"\nsocket = \"/run/mysqld/mysqld.sock\"\npassword_file = \"pw\"\n"
     ))
@@ -337,7 +338,7 @@ fn mysql_gate_is_read_with_defaults_and_a_socket_or_tcp_endpoint() {
 #[test]
 fn bad_mysql_settings_are_each_located_with_the_fix() {
     let src = format!(
-        "{GOOD}\n[mysql]\nmode = \"promot\"\nuser = \"\"\nsocket = \"s\"\nhost = \"h\"\ncheck_interval_ms = 10\ncheck_timeout_ms = 5000\nfall = 0\n"
+        "{GOOD}\n[mysql]\nmode = \"promot\"\nuser = \"\"\nsocket = \"s\"\nhost = \"h\"\ncheck_interval_ms = 10\ncheck_timeout_ms = 5000\nfall = 0\nfailover_block_ms = 2592000001\n"
     );
     let errors = parse(&src).unwrap_err().0;
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
@@ -349,6 +350,7 @@ fn bad_mysql_settings_are_each_located_with_the_fix() {
             "mysql.user",
             "mysql.check_interval_ms",
             "mysql.check_timeout_ms",
+            "mysql.failover_block_ms",
             "mysql.fall"
         ],
         "{errors:#?}"

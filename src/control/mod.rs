@@ -48,6 +48,12 @@ pub struct Status {
     pub diverged: Option<String>,
     /// `vipgate maintenance on`: this node does not own.
     pub maintenance: bool,
+    /// Promote mode: what is left of the anti-flap window after the last automatic failover.
+    #[serde(default)]
+    pub failover_block_remaining_ms: Option<u64>,
+    /// The window keeps this node from taking over unless a releasing owner names it.
+    #[serde(default)]
+    pub takeover_blocked: bool,
     pub peers: Vec<PeerStatus>,
     pub sent: u64,
     pub received: u64,
@@ -238,6 +244,22 @@ pub fn render(s: &Status) -> String {
     }
     if let Some(d) = &s.diverged {
         let _ = writeln!(out, "DIVERGED: {d}");
+    }
+    if let Some(ms) = s.failover_block_remaining_ms {
+        let _ = writeln!(
+            out,
+            "failover block: {} left after the last automatic failover{}; `vipgate failover-ack` lifts it",
+            if ms >= 120_000 {
+                format!("{} min", ms.div_ceil(60_000))
+            } else {
+                secs(ms)
+            },
+            if s.takeover_blocked {
+                " (this node takes over only when the owner names it)"
+            } else {
+                ""
+            }
+        );
     }
     let _ = writeln!(out);
     let _ = writeln!(

@@ -41,6 +41,8 @@ pub struct Heartbeat {
     pub lease_claim: bool,
     /// The sender could own: not a witness, database healthy, not starting up.
     pub eligible: bool,
+    /// The sender takes ownership only when a releasing owner names it (an anti-flap window).
+    pub blocked: bool,
     pub position: Position,
     pub priority: u8,
 }
@@ -90,6 +92,8 @@ pub struct DbReport {
     pub replicating: bool,
     /// Seconds behind its source, when replicating and known.
     pub lag_s: Option<u32>,
+    /// What is left of the sender's anti-flap window (0: none). Peers follow the owner's.
+    pub failover_block_ms: u32,
     /// Executed GTIDs (at most [`MAX_REPORT_GTID`] bytes).
     pub gtid: String,
 }

@@ -136,7 +136,13 @@ pub enum Event {
     /// An authenticated, de-duplicated message from a peer.
     Received { from: NodeIdx, message: Message },
     /// The local database's state: whether this node may own, and how far its data has got.
-    Health { eligible: bool, position: Position },
+    /// `blocked`: an anti-flap window is in effect — this agent takes ownership only when a
+    /// releasing owner names it, never by starting an election on its own.
+    Health {
+        eligible: bool,
+        position: Position,
+        blocked: bool,
+    },
     /// Operator or shutdown: give ownership up, preferably to `to` (or the best known peer).
     Release { to: Option<NodeIdx> },
     /// The shell finished an [`Action::Release`] (VIP removed, database fenced).
@@ -185,6 +191,9 @@ pub enum Action {
     Acquire {
         term: Term,
         lease_end: Instant,
+        /// Won as the successor a releasing owner named (a planned hand-over), not by taking
+        /// over on its own.
+        named: bool,
     },
     /// The lease was renewed: the shell's hard deadline moves to `lease_end`.
     Renewed {
@@ -225,6 +234,8 @@ enum Role {
         deadline: Instant,
         granted: u64,
         denied: u64,
+        /// Standing as the successor a releasing owner named.
+        named: bool,
     },
     Owner {
         term: Term,
@@ -254,6 +265,8 @@ pub struct PeerView {
     pub owner: Option<NodeIdx>,
     pub lease_claim: bool,
     pub eligible: bool,
+    /// Takes ownership only when named (an anti-flap window): not a rival in elections.
+    pub blocked: bool,
     pub position: Position,
     pub priority: u8,
 }
@@ -288,6 +301,7 @@ pub struct Core {
     rng: u64,
     peers: Vec<PeerView>,
     eligible: bool,
+    blocked: bool,
     position: Position,
     seq: u64,
     next_heartbeat: Instant,
@@ -337,6 +351,7 @@ impl Core {
             jitter: Duration::ZERO,
             peers: vec![PeerView::default(); n],
             eligible: false,
+            blocked: false,
             position: 0,
             seq: 0,
             next_heartbeat: now,
@@ -449,9 +464,14 @@ impl Core {
                     self.on_message(now, from, message, &mut out);
                 }
             }
-            Event::Health { eligible, position } => {
+            Event::Health {
+                eligible,
+                position,
+                blocked,
+            } => {
                 self.eligible = eligible;
                 self.position = position;
+                self.blocked = blocked;
             }
             Event::Release { to } => {
                 if matches!(self.role, Role::Owner { .. }) {
@@ -485,8 +505,8 @@ impl Core {
                     self.check_preemption(now, out);
                 }
             }
-            Role::Candidate { deadline, .. } => {
-                if now >= *deadline || !self.eligible() {
+            Role::Candidate { deadline, named, .. } => {
+                if now >= *deadline || !self.eligible() || (self.blocked && !*named) {
                     self.abandon_election(now, out);
                 }
             }
@@ -552,6 +572,7 @@ impl Core {
             owner: self.owner(now),
             lease_claim,
             eligible: self.candidate_now(now),
+            blocked: self.blocked,
             position: self.position,
             priority: self.my_priority(),
         })));
@@ -565,6 +586,7 @@ impl Core {
             owner: hb.owner,
             lease_claim: hb.lease_claim,
             eligible: hb.eligible && !self.s.is_witness(from),
+            blocked: hb.blocked,
             position: hb.position,
             priority: hb.priority,
         };
@@ -682,7 +704,15 @@ impl Core {
         }
     }
 
-    /// Eligible peers heard within one lease, as candidates.
+    /// Eligible peers heard within one lease that may also take over on their own: the ones
+    /// an election competes with.
+    fn live_rivals(&self, now: Instant) -> impl Iterator<Item = Candidate> + '_ {
+        self.live_candidates(now)
+            .filter(|c| !self.peers[usize::from(c.node)].blocked)
+    }
+
+    /// Eligible peers heard within one lease, as candidates (blocked ones too: a releasing
+    /// owner may name them).
     fn live_candidates(&self, now: Instant) -> impl Iterator<Item = Candidate> + '_ {
         self.peers.iter().enumerate().filter_map(move |(i, p)| {
             let node = i as NodeIdx;
@@ -714,18 +744,18 @@ impl Core {
         if let Some(g) = self.grant {
             at = at.max(g.until);
         }
-        if self
-            .handover
-            .is_some_and(|(to, until)| to == self.s.me && now < until)
-        {
+        if self.named_successor(now) {
             return Some(at);
+        }
+        if self.blocked {
+            return None;
         }
         at = at.max(self.hold_until);
         if let Some((_, seen)) = self.last_claim {
             at = at.max(seen + self.s.lease);
         }
         let me = self.me_as_candidate();
-        let rank = self.live_candidates(now).filter(|c| c.better_than(&me)).count() as u32;
+        let rank = self.live_rivals(now).filter(|c| c.better_than(&me)).count() as u32;
         Some(at + self.s.interval * rank + self.jitter)
     }
 
@@ -737,7 +767,14 @@ impl Core {
         })
     }
 
+    /// A releasing owner named this agent its successor, and the hand-over is still on.
+    fn named_successor(&self, now: Instant) -> bool {
+        self.handover
+            .is_some_and(|(to, until)| to == self.s.me && now < until)
+    }
+
     fn start_election(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let named = self.named_successor(now);
         let term = self.persisted.term.max(self.max_term_seen) + 1;
         self.persisted = PersistentState {
             term,
@@ -756,6 +793,7 @@ impl Core {
             deadline: now + self.s.election_timeout(),
             granted: bit(self.s.me),
             denied: 0,
+            named,
         };
         out.push(Action::Broadcast(self.vote_request(term)));
         self.tally(now, out);
@@ -768,12 +806,9 @@ impl Core {
             position: req.position,
             priority: req.priority,
         };
-        let named_successor = self
-            .handover
-            .is_some_and(|(to, until)| to == self.s.me && now < until);
         if let Role::Candidate { term, .. } = self.role
             && req.term >= term
-            && !named_successor
+            && !self.named_successor(now)
             && requester.better_than(&self.me_as_candidate())
         {
             // Step aside for a better candidate rather than split the vote.
@@ -826,9 +861,9 @@ impl Core {
         {
             return true;
         }
-        let me = self.candidate_now(now).then(|| self.me_as_candidate());
+        let me = (self.candidate_now(now) && !self.blocked).then(|| self.me_as_candidate());
         !self
-            .live_candidates(now)
+            .live_rivals(now)
             .chain(me)
             .any(|other| other.node != c.node && other.better_than(&c))
     }
@@ -860,6 +895,7 @@ impl Core {
             first_sent,
             granted,
             denied,
+            named,
             ..
         } = self.role
         else {
@@ -875,7 +911,11 @@ impl Core {
                 pending: VecDeque::new(),
             };
             self.preempt = None;
-            out.push(Action::Acquire { term, lease_end });
+            out.push(Action::Acquire {
+                term,
+                lease_end,
+                named,
+            });
             self.next_heartbeat = now;
         } else if count(denied) > self.s.members.len() - majority {
             self.abandon_election(now, out);
@@ -1043,6 +1083,7 @@ mod tests {
             Event::Health {
                 eligible: true,
                 position: 10,
+                blocked: false,
             },
         );
         c
@@ -1055,6 +1096,7 @@ mod tests {
             owner: Some(0),
             lease_claim: true,
             eligible: true,
+            blocked: false,
             position: 10,
             priority: 150,
         })
@@ -1204,8 +1246,122 @@ mod tests {
                 message: Message::Vote(Vote { term, granted: true }),
             },
         );
-        assert!(out.iter().any(|a| matches!(a, Action::Acquire { .. })), "{out:?}");
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Action::Acquire { named: false, .. })),
+            "{out:?}"
+        );
         (c, now)
+    }
+
+    fn blocked(me: NodeIdx, now: Instant) -> Core {
+        let mut c = healthy(me, now);
+        c.handle(
+            now,
+            Event::Health {
+                eligible: true,
+                position: 10,
+                blocked: true,
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn a_blocked_agent_takes_over_only_when_the_owner_names_it() {
+        let mut c = blocked(1, t(0));
+        c.handle(
+            t(1500),
+            Event::Received {
+                from: 0,
+                message: claim(3, 1),
+            },
+        );
+        // The owner falls silent: its lease runs out, and no election starts. It still says it
+        // is eligible, so that an owner may name it.
+        let mut heartbeats = 0;
+        for ms in (1600..20_000).step_by(50) {
+            let out = c.handle(t(ms), Event::Tick);
+            assert!(
+                !out.iter()
+                    .any(|a| matches!(a, Action::Broadcast(Message::VoteRequest(_)))),
+                "{out:?}"
+            );
+            assert_eq!(c.role(), RoleKind::Follower);
+            heartbeats += out
+                .iter()
+                .filter(|a| matches!(a, Action::Broadcast(Message::Heartbeat(h)) if h.eligible && h.blocked))
+                .count();
+        }
+        assert!(heartbeats > 50, "{heartbeats}");
+        // A later owner hands over to it by name: it stands at once and says so when it wins.
+        c.handle(
+            t(20_100),
+            Event::Received {
+                from: 0,
+                message: claim(5, 1),
+            },
+        );
+        c.handle(
+            t(20_200),
+            Event::Received {
+                from: 0,
+                message: Message::Release(Release {
+                    term: 5,
+                    to: Some(1),
+                    final_position: Some(10),
+                }),
+            },
+        );
+        let out = c.handle(t(20_210), Event::Tick);
+        assert_eq!(c.role(), RoleKind::Candidate, "{out:?}");
+        let out = c.handle(
+            t(20_220),
+            Event::Received {
+                from: 2,
+                message: Message::Vote(Vote {
+                    term: c.term(),
+                    granted: true,
+                }),
+            },
+        );
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Action::Acquire { named: true, .. })),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn voters_do_not_wait_for_a_better_candidate_that_is_blocked() {
+        for is_blocked in [false, true] {
+            let mut v = healthy(2, t(0));
+            let better = Message::Heartbeat(Heartbeat {
+                term: 0,
+                seq: 1,
+                owner: None,
+                lease_claim: false,
+                eligible: true,
+                blocked: is_blocked,
+                position: 100,
+                priority: 150,
+            });
+            v.handle(
+                t(1500),
+                Event::Received {
+                    from: 0,
+                    message: better,
+                },
+            );
+            let out = v.handle(
+                t(1600),
+                Event::Received {
+                    from: 1,
+                    message: request(4),
+                },
+            );
+            assert_eq!(sent_vote(&out), Some(is_blocked), "blocked: {is_blocked}");
+        }
     }
 
     #[test]
@@ -1274,6 +1430,7 @@ mod tests {
             Event::Health {
                 eligible: false,
                 position: 10,
+                blocked: false,
             },
         );
         assert!(out.iter().any(|a| matches!(

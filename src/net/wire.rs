@@ -14,11 +14,12 @@
 //! end-32  32    HMAC-SHA256 over every byte before it, keyed with the cluster secret
 //! ```
 //! Integers are big-endian. A node reference is a length-prefixed id, length 0 meaning none.
-//! Payloads: heartbeat `term u64, seq u64, owner ref, flags u8 (1 lease claim, 2 eligible),
+//! Payloads: heartbeat `term u64, seq u64, owner ref, flags u8 (1 lease claim, 2 eligible,
+//! 4 blocked),
 //! position u64, priority u8`; ack `term u64, echo_seq u64`; vote request `term u64, position
 //! u64, priority u8`; vote `term u64, granted u8`; release `term u64, to ref, has_position u8,
 //! position u64`; db report `flags u8 (1 healthy, 2 writable, 4 replicating, 8 lag known),
-//! lag_s u32, gtid (length-prefixed, ≤ 200 bytes of UTF-8)`. Anything left over, or any flag
+//! lag_s u32, failover_block_ms u32, gtid (length-prefixed, ≤ 200 bytes of UTF-8)`. Anything left over, or any flag
 //! outside its set, makes the datagram malformed.
 //!
 //! The header is parsed (bounded, unauthenticated) only far enough to tell another cluster
@@ -34,7 +35,7 @@ pub const MAGIC: [u8; 2] = *b"VG";
 pub const VERSION: u8 = 1;
 pub const MAC_LEN: usize = 32;
 /// Larger datagrams are dropped unread. The largest valid one (64-byte names, a db report with
-/// the longest GTID text) is 396 bytes.
+/// the longest GTID text) is 400 bytes.
 pub const MAX_DATAGRAM: usize = 512;
 /// Longest cluster name or node id.
 pub const MAX_NAME: usize = 64;
@@ -226,7 +227,7 @@ impl Codec {
                 w.extend_from_slice(&h.term.to_be_bytes());
                 w.extend_from_slice(&h.seq.to_be_bytes());
                 self.put_node(w, h.owner);
-                w.push(u8::from(h.lease_claim) | (u8::from(h.eligible) << 1));
+                w.push(u8::from(h.lease_claim) | (u8::from(h.eligible) << 1) | (u8::from(h.blocked) << 2));
                 w.extend_from_slice(&h.position.to_be_bytes());
                 w.push(h.priority);
             }
@@ -256,6 +257,7 @@ impl Codec {
                     | (u8::from(d.lag_s.is_some()) << 3);
                 w.push(flags);
                 w.extend_from_slice(&d.lag_s.unwrap_or(0).to_be_bytes());
+                w.extend_from_slice(&d.failover_block_ms.to_be_bytes());
                 put_name(w, cut_gtid(&d.gtid).as_bytes());
             }
         }
@@ -268,7 +270,7 @@ impl Codec {
                 let seq = r.u64()?;
                 let owner = self.node(r.name()?)?;
                 let flags = r.u8()?;
-                if flags & !0b11 != 0 {
+                if flags & !0b111 != 0 {
                     return Err(DropReason::Malformed);
                 }
                 Message::Heartbeat(Heartbeat {
@@ -277,6 +279,7 @@ impl Codec {
                     owner,
                     lease_claim: flags & 1 != 0,
                     eligible: flags & 2 != 0,
+                    blocked: flags & 4 != 0,
                     position: r.u64()?,
                     priority: r.u8()?,
                 })
@@ -311,12 +314,14 @@ impl Codec {
                     return Err(DropReason::Malformed);
                 }
                 let lag = r.u32()?;
+                let failover_block_ms = r.u32()?;
                 let gtid = r.text(MAX_REPORT_GTID)?;
                 Message::DbReport(DbReport {
                     healthy: flags & 1 != 0,
                     writable: flags & 2 != 0,
                     replicating: flags & 4 != 0,
                     lag_s: (flags & 8 != 0).then_some(lag),
+                    failover_block_ms,
                     gtid: String::from_utf8(gtid.to_vec()).map_err(|_| DropReason::Malformed)?,
                 })
             }
@@ -431,6 +436,7 @@ mod tests {
             owner: Some(0),
             lease_claim: true,
             eligible: true,
+            blocked: false,
             position: 1000,
             priority: 150,
         })
@@ -630,10 +636,11 @@ mod tests {
             writable: false,
             replicating: true,
             lag_s: Some(3),
+            failover_block_ms: 1,
             gtid: gtid.clone(),
         });
         let bytes = tx.encode(u64::MAX, u64::MAX, &report);
-        assert_eq!(bytes.len(), 4 + 2 * 65 + 24 + 6 + MAX_REPORT_GTID + MAC_LEN);
+        assert_eq!(bytes.len(), 4 + 2 * 65 + 24 + 10 + MAX_REPORT_GTID + MAC_LEN);
         assert!(bytes.len() <= MAX_DATAGRAM);
         let rx = Codec::new(&long, b"k", 7, ids, 1);
         let Message::DbReport(got) = rx.decode(&bytes).unwrap().message else {
@@ -654,22 +661,24 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
                 node(),
-                any::<bool>(),
-                any::<bool>(),
+                any::<[bool; 3]>(),
                 any::<u64>(),
                 any::<u8>()
             )
-                .prop_map(|(term, seq, owner, lease_claim, eligible, position, priority)| {
-                    Message::Heartbeat(Heartbeat {
-                        term,
-                        seq,
-                        owner,
-                        lease_claim,
-                        eligible,
-                        position,
-                        priority,
-                    })
-                }),
+                .prop_map(
+                    |(term, seq, owner, [lease_claim, eligible, blocked], position, priority)| {
+                        Message::Heartbeat(Heartbeat {
+                            term,
+                            seq,
+                            owner,
+                            lease_claim,
+                            eligible,
+                            blocked,
+                            position,
+                            priority,
+                        })
+                    }
+                ),
             (any::<u64>(), any::<u64>()).prop_map(|(term, echo_seq)| Message::Ack(Ack { term, echo_seq })),
             (any::<u64>(), any::<u64>(), any::<u8>()).prop_map(|(term, position, priority)| {
                 Message::VoteRequest(VoteRequest {
@@ -689,16 +698,20 @@ mod tests {
             (
                 any::<[bool; 3]>(),
                 proptest::option::of(any::<u32>()),
+                any::<u32>(),
                 "[0-9a-f:,-]{0,200}"
             )
                 .prop_map(
-                    |([healthy, writable, replicating], lag_s, gtid)| Message::DbReport(DbReport {
-                        healthy,
-                        writable,
-                        replicating,
-                        lag_s,
-                        gtid
-                    })
+                    |([healthy, writable, replicating], lag_s, failover_block_ms, gtid)| Message::DbReport(
+                        DbReport {
+                            healthy,
+                            writable,
+                            replicating,
+                            lag_s,
+                            failover_block_ms,
+                            gtid
+                        }
+                    )
                 ),
         ]
     }

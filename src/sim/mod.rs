@@ -473,7 +473,14 @@ impl Sim {
         }
         self.agents[i].core = Some(core);
         let (eligible, position) = (self.agents[i].eligible, self.agents[i].position);
-        self.step(agent, Event::Health { eligible, position })
+        self.step(
+            agent,
+            Event::Health {
+                eligible,
+                position,
+                blocked: false,
+            },
+        )
     }
 
     fn crash(&mut self, agent: NodeIdx) {
@@ -531,7 +538,7 @@ impl Sim {
                     }
                 }
             }
-            Action::Acquire { term, lease_end } => {
+            Action::Acquire { term, lease_end, .. } => {
                 let a = &self.agents[i];
                 if self.scenario.members[i].witness {
                     return Err(self.fail(format!("witness {agent} acquired ownership in term {term}")));
@@ -736,7 +743,14 @@ impl Sim {
         let a = &self.agents[usize::from(agent)];
         let (eligible, position) = (a.eligible, a.position);
         // A health change cannot violate anything by itself; the check after the event does.
-        let _ = self.step(agent, Event::Health { eligible, position });
+        let _ = self.step(
+            agent,
+            Event::Health {
+                eligible,
+                position,
+                blocked: false,
+            },
+        );
     }
 
     fn heal(&mut self) -> Result<(), Violation> {

@@ -1,0 +1,161 @@
+//! The anti-flap window (promote mode). After an automatic failover — a node taking ownership
+//! from another without being named by it — no other automatic failover happens until
+//! `failover_block_ms` has passed. Planned hand-overs (switchover, maintenance, a graceful stop,
+//! preemption) name their successor and are never blocked; `vipgate failover-ack` lifts the
+//! window.
+//!
+//! The node that took over starts the window once its database is promoted, persists its end
+//! (wall clock, so that a restart or a reboot keeps it) and tells peers what is left of it in
+//! its database reports; every other node follows the current owner's figure. A blocked node
+//! still votes, acknowledges and advertises its eligibility (an owner may name it), but never
+//! starts an election of its own.
+
+use super::Agent;
+use crate::core::{DbReport, Instant, NodeIdx, Term};
+use std::time::{Duration, SystemTime};
+
+/// The owner's figure is taken over when it moves the end by more than this: reports arrive
+/// every second, and their delay shifts the computed end a little each time.
+const RESYNC_MS: u64 = 5_000;
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Agent {
+    /// What is left of the anti-flap window (zero outside promote mode).
+    pub(super) fn failover_block_left(&self) -> Duration {
+        if !self.promote_mode() {
+            return Duration::ZERO;
+        }
+        self.failover_block_until.map_or(Duration::ZERO, |until| {
+            Duration::from_millis(until.saturating_sub(wall_ms()))
+        })
+    }
+
+    /// This node may take over only when named: a window is on, and another node owned last
+    /// (taking over from itself moves no data and is no failover).
+    pub(super) fn takeover_blocked(&self) -> bool {
+        !self.failover_block_left().is_zero() && self.last_owner.is_some_and(|(_, o)| o != self.me)
+    }
+
+    /// Ownership of `term` was won: an automatic failover when no releasing owner named this
+    /// node and someone else held the lease before. The window starts once it is promoted.
+    pub(super) fn note_acquire(&mut self, term: Term, named: bool) {
+        // Peers' claims not noted yet count; this node's own new ownership must not.
+        for (i, view) in self.core.peers().iter().enumerate() {
+            let i = i as NodeIdx;
+            if view.lease_claim
+                && view.owner == Some(i)
+                && view.term < term
+                && self.last_holder.is_none_or(|(t, _)| view.term > t)
+            {
+                self.last_holder = Some((view.term, i));
+            }
+        }
+        let before = self
+            .last_holder
+            .filter(|(t, _)| *t < term)
+            .or(self.last_owner.filter(|(t, _)| *t < term))
+            .map(|(_, o)| o);
+        self.note_owner();
+        self.takeover = match before {
+            Some(from) if !named && from != self.me => Some((term, from)),
+            _ => None,
+        };
+    }
+
+    /// The database of `term` is promoted: if that was an automatic failover, open the window.
+    pub(super) fn start_failover_block(&mut self, term: Term) {
+        let Some((t, from)) = self.takeover.take() else {
+            return;
+        };
+        let window = self
+            .mysql
+            .as_ref()
+            .map_or(Duration::ZERO, |(m, _)| m.failover_block);
+        if t != term || window.is_zero() {
+            return;
+        }
+        tracing::warn!(
+            term,
+            "automatic failover from {}: no other automatic failover for {} s (failover_block_ms); \
+             `vipgate failover-ack` lifts the block",
+            self.id(from),
+            window.as_secs()
+        );
+        let until = wall_ms().saturating_add(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
+        if let Err(e) = self.set_failover_block(Some(until)) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// A database report from `from`: the owner's window is the cluster's (lifted there,
+    /// lifted everywhere) once its database is promoted (before, it has not decided yet).
+    pub(super) fn follow_failover_block(&mut self, now: Instant, from: NodeIdx, report: &DbReport) {
+        if !self.promote_mode() || from == self.me || self.core.owner(now) != Some(from) || !report.writable {
+            return;
+        }
+        let left_ms = report.failover_block_ms;
+        let until = (left_ms > 0).then(|| wall_ms().saturating_add(u64::from(left_ms)));
+        let changed = match (self.failover_block_until, until) {
+            (Some(a), Some(b)) => a.abs_diff(b) > RESYNC_MS,
+            (a, b) => a.is_some() != b.is_some(),
+        };
+        if !changed {
+            return;
+        }
+        match until {
+            Some(_) => tracing::warn!(
+                "the owner {} reports an anti-flap window of {} s: this node takes over only when named",
+                self.id(from),
+                left_ms / 1000
+            ),
+            None if !self.failover_block_left().is_zero() => {
+                tracing::info!("the owner {} lifted the anti-flap window", self.id(from))
+            }
+            None => {}
+        }
+        if let Err(e) = self.set_failover_block(until) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// `vipgate failover-ack`: lifts the window — for the whole cluster on the owner; on a node
+    /// with no owner, so that it may take over.
+    pub(super) fn failover_ack(&mut self, now: Instant) -> Result<String, String> {
+        if self.failover_block_left().is_zero() {
+            return Ok("no failover block is in effect".into());
+        }
+        if let Some(o) = self.core.owner(now).filter(|o| *o != self.me) {
+            return Err(format!(
+                "{} owns, and its block is the cluster's: run `vipgate failover-ack` on {}",
+                self.id(o),
+                self.id(o)
+            ));
+        }
+        self.set_failover_block(None)
+            .map_err(|e| format!("nothing changed: {e}"))?;
+        let owner = self.core.owner(now) == Some(self.me);
+        tracing::warn!("failover block lifted by an operator");
+        Ok(if owner {
+            "failover block lifted for the cluster".into()
+        } else {
+            "failover block lifted: this node may take over automatically".into()
+        })
+    }
+
+    fn set_failover_block(&mut self, until: Option<u64>) -> Result<(), String> {
+        let result = self
+            .state
+            .set_failover_block_until_ms(until)
+            .map_err(|e| e.to_string());
+        // Kept in memory even if it could not be persisted: blocking is the cautious side.
+        if result.is_ok() || until.is_some() {
+            self.failover_block_until = until;
+        }
+        result
+    }
+}
