@@ -398,6 +398,76 @@ pub enum Rejoin {
     Diverged { detail: String, count: Option<u64> },
 }
 
+/// MariaDB: the transactions in `local` (a `gtid_binlog_state`: the last GTID of every
+/// domain and server) that `remote` (the new primary's) lacks, as (domain-server, first
+/// missing, last) ranges with their count. `None` when `remote` has never seen a server whose
+/// transactions `local` has: then nothing can be said from the states alone.
+///
+/// Within a domain a server's sequence numbers grow by one per transaction it writes while it
+/// is the only writer — which a primary that went on writing while cut off was — so the gap
+/// between the two states' last numbers for that server is the count.
+pub fn mariadb_extra(local: &str, remote: &str) -> Option<(Vec<String>, u64)> {
+    let parse = |text: &str| -> Option<Vec<(u32, u32, u64)>> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(|g| {
+                let mut parts = g.split('-');
+                let domain = parts.next()?.parse().ok()?;
+                let server = parts.next()?.parse().ok()?;
+                let seq = parts.next()?.parse().ok()?;
+                parts.next().is_none().then_some((domain, server, seq))
+            })
+            .collect()
+    };
+    let (local, remote) = (parse(local)?, parse(remote)?);
+    let mut ranges = Vec::new();
+    let mut count = 0;
+    for (domain, server, seq) in local {
+        let theirs = remote
+            .iter()
+            .find(|(d, s, _)| *d == domain && *s == server)
+            .map(|(_, _, n)| *n);
+        match theirs {
+            Some(n) if n >= seq => {}
+            Some(n) => {
+                ranges.push(if n + 1 == seq {
+                    format!("{domain}-{server}-{seq}")
+                } else {
+                    format!("{domain}-{server}-{}..{domain}-{server}-{seq}", n + 1)
+                });
+                count += seq - n;
+            }
+            None => return None,
+        }
+    }
+    Some((ranges, count))
+}
+
+/// The new primary's `gtid_binlog_state`, read with the replication account (reading a system
+/// variable needs no privilege).
+async fn source_binlog_state(source: &Source<'_>, deadline: Instant) -> Result<String, String> {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(source.host.clone())
+        .tcp_port(source.port)
+        .prefer_socket(false)
+        .user(Some(source.user.to_string()))
+        .pass(Some(source.password.to_string()));
+    let mut c = match timeout_at(deadline, Conn::new(opts)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(format!("cannot connect to the new primary: {e}")),
+        Err(_) => return Err("the new primary did not accept a connection in time".into()),
+    };
+    let state: Option<String> = bounded(
+        deadline,
+        "reading the new primary's gtid_binlog_state",
+        c.query_first("SELECT @@GLOBAL.gtid_binlog_state"),
+    )
+    .await?;
+    let _ = timeout_at(deadline, c.disconnect()).await;
+    Ok(state.unwrap_or_default())
+}
+
 /// A SQL string literal, for a session with `NO_BACKSLASH_ESCAPES`.
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -416,6 +486,28 @@ pub async fn rejoin(
 ) -> Result<Rejoin, String> {
     let mut c = connect(config, password, deadline).await?;
     let mariadb = is_mariadb(&mut c, deadline).await?;
+    // MariaDB: compare binlog states first. Without an answer, connecting decides (the new
+    // primary refuses a position it lacks with error 1236), only without a count.
+    if mariadb {
+        let local: Option<String> = bounded(
+            deadline,
+            "reading gtid_binlog_state",
+            c.query_first("SELECT @@GLOBAL.gtid_binlog_state"),
+        )
+        .await?;
+        match source_binlog_state(source, deadline).await {
+            Ok(remote) => match mariadb_extra(&local.unwrap_or_default(), &remote) {
+                Some((ranges, count)) if count > 0 => {
+                    return Ok(Rejoin::Diverged {
+                        detail: format!("transactions the new primary lacks: {}", ranges.join(", ")),
+                        count: Some(count),
+                    });
+                }
+                _ => {}
+            },
+            Err(e) => tracing::warn!("{e}; comparing positions by connecting instead"),
+        }
+    }
     if !mariadb {
         if source.gtid.ends_with('…') {
             return Err("the new primary's GTID set is too long to compare from its report".into());
@@ -526,5 +618,32 @@ pub async fn rejoin(
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mariadb_extra;
+
+    #[test]
+    fn mariadb_divergence_is_counted_from_binlog_states() {
+        // db1 (server 1) wrote 101..103 while cut off; db2 took over at 100 and wrote on.
+        let extra = mariadb_extra("0-2-40,0-1-103", "0-1-100,0-2-150").unwrap();
+        assert_eq!(extra, (vec!["0-1-101..0-1-103".to_string()], 3));
+        // Nothing the new primary lacks, in several domains.
+        assert_eq!(
+            mariadb_extra("0-1-101", "0-1-100"),
+            Some((vec!["0-1-101".to_string()], 1))
+        );
+        assert_eq!(
+            mariadb_extra("0-1-100, 1-1-7", "0-1-100,0-2-150,1-1-9"),
+            Some((vec![], 0))
+        );
+        assert_eq!(mariadb_extra("", "0-2-5"), Some((vec![], 0)));
+        // A server the new primary never saw (no log_slave_updates there?): cannot tell.
+        assert_eq!(mariadb_extra("0-3-5", "0-1-100"), None);
+        // Not a GTID list: cannot tell either.
+        assert_eq!(mariadb_extra("0-1", "0-1-100"), None);
+        assert_eq!(mariadb_extra("0-1-2-3", "0-1-100"), None);
     }
 }
