@@ -204,6 +204,23 @@ fn a_former_primary_rejoins_as_a_replica_of_the_new_owner() {
     let s = lab.status("db1").unwrap();
     assert_eq!(s.diverged, None);
     assert_eq!(read_only(&lab, "db1"), Some(true));
+    // Semi-sync followed the roles: db2's commits now wait for db1's acknowledgement.
+    let status = |name: &str| {
+        lab.sql("db2", &format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(status("Rpl_semi_sync_master_clients"), "1");
+    let acked_before: u64 = status("Rpl_semi_sync_master_yes_tx").parse().unwrap();
+    lab.sql("db2", "INSERT INTO lab.writes (id) VALUES (3)");
+    let acked_after: u64 = status("Rpl_semi_sync_master_yes_tx").parse().unwrap();
+    assert_eq!(
+        acked_after,
+        acked_before + 1,
+        "db2's write was not acknowledged by db1"
+    );
     assert!(lab.observer().sole_holder(VIP4, "db2"));
     lab.assert_never_two_holders(VIP4);
 }

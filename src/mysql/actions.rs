@@ -223,8 +223,49 @@ async fn promote_on(
         "SET GLOBAL super_read_only = OFF, GLOBAL read_only = OFF"
     };
     check()?;
+    // Before the first write: this primary's commits wait for a replica's acknowledgement.
+    if let Err(e) = semi_sync_for(c, Role::Primary, deadline).await {
+        tracing::error!("{e}: this primary's commits are not semi-synchronous");
+    }
     bounded(deadline, writable, c.query_drop(writable)).await?;
     Ok(applied)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Primary,
+    Replica,
+}
+
+/// Semi-synchronous replication follows the role, on a server that uses it at all (one of its
+/// `rpl_semi_sync_*_enabled` variables is ON): a primary waits for acknowledgements
+/// (`…master_enabled` / `…source_enabled` ON), a replica sends them (`…slave_enabled` /
+/// `…replica_enabled` ON, its primary side OFF). Without this, after the first failover the
+/// new primary would acknowledge writes no replica has, and the next failover could lose them.
+async fn semi_sync_for(c: &mut Conn, role: Role, deadline: Instant) -> Result<(), String> {
+    let vars: Vec<(String, String)> = bounded(
+        deadline,
+        "reading the semi-sync settings",
+        c.query("SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync_%enabled'"),
+    )
+    .await?;
+    if !vars.iter().any(|(_, v)| v.eq_ignore_ascii_case("ON")) {
+        return Ok(());
+    }
+    for (name, value) in &vars {
+        let primary_side = name.contains("master") || name.contains("source");
+        let want = match (role, primary_side) {
+            (Role::Primary, true) | (Role::Replica, false) => "ON",
+            (Role::Replica, true) => "OFF",
+            // Matters only once this server replicates again, which sets it then.
+            (Role::Primary, false) => continue,
+        };
+        if !value.eq_ignore_ascii_case(want) {
+            let sql = format!("SET GLOBAL {name} = {want}");
+            bounded(deadline, &sql, c.query_drop(sql.as_str())).await?;
+        }
+    }
+    Ok(())
 }
 
 /// `STOP REPLICA [thread]`, or `STOP SLAVE` where the server predates the new name.
@@ -573,6 +614,10 @@ pub async fn rejoin(
     .await?;
     bounded(deadline, "CHANGE MASTER", c.query_drop(change)).await?;
     check()?;
+    // Before the I/O thread connects: only then does it offer acknowledgements.
+    if let Err(e) = semi_sync_for(&mut c, Role::Replica, deadline).await {
+        tracing::error!("{e}: this replica does not acknowledge semi-synchronously");
+    }
     bounded(deadline, start, c.query_drop(start)).await?;
     let mut running_polls = 0;
     // Wait for the I/O thread to connect (or to be refused).

@@ -721,12 +721,14 @@ impl Lab {
              GRANT REPLICATION SLAVE ON *.* TO repl@'%'; \
              CREATE USER app@'%' IDENTIFIED BY 'app-lab-password'; \
              GRANT SELECT, INSERT ON lab.* TO app@'%'; \
-             SET GLOBAL rpl_semi_sync_master_enabled = ON, GLOBAL rpl_semi_sync_master_timeout = 10000; \
+             SET GLOBAL rpl_semi_sync_master_enabled = ON, GLOBAL rpl_semi_sync_master_timeout = 10000, \
+             GLOBAL rpl_semi_sync_master_wait_no_slave = OFF; \
              CREATE DATABASE lab; CREATE TABLE lab.writes (id INT PRIMARY KEY, at TIMESTAMP(6) DEFAULT NOW(6));",
         );
         self.sql(
             "db2",
-            "SET GLOBAL read_only = ON, GLOBAL rpl_semi_sync_slave_enabled = ON; \
+            "SET GLOBAL read_only = ON, GLOBAL rpl_semi_sync_slave_enabled = ON, \
+             GLOBAL rpl_semi_sync_master_wait_no_slave = OFF, GLOBAL rpl_semi_sync_master_timeout = 10000; \
              CHANGE MASTER TO MASTER_HOST='192.0.2.11', MASTER_USER='repl', MASTER_PASSWORD='repl-lab-password', \
              MASTER_USE_GTID=slave_pos; START SLAVE;",
         );
