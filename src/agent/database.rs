@@ -27,8 +27,8 @@ pub(super) enum Job {
     Promote {
         term: Term,
         cancelled: Arc<AtomicBool>,
-        /// A planned hand-over: the old primary's final position.
-        wait_for: Option<u64>,
+        /// A planned hand-over: the old primary's final position (count, GTIDs).
+        wait_for: Option<(u64, String)>,
     },
     Fence {
         term: Option<Term>,
@@ -122,10 +122,10 @@ pub(super) enum Outcome {
         result: Result<actions::Promoted, String>,
     },
     /// `term`: the fence of a release of that term; `None`: of a database this node does not own.
-    /// With the database's final position on success.
+    /// With the database's final position (count, GTIDs) on success.
     Fenced {
         term: Option<Term>,
-        result: Result<u64, String>,
+        result: Result<(u64, String), String>,
     },
     /// `kill_grace` has passed since the fence of a release of `term`.
     KillDue {
@@ -403,12 +403,17 @@ impl Agent {
         let wait_for = self
             .handover_position
             .take()
-            .filter(|(_, at)| clock::now().saturating_since(*at) < self.config.cluster.lease * 2)
-            .map(|(p, _)| p);
-        if let Some(p) = wait_for {
+            .filter(|(_, _, at)| clock::now().saturating_since(*at) < self.config.cluster.lease * 2)
+            .map(|(p, gtid, _)| (p, gtid));
+        if let Some((p, gtid)) = &wait_for {
             tracing::info!(
                 term,
-                "planned hand-over: waiting until this database has the old primary's {p} transactions"
+                "planned hand-over: waiting until this database has the old primary's {p} transactions ({})",
+                if gtid.is_empty() {
+                    "GTIDs unknown"
+                } else {
+                    gtid.as_str()
+                }
             );
         }
         let _ = jobs.send(Job::Promote {
@@ -436,8 +441,11 @@ impl Agent {
             Outcome::Promoted { term, result } => self.on_promoted(now, term, result),
             Outcome::Fenced { term, result } => {
                 match (&result, term) {
-                    (Ok(p), Some(t)) => {
-                        tracing::info!(term = t, "database fenced (read_only ON) at position {p}")
+                    (Ok((p, gtid)), Some(t)) => {
+                        tracing::info!(
+                            term = t,
+                            "database fenced (read_only ON) at {gtid} ({p} transactions)"
+                        )
                     }
                     (Ok(_), None) => tracing::info!("database fenced (read_only ON)"),
                     (Err(e), None) => {
@@ -451,13 +459,14 @@ impl Agent {
                     self.fencing = false;
                     return Ok(());
                 }
-                if let (Ok(position), Some(t)) = (&result, term) {
+                if let (Ok((position, gtid)), Some(t)) = (&result, term) {
                     self.kill_clients_later(t);
                     if let Some(p) = &mut self.pending_release
                         && p.term == t
                     {
                         p.fence_done = true;
                         p.final_position = Some(*position);
+                        p.final_gtid = gtid.clone();
                         // The release announces this final position to the successor.
                         let eligible = self.ineligible_reason(now).is_none();
                         self.step(

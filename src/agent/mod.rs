@@ -36,6 +36,8 @@ struct PendingRelease {
     /// The fenced database's final position: what the release announces, whatever a later
     /// (or older) health check says.
     final_position: Option<u64>,
+    /// And its GTIDs, which the release carries too.
+    final_gtid: String,
 }
 
 /// Database reports go out on change, and at least this often.
@@ -135,8 +137,10 @@ struct Agent {
     stopping: Option<Instant>,
     /// `vipgate maintenance on`: never eligible (persisted).
     maintenance: bool,
-    /// A release naming this node: the old owner's final data position, and when it came.
-    handover_position: Option<(u64, Instant)>,
+    /// A current release: the old owner's final data position (count, GTIDs), and when it came.
+    handover_position: Option<(u64, String, Instant)>,
+    /// The final GTIDs of the release being announced (the core does not know them).
+    release_gtid: String,
     /// The number of the last `Drop` sent to the VIP task and its deadline: only its
     /// confirmation completes the release.
     drop_seq: u64,
@@ -303,6 +307,7 @@ impl Agent {
             stopping: None,
             maintenance,
             handover_position: None,
+            release_gtid: String::new(),
             drop_seq: 0,
             release_by: None,
             pending_release: None,
@@ -418,7 +423,7 @@ impl Agent {
                                         && r.term >= self.core.term()
                                         && let Some(p) = r.final_position
                                     {
-                                        self.handover_position = Some((p, now));
+                                        self.handover_position = Some((p, r.final_gtid.clone(), now));
                                     }
                                     self.step(now, Event::Received { from, message })?;
                                 }
@@ -501,6 +506,7 @@ impl Agent {
         match &self.pending_release {
             Some(p) if p.vip_done && p.fence_done => {
                 let term = p.term;
+                self.release_gtid = p.final_gtid.clone();
                 self.pending_release = None;
                 self.release_by = None;
                 self.step(now, Event::Released { term })
@@ -584,7 +590,12 @@ impl Agent {
         match action {
             Action::Persist(state) => self.state.save(state).map_err(|e| e.to_string())?,
             Action::Send { to, message } => self.send(to, &message),
-            Action::Broadcast(message) => {
+            Action::Broadcast(mut message) => {
+                if let Message::Release(r) = &mut message
+                    && r.final_position.is_some()
+                {
+                    r.final_gtid = std::mem::take(&mut self.release_gtid);
+                }
                 self.broadcast(&message);
                 if matches!(message, Message::Heartbeat(_)) {
                     self.report_db(now);
@@ -632,6 +643,7 @@ impl Agent {
                     vip_done: self.vip_commands.is_none(),
                     fence_done: !self.promote_mode(),
                     final_position: None,
+                    final_gtid: String::new(),
                 });
                 if self.vip_commands.is_some() {
                     self.drop_seq += 1;

@@ -77,6 +77,10 @@ pub struct Release {
     pub term: Term,
     pub to: Option<NodeIdx>,
     pub final_position: Option<Position>,
+    /// The fenced database's executed GTIDs (at most [`MAX_REPORT_GTID`] bytes), empty if
+    /// unknown: a successor waits for exactly these. The core leaves it empty; the shell, which
+    /// fenced the database, fills it in.
+    pub final_gtid: String,
 }
 
 /// Longest GTID text a [`DbReport`] carries; longer sets are cut (and end with `…`).

@@ -935,6 +935,7 @@ impl Core {
             term,
             to: None,
             final_position: None,
+            final_gtid: String::new(),
         })));
     }
 
@@ -977,6 +978,7 @@ impl Core {
             term,
             to,
             final_position: Some(self.position),
+            final_gtid: String::new(),
         })));
     }
 
@@ -1310,6 +1312,7 @@ mod tests {
                     term: 5,
                     to: Some(1),
                     final_position: Some(10),
+                    final_gtid: String::new(),
                 }),
             },
         );

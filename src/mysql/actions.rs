@@ -50,26 +50,56 @@ async fn is_mariadb(c: &mut Conn, deadline: Instant) -> Result<bool, String> {
 /// connections are killed first (their clients must never see those commits acknowledged),
 /// then semi-sync is switched off here (it releases the waiting commits, which stay on this
 /// server only: it has diverged, and rejoining will say so), then read_only is set again.
-pub async fn fence(config: &Mysql, password: &Option<Secret>, deadline: Instant) -> Result<u64, String> {
+///
+/// Returns the database's final position: its executed GTIDs, and their count.
+pub async fn fence(
+    config: &Mysql,
+    password: &Option<Secret>,
+    deadline: Instant,
+) -> Result<(u64, String), String> {
     fence_only(config, password, deadline).await?;
     // With writes refused, this is the database's final position: a planned successor waits
-    // for exactly this much.
+    // for exactly this.
     let mut c = connect(config, password, deadline).await?;
     let mariadb = is_mariadb(&mut c, deadline).await?;
-    let position = position(&mut c, mariadb, deadline).await?;
+    let gtid = executed(&mut c, mariadb, deadline).await?;
     let _ = timeout_at(deadline, c.disconnect()).await;
-    Ok(position)
+    Ok((probe::gtid_position(&gtid)?, gtid))
 }
 
-/// The local executed GTIDs, counted (see `probe::gtid_position`).
-async fn position(c: &mut Conn, mariadb: bool, deadline: Instant) -> Result<u64, String> {
+/// The local executed GTIDs (MariaDB: `gtid_current_pos`; MySQL: `gtid_executed`).
+async fn executed(c: &mut Conn, mariadb: bool, deadline: Instant) -> Result<String, String> {
     let sql = if mariadb {
         "SELECT @@global.gtid_current_pos"
     } else {
         "SELECT @@global.gtid_executed"
     };
     let gtid: Option<String> = bounded(deadline, sql, c.query_first(sql)).await?;
-    probe::gtid_position(&gtid.unwrap_or_default())
+    Ok(gtid.unwrap_or_default())
+}
+
+/// Whether this database has applied every transaction of `target` (a GTID set as the old
+/// primary's `executed` read it). `None` when that cannot be told, e.g. a set cut for the wire.
+async fn has_applied(
+    c: &mut Conn,
+    mariadb: bool,
+    target: &str,
+    deadline: Instant,
+) -> Result<Option<bool>, String> {
+    if target.is_empty() || target.ends_with('…') {
+        return Ok(None);
+    }
+    if mariadb {
+        let local = executed(c, mariadb, deadline).await?;
+        return Ok(mariadb_covers(&local, target));
+    }
+    let covered: Option<i64> = bounded(
+        deadline,
+        "GTID_SUBSET",
+        c.exec_first("SELECT GTID_SUBSET(?, @@GLOBAL.gtid_executed)", (target,)),
+    )
+    .await?;
+    Ok(covered.map(|v| v == 1))
 }
 
 async fn fence_only(config: &Mysql, password: &Option<Secret>, deadline: Instant) -> Result<(), String> {
@@ -141,23 +171,34 @@ pub async fn promote(
     password: &Option<Secret>,
     catchup_deadline: Instant,
     cancelled: &AtomicBool,
-    wait_for: Option<u64>,
+    wait_for: Option<(u64, String)>,
 ) -> Result<Promoted, String> {
     let started = Instant::now();
     let mut c = connect(config, password, catchup_deadline).await?;
     let mariadb = is_mariadb(&mut c, catchup_deadline).await?;
-    if let Some(target) = wait_for {
+    if let Some((target, gtid)) = wait_for {
         loop {
             if cancelled.load(Ordering::SeqCst) {
                 return Err("ownership ended while waiting for the old primary's final position".into());
             }
-            let now = position(&mut c, mariadb, catchup_deadline).await?;
-            if now >= target {
+            // Exactly the old primary's GTIDs where they came along; else as many transactions.
+            let now = probe::gtid_position(&executed(&mut c, mariadb, catchup_deadline).await?)?;
+            let done = match has_applied(&mut c, mariadb, &gtid, catchup_deadline).await? {
+                Some(covered) => covered,
+                None => now >= target,
+            };
+            if done {
                 break;
             }
             if Instant::now() + Duration::from_millis(20) >= catchup_deadline {
                 return Err(format!(
-                    "did not reach the old primary's final position ({now} of {target} transactions) within the catch-up timeout"
+                    "did not reach the old primary's final position ({}; {now} of {target} transactions) \
+                     within the catch-up timeout",
+                    if gtid.is_empty() {
+                        "GTIDs unknown"
+                    } else {
+                        gtid.as_str()
+                    }
                 ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -448,20 +489,7 @@ pub enum Rejoin {
 /// is the only writer — which a primary that went on writing while cut off was — so the gap
 /// between the two states' last numbers for that server is the count.
 pub fn mariadb_extra(local: &str, remote: &str) -> Option<(Vec<String>, u64)> {
-    let parse = |text: &str| -> Option<Vec<(u32, u32, u64)>> {
-        text.split(',')
-            .map(str::trim)
-            .filter(|g| !g.is_empty())
-            .map(|g| {
-                let mut parts = g.split('-');
-                let domain = parts.next()?.parse().ok()?;
-                let server = parts.next()?.parse().ok()?;
-                let seq = parts.next()?.parse().ok()?;
-                parts.next().is_none().then_some((domain, server, seq))
-            })
-            .collect()
-    };
-    let (local, remote) = (parse(local)?, parse(remote)?);
+    let (local, remote) = (parse_gtids(local)?, parse_gtids(remote)?);
     let mut ranges = Vec::new();
     let mut count = 0;
     for (domain, server, seq) in local {
@@ -483,6 +511,34 @@ pub fn mariadb_extra(local: &str, remote: &str) -> Option<(Vec<String>, u64)> {
         }
     }
     Some((ranges, count))
+}
+
+/// MariaDB: whether `local` (a `gtid_current_pos`: the last GTID of each domain) includes every
+/// GTID of `target`. Within a domain one history numbers its transactions in order, so a
+/// domain is covered once its last sequence number has reached the target's. `None` when
+/// either is not a GTID list.
+pub fn mariadb_covers(local: &str, target: &str) -> Option<bool> {
+    let (local, target) = (parse_gtids(local)?, parse_gtids(target)?);
+    Some(
+        target
+            .iter()
+            .all(|(domain, _, seq)| local.iter().any(|(d, _, n)| d == domain && n >= seq)),
+    )
+}
+
+/// `domain-server-sequence` GTIDs, comma-separated; `None` if anything else is in the list.
+fn parse_gtids(text: &str) -> Option<Vec<(u32, u32, u64)>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(|g| {
+            let mut parts = g.split('-');
+            let domain = parts.next()?.parse().ok()?;
+            let server = parts.next()?.parse().ok()?;
+            let seq = parts.next()?.parse().ok()?;
+            parts.next().is_none().then_some((domain, server, seq))
+        })
+        .collect()
 }
 
 /// The new primary's `gtid_binlog_state`, read with the replication account (reading a system
@@ -668,7 +724,22 @@ pub async fn rejoin(
 
 #[cfg(test)]
 mod tests {
-    use super::mariadb_extra;
+    use super::{mariadb_covers, mariadb_extra};
+
+    #[test]
+    fn mariadb_coverage_is_decided_per_domain() {
+        assert_eq!(mariadb_covers("0-2-120", "0-1-120"), Some(true));
+        assert_eq!(mariadb_covers("0-1-119", "0-1-120"), Some(false));
+        assert_eq!(mariadb_covers("0-1-200,1-1-4", "0-1-120,1-1-5"), Some(false));
+        assert_eq!(mariadb_covers("0-1-200,1-1-5", "0-1-120,1-1-5"), Some(true));
+        assert_eq!(
+            mariadb_covers("1-1-500", "0-1-1"),
+            Some(false),
+            "a domain it never saw"
+        );
+        assert_eq!(mariadb_covers("", ""), Some(true));
+        assert_eq!(mariadb_covers("0-1-5", "0-1-5…"), None);
+    }
 
     #[test]
     fn mariadb_divergence_is_counted_from_binlog_states() {

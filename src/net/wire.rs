@@ -18,7 +18,7 @@
 //! 4 blocked),
 //! position u64, priority u8`; ack `term u64, echo_seq u64`; vote request `term u64, position
 //! u64, priority u8`; vote `term u64, granted u8`; release `term u64, to ref, has_position u8,
-//! position u64`; db report `flags u8 (1 healthy, 2 writable, 4 replicating, 8 lag known),
+//! position u64, final gtid (length-prefixed, ≤ 200 bytes)`; db report `flags u8 (1 healthy, 2 writable, 4 replicating, 8 lag known),
 //! lag_s u32, failover_block_ms u32, gtid (length-prefixed, ≤ 200 bytes of UTF-8)`. Anything left over, or any flag
 //! outside its set, makes the datagram malformed.
 //!
@@ -249,6 +249,7 @@ impl Codec {
                 self.put_node(w, r.to);
                 w.push(u8::from(r.final_position.is_some()));
                 w.extend_from_slice(&r.final_position.unwrap_or(0).to_be_bytes());
+                put_name(w, cut_gtid(&r.final_gtid).as_bytes());
             }
             Message::DbReport(d) => {
                 let flags = u8::from(d.healthy)
@@ -302,10 +303,12 @@ impl Codec {
                 let to = self.node(r.name()?)?;
                 let has_position = r.bool()?;
                 let position = r.u64()?;
+                let gtid = r.text(MAX_REPORT_GTID)?;
                 Message::Release(Release {
                     term,
                     to,
                     final_position: has_position.then_some(position),
+                    final_gtid: String::from_utf8(gtid.to_vec()).map_err(|_| DropReason::Malformed)?,
                 })
             }
             KIND_DB_REPORT => {
@@ -504,11 +507,13 @@ mod tests {
                 term: 8,
                 to: Some(1),
                 final_position: Some(9),
+                final_gtid: "0-1-9".into(),
             }),
             Message::Release(Release {
                 term: 8,
                 to: None,
                 final_position: None,
+                final_gtid: String::new(),
             }),
         ];
         for (i, m) in msgs.iter().enumerate() {
@@ -688,13 +693,20 @@ mod tests {
                 })
             }),
             (any::<u64>(), any::<bool>()).prop_map(|(term, granted)| Message::Vote(Vote { term, granted })),
-            (any::<u64>(), node(), proptest::option::of(any::<u64>())).prop_map(
-                |(term, to, final_position)| Message::Release(Release {
-                    term,
-                    to,
-                    final_position
-                })
-            ),
+            (
+                any::<u64>(),
+                node(),
+                proptest::option::of(any::<u64>()),
+                "[0-9a-f:,-]{0,200}"
+            )
+                .prop_map(
+                    |(term, to, final_position, final_gtid)| Message::Release(Release {
+                        term,
+                        to,
+                        final_position,
+                        final_gtid
+                    })
+                ),
             (
                 any::<[bool; 3]>(),
                 proptest::option::of(any::<u32>()),
