@@ -165,10 +165,19 @@ fn probe_database(file: &Path) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let timeout = std::time::Duration::from_secs(5).max(mysql.check_timeout);
-    let report = runtime.block_on(vipgate::mysql::check::check(&mysql, &password, timeout));
+    let mut report = runtime.block_on(vipgate::mysql::check::check(&mysql, &password, timeout));
     println!("database  probed at {} as {}", mysql.endpoint, mysql.user);
     for line in &report.lines {
         println!("          {line}");
+    }
+    // The agent's own finding, which the database cannot show: it refused to rejoin.
+    match vipgate::agent::state::StateFile::peek_diverged(&config.cluster.state_dir) {
+        Ok(Some(why)) => report.problems.push(format!(
+            "DIVERGED: {why} — this database has transactions the primary lacks and stays out of \
+             replication and ownership; see \"diverged\" in docs/mysql.md"
+        )),
+        Ok(None) => {}
+        Err(e) => report.problems.push(e.to_string()),
     }
     if report.problems.is_empty() {
         println!("database: OK");

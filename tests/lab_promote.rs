@@ -263,6 +263,17 @@ fn a_diverged_former_primary_refuses_to_rejoin_and_reports_it() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("DIVERGED:"));
+    // And check-config --probe fails on it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
+        .args(["check-config", "--node", "db1", "--probe"])
+        .arg(lab.config_path("db1"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("DIVERGED: 1 transaction(s)"),
+        "{text}"
+    );
     lab.assert_never_two_holders(VIP4);
 }
 

@@ -115,6 +115,27 @@ impl StateFile {
         self.write().inspect_err(|_| self.disk.maintenance = before)
     }
 
+    /// The divergence finding in `dir`'s state file, read without creating or changing
+    /// anything (for `check-config --probe`); no state file means no finding.
+    pub fn peek_diverged(dir: &Path) -> Result<Option<String>, StateError> {
+        let path = dir.join(FILE_NAME);
+        match fs::read_to_string(&path) {
+            Ok(text) => toml::from_str::<OnDisk>(&text)
+                .map(|d| d.diverged)
+                .map_err(|e| StateError {
+                    path,
+                    problem: format!("the state file is damaged: {}", e.message()),
+                    fix: "restore it from a backup, or delete it".into(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StateError {
+                path,
+                problem: format!("cannot read the state file: {e}"),
+                fix: "run check-config as the user vipgate runs as (or root)".into(),
+            }),
+        }
+    }
+
     pub fn diverged(&self) -> Option<&str> {
         self.disk.diverged.as_deref()
     }
@@ -206,6 +227,13 @@ mod tests {
         assert!(!s.maintenance());
         s.set_maintenance(true).unwrap();
         s.set_failover_block_until_ms(Some(5_000)).unwrap();
+        assert_eq!(StateFile::peek_diverged(dir.path()).unwrap(), None);
+        s.set_diverged(Some("3 transactions".into())).unwrap();
+        assert_eq!(
+            StateFile::peek_diverged(dir.path()).unwrap().as_deref(),
+            Some("3 transactions")
+        );
+        assert_eq!(StateFile::peek_diverged(&dir.path().join("none")).unwrap(), None);
         let s = StateFile::open(dir.path(), ids()).unwrap();
         assert!(s.maintenance());
         assert_eq!(s.failover_block_until_ms(), Some(5_000));
