@@ -11,6 +11,7 @@ pub mod agent;
 pub mod config;
 pub mod control;
 pub mod core;
+pub mod dns;
 pub mod mysql;
 pub mod net;
 pub mod vip;

@@ -551,6 +551,7 @@ impl Agent {
                 );
                 self.promoted = Some(term);
                 self.start_failover_block(term);
+                self.update_dns(now);
                 if let Some((t, until)) = self.lease
                     && t == term
                 {

@@ -14,7 +14,7 @@ mod failover_block;
 pub mod state;
 
 use crate::config::{Config, Mysql, Secret};
-use crate::control::{self, GrantStatus, PeerDb, PeerStatus, Request, Status};
+use crate::control::{self, DnsStatus, GrantStatus, PeerDb, PeerStatus, Request, Status};
 use crate::core::{Action, Core, DbReport, Event, Instant, Message, NodeIdx, RoleKind, Term, Vote};
 use crate::mysql::DbStatus;
 use crate::net::{Codec, Receiver};
@@ -184,6 +184,9 @@ struct Agent {
     /// The last database report sent, and each peer's latest.
     last_report: Option<(Instant, DbReport)>,
     peer_db: Vec<Option<(Instant, DbReport)>>,
+    /// The name server's view of ownership, and its answer counts, if this node serves DNS.
+    dns_view: Option<watch::Sender<crate::dns::View>>,
+    dns_counters: Option<Arc<crate::dns::Counters>>,
 }
 
 /// Resolves when the database status changes; never if there is no database gate.
@@ -267,6 +270,16 @@ impl Agent {
         let diverged = state.diverged().map(|d| (0, d.to_string()));
         let replication_password = config.read_replication_password().map_err(|e| e.to_string())?;
 
+        let (dns_view, dns_counters) = match crate::dns::zone::Zone::new(&config) {
+            Some(zone) if !node.dns.is_empty() => {
+                let (tx, rx) = watch::channel(crate::dns::View::default());
+                let port = config.dns.as_ref().map_or(53, |d| d.port);
+                let counters = crate::dns::start(zone, &node.dns, port, rx).await?;
+                (Some(tx), Some(counters))
+            }
+            _ => (None, None),
+        };
+
         let (control_tx, control) = mpsc::channel(16);
         control::serve(&config.control.socket, control_tx)?;
 
@@ -338,6 +351,8 @@ impl Agent {
             db,
             last_report: None,
             peer_db: vec![None; config.nodes.len()],
+            dns_view,
+            dns_counters,
             config,
         })
     }
@@ -414,6 +429,7 @@ impl Agent {
                                     self.received += 1;
                                     self.follow_failover_block(now, from, &report);
                                     self.peer_db[usize::from(from)] = Some((now, report));
+                                    self.update_dns(now);
                                 }
                                 Some((from, message)) => {
                                     self.received += 1;
@@ -578,6 +594,7 @@ impl Agent {
             // The core gave up waiting at the lease end; grants have lapsed by now.
             self.pending_release = None;
         }
+        self.update_dns(now);
         let owner_after = self.core.owner(now);
         if owner_after != owner_before && owner_after.is_some_and(|o| o != self.me) {
             let owner = owner_after.map(|o| self.id(o).to_string()).unwrap_or_default();
@@ -690,6 +707,38 @@ impl Agent {
             // The VIP task only ends with the runtime.
             let _ = tx.send(command);
         }
+    }
+
+    /// Tells the name server whom to answer as primary: the owner this node holds or grants a
+    /// live lease to, until that lease ends — in promote mode only once its database is
+    /// writable, so that clients are not sent to a primary still catching up.
+    pub(super) fn update_dns(&mut self, now: Instant) {
+        let Some(view) = &self.dns_view else { return };
+        let held = (self.core.role() == RoleKind::Owner && self.core.holds_lease(now))
+            .then(|| self.core.lease_end().map(|end| (self.me, self.core.term(), end)))
+            .flatten();
+        let granted = self
+            .core
+            .grant()
+            .filter(|g| now < g.until && g.to != self.me)
+            .map(|g| (g.to, g.term, g.until));
+        let owner = held.or(granted).filter(|(o, term, _)| {
+            !self.promote_mode()
+                || if *o == self.me {
+                    self.promoted == Some(*term)
+                } else {
+                    self.peer_db[usize::from(*o)].as_ref().is_some_and(|(at, r)| {
+                        r.writable && now.saturating_since(*at) < self.config.cluster.lease * 3
+                    })
+                }
+        });
+        let term = owner.map_or(self.core.term(), |(_, t, _)| t);
+        let next = crate::dns::View {
+            owner: owner.map(|(node, term, until)| (crate::dns::zone::Owner { node, term }, until)),
+            // RFC 1982 serial arithmetic wraps; terms this large never occur in practice.
+            serial: (term & u64::from(u32::MAX)) as u32,
+        };
+        view.send_if_modified(|v| std::mem::replace(v, next) != next);
     }
 
     fn send(&mut self, to: NodeIdx, message: &Message) {
@@ -922,6 +971,35 @@ impl Agent {
             database: self.db.as_ref().map(|db| db.borrow().clone()),
             diverged: self.diverged.as_ref().map(|(_, d)| d.clone()),
             maintenance: self.maintenance,
+            dns: self.dns_view.as_ref().map(|view| {
+                let view = *view.borrow();
+                let counters = self.dns_counters.as_deref();
+                let count = |f: fn(&crate::dns::Counters) -> &std::sync::atomic::AtomicU64| {
+                    counters.map_or(0, |c| f(c).load(std::sync::atomic::Ordering::Relaxed))
+                };
+                DnsStatus {
+                    listen: self.config.nodes[usize::from(self.me)]
+                        .dns
+                        .iter()
+                        .map(|ip| ip.to_string())
+                        .collect(),
+                    primary_for: view
+                        .owner
+                        .filter(|(_, until)| now < *until)
+                        .map(|(o, _)| self.id(o.node).to_string()),
+                    serial: view.serial,
+                    answers: [
+                        ("NOERROR", count(|c| &c.noerror)),
+                        ("NXDOMAIN", count(|c| &c.nxdomain)),
+                        ("SERVFAIL", count(|c| &c.servfail)),
+                        ("REFUSED", count(|c| &c.refused)),
+                        ("other", count(|c| &c.other)),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                }
+            }),
             failover_block_remaining_ms: Some(ms(self.failover_block_left())).filter(|&m| m > 0),
             takeover_blocked: self.takeover_blocked(),
             peers,

@@ -5,11 +5,13 @@
 //! directory, so `secret_file = "secret"` next to `/etc/vipgate/vipgate.toml` means
 //! `/etc/vipgate/secret`.
 
+mod dns;
 mod error;
 mod mysql;
 mod secret;
 mod vip;
 
+pub use dns::Dns;
 pub use error::{ConfigError, ConfigErrors, Seg};
 pub use mysql::{Endpoint, Mysql, MysqlMode, ReplicationAccount};
 pub use secret::{KeyFileProblem, Secret, read_key_file};
@@ -40,6 +42,7 @@ struct RawConfig {
     #[serde(default)]
     control: vip::RawControl,
     mysql: Option<mysql::RawMysql>,
+    dns: Option<dns::RawDns>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +77,9 @@ struct RawNode {
     region: String,
     #[serde(default)]
     witness: bool,
+    /// With `[dns]`: the addresses this node's DNS server listens on (default: its address;
+    /// `[]`: it serves no DNS).
+    dns_listen: Option<Vec<String>>,
 }
 
 fn default_port() -> u32 {
@@ -119,6 +125,8 @@ pub struct Node {
     pub priority: u8,
     pub region: String,
     pub witness: bool,
+    /// With `[dns]`: where this node serves the zone (UDP and TCP); empty: it does not.
+    pub dns: Vec<IpAddr>,
 }
 
 /// A validated configuration. `nodes` are sorted by id: a node's index in this list is its
@@ -133,6 +141,8 @@ pub struct Config {
     pub control: Control,
     /// `None`: the database is not consulted (no `[mysql]`, or `mode = "none"`).
     pub mysql: Option<Mysql>,
+    /// `None`: no DNS is served.
+    pub dns: Option<Dns>,
 }
 
 /// Collects problems while validating.
@@ -210,6 +220,23 @@ impl Config {
         let announce = vip::validate_announce(&raw.announce, &mut p);
         let control = vip::validate_control(&raw.control, base, &mut p);
         let mysql = raw.mysql.as_ref().and_then(|m| mysql::validate(m, base, &mut p));
+        validate_dns_listen(&raw.node, raw.dns.is_some(), &mut nodes, &mut p);
+        let first_server = nodes
+            .iter()
+            .filter(|n| !n.dns.is_empty())
+            .map(|n| n.id.to_ascii_lowercase())
+            .min();
+        if raw.dns.is_some() && first_server.is_none() && p.list.is_empty() {
+            p.add(
+                &[Seg::Key("dns")],
+                "no node serves DNS (every dns_listen is empty)".into(),
+                "let at least the database hosts and the witness serve it: remove dns_listen = []",
+            );
+        }
+        let dns = raw
+            .dns
+            .as_ref()
+            .and_then(|d| dns::validate(d, first_server.as_deref(), &mut p));
         if p.list.is_empty() {
             nodes.sort_by(|a, b| a.id.cmp(&b.id));
             let config = Config {
@@ -220,6 +247,7 @@ impl Config {
                 announce,
                 control,
                 mysql,
+                dns,
             };
             if let Err(e) = config.core_settings(0, 0).check() {
                 p.add(
@@ -503,6 +531,7 @@ fn validate_nodes(raw: &[RawNode], p: &mut Problems<'_>) -> Vec<Node> {
                 priority,
                 region: n.region.clone(),
                 witness: n.witness,
+                dns: Vec::new(),
             });
         }
     }
@@ -524,6 +553,51 @@ fn validate_nodes(raw: &[RawNode], p: &mut Problems<'_>) -> Vec<Node> {
         );
     }
     nodes
+}
+
+/// `[[node]] dns_listen`, with `[dns]` present: the addresses each node serves DNS on. Nodes
+/// must be named by DNS labels, since each is published as `<id>.<zone>` (NS and glue).
+fn validate_dns_listen(raw: &[RawNode], dns: bool, nodes: &mut [Node], p: &mut Problems<'_>) {
+    for (i, n) in raw.iter().enumerate() {
+        let at = |k| [Seg::Key("node"), Seg::Index(i), Seg::Key(k)];
+        if !dns {
+            if n.dns_listen.is_some() {
+                p.add(
+                    &at("dns_listen"),
+                    "is set, but there is no [dns] section".into(),
+                    "add [dns] (zone = …), or remove dns_listen",
+                );
+            }
+            continue;
+        }
+        let addresses: Vec<IpAddr> = match &n.dns_listen {
+            None => n.address.parse().ok().into_iter().collect(),
+            Some(list) => list
+                .iter()
+                .filter_map(|a| match a.parse::<IpAddr>() {
+                    Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => Some(ip),
+                    _ => {
+                        p.add(
+                            &at("dns_listen"),
+                            format!("{a:?} is not a unicast IPv4 or IPv6 address"),
+                            "list the host's own addresses (they are published as glue records)",
+                        );
+                        None
+                    }
+                })
+                .collect(),
+        };
+        if !addresses.is_empty() && !n.id.to_ascii_lowercase().split('.').all(dns::valid_label) {
+            p.add(
+                &at("id"),
+                format!("{:?} cannot be published as a DNS name <id>.<zone>", n.id),
+                "use letters, digits and '-' in node ids, or set dns_listen = [] on this node",
+            );
+        }
+        if let Some(node) = nodes.iter_mut().find(|node| node.id == n.id) {
+            node.dns = addresses;
+        }
+    }
 }
 
 #[cfg(test)]

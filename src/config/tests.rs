@@ -382,3 +382,62 @@ fn an_exposed_mysql_password_file_is_refused_with_its_field() {
     std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     assert_eq!(c.read_mysql_password().unwrap().unwrap().bytes(), b"secret");
 }
+
+#[test]
+fn dns_is_read_with_defaults_and_every_node_serves_on_its_address() {
+    let c = parse(&format!("{GOOD}\n[dns]\nzone = \"DB.Example.test\"\n")).unwrap();
+    let d = c.dns.unwrap();
+    assert_eq!(d.zone, "db.example.test.");
+    assert_eq!(
+        (d.record.as_str(), d.ttl, d.port, d.minimum),
+        ("primary", 5, 53, 5)
+    );
+    assert_eq!(d.mname, "db1.db.example.test.");
+    assert_eq!(d.rname, "hostmaster.db.example.test.");
+    let w1 = &c.nodes[2];
+    assert_eq!(w1.dns, vec!["2001:db8::13".parse::<IpAddr>().unwrap()]);
+    // Without [dns], nobody serves.
+    assert!(parse(GOOD).unwrap().nodes.iter().all(|n| n.dns.is_empty()));
+    // A node may opt out, or listen elsewhere.
+    let c = parse(&format!(
+        "{}\n[dns]\nzone = \"db.example.test.\"\n",
+        GOOD.replace("priority = 150", "priority = 150\ndns_listen = []")
+            .replace(
+                "priority = 100",
+                "priority = 100\ndns_listen = [\"198.51.100.12\"]"
+            )
+    ))
+    .unwrap();
+    assert!(c.nodes[0].dns.is_empty());
+    assert_eq!(c.nodes[1].dns, vec!["198.51.100.12".parse::<IpAddr>().unwrap()]);
+    assert_eq!(c.dns.unwrap().mname, "db2.db.example.test.");
+}
+
+#[test]
+fn bad_dns_settings_are_each_located_with_the_fix() {
+    let src = format!(
+        "{}\n[dns]\nzone = \"bad zone\"\nrecord = \"a.b\"\nttl = -1\nminimum = 3600\nport = 0\n",
+        GOOD.replace("priority = 100", "priority = 100\ndns_listen = [\"0.0.0.0\"]")
+    );
+    let errors = parse(&src).unwrap_err().0;
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "node[0].dns_listen",
+            "dns.zone",
+            "dns.record",
+            "dns.ttl",
+            "dns.minimum",
+            "dns.port"
+        ],
+        "{errors:#?}"
+    );
+    let e = only_error(&GOOD.replace("priority = 100", "priority = 100\ndns_listen = []"));
+    assert!(e.problem.contains("no [dns] section"), "{e}");
+    let e = only_error(&format!(
+        "{}\n[dns]\nzone = \"db.example.test\"\n",
+        GOOD.replace("\"db2\"", "\"db2.\"")
+    ));
+    assert!(e.field == "node[0].id", "{e}");
+}

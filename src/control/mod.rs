@@ -21,6 +21,19 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_REQUEST: u64 = 256;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The embedded name server of one agent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsStatus {
+    /// Addresses it serves on (UDP and TCP).
+    pub listen: Vec<String>,
+    /// The owner the primary record answers now; `None`: SERVFAIL (no quorate owner known).
+    pub primary_for: Option<String>,
+    /// The SOA serial published.
+    pub serial: u32,
+    /// Answers sent, by response code.
+    pub answers: BTreeMap<String, u64>,
+}
+
 /// One agent's view of the cluster, as `vipgate status --json` prints it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -48,6 +61,9 @@ pub struct Status {
     pub diverged: Option<String>,
     /// `vipgate maintenance on`: this node does not own.
     pub maintenance: bool,
+    /// The embedded name server, if this node serves DNS.
+    #[serde(default)]
+    pub dns: Option<DnsStatus>,
     /// Promote mode: what is left of the anti-flap window after the last automatic failover.
     #[serde(default)]
     pub failover_block_remaining_ms: Option<u64>,
@@ -244,6 +260,25 @@ pub fn render(s: &Status) -> String {
     }
     if let Some(d) = &s.diverged {
         let _ = writeln!(out, "DIVERGED: {d}");
+    }
+    if let Some(d) = &s.dns {
+        let _ = writeln!(
+            out,
+            "DNS on {}: primary record {} (serial {}); answers {}",
+            d.listen.join(", "),
+            d.primary_for
+                .as_ref()
+                .map_or("SERVFAIL (no quorate owner known)".to_string(), |o| format!(
+                    "→ {o}"
+                )),
+            d.serial,
+            d.answers
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if let Some(ms) = s.failover_block_remaining_ms {
         let _ = writeln!(

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 pub use vipgate::control::Status;
 
 pub const VIP4: &str = "192.0.2.50";
+/// The zone the agents serve when a lab has `[dns]`.
+pub const DNS_ZONE: &str = "db.example.test.";
 pub const VIP6: &str = "2001:db8::50";
 pub const CLIENT: &str = "client";
 pub const ROGUE: &str = "rogue";
@@ -62,6 +64,8 @@ pub struct Spec {
     pub mysql: Option<&'static str>,
     /// `[mysql] max_lag_ms`.
     pub max_lag_ms: u64,
+    /// Extra lines for a `[dns]` section (zone `db.example.test.`); `None`: no DNS.
+    pub dns: Option<String>,
 }
 
 impl Default for Spec {
@@ -73,6 +77,7 @@ impl Default for Spec {
             announce: "delay_ms = 500\nrefresh_ms = 30000\n".into(),
             mysql: None,
             max_lag_ms: 10_000,
+            dns: None,
         }
     }
 }
@@ -607,6 +612,9 @@ impl Lab {
         if self.spec.ipv6_vip {
             let _ = writeln!(t, "[[vip]]\naddress = \"{VIP6}/64\"\ninterface = \"eth0\"\n");
         }
+        if let Some(extra) = &self.spec.dns {
+            let _ = writeln!(t, "[dns]\nzone = \"{DNS_ZONE}\"\n{extra}");
+        }
         if let Some(mode) = self.spec.mysql {
             let _ = writeln!(
                 t,
@@ -932,6 +940,16 @@ impl Lab {
             }
         }
         None
+    }
+
+    /// `dig` from the client: `args` are dig's (server, name, type, options); its output.
+    pub fn dig(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client.ns, "dig", "+time=1", "+tries=1"])
+            .args(args)
+            .output()
+            .expect("run dig (package bind9-dnsutils)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// One ping from the client to `ip`; whether it was answered (within 1 s).

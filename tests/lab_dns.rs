@@ -1,0 +1,173 @@
+//! The embedded authoritative name server, asked with `dig` from the client namespace: db1,
+//! db2 and the witness w1 all serve `db.example.test.`. Needs root.
+
+mod lab;
+
+use lab::{Lab, Spec, VIP4, wait_for};
+use std::path::Path;
+use std::time::Duration;
+
+fn dns_lab() -> Lab {
+    let mut lab = Lab::new(
+        Path::new(env!("CARGO_BIN_EXE_vipgate")),
+        Spec {
+            dns: Some("ttl = 5\n".into()),
+            ..Spec::default()
+        },
+    );
+    lab.start_all();
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    lab
+}
+
+const AGENTS: [(&str, &str); 3] = [("db1", "192.0.2.11"), ("db2", "192.0.2.12"), ("w1", "192.0.2.13")];
+
+/// The answer section's records as (ttl, type, data), and the header's status and flags.
+fn ask(
+    lab: &Lab,
+    server: &str,
+    name: &str,
+    qtype: &str,
+    extra: &[&str],
+) -> (String, String, Vec<(u32, String, String)>) {
+    let at = format!("@{server}");
+    let mut args = vec![at.as_str(), name, qtype, "+norecurse"];
+    args.extend_from_slice(extra);
+    let out = lab.dig(&args);
+    let status = out
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("no answer")
+        .to_string();
+    let flags = out
+        .split("flags: ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .unwrap_or_default()
+        .to_string();
+    let mut records = Vec::new();
+    let mut in_answer = false;
+    for line in out.lines() {
+        if line.starts_with(";; ANSWER SECTION") {
+            in_answer = true;
+            continue;
+        }
+        if in_answer {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 5 {
+                break;
+            }
+            records.push((f[1].parse().unwrap_or(0), f[3].to_string(), f[4..].join(" ")));
+        }
+    }
+    (status, flags, records)
+}
+
+/// The response code `server` gives for the primary record.
+fn primary_status(lab: &Lab, server: &str) -> String {
+    ask(lab, server, "primary.db.example.test.", "A", &[]).0
+}
+
+fn serial(lab: &Lab, server: &str) -> u32 {
+    let (_, _, records) = ask(lab, server, "db.example.test.", "SOA", &[]);
+    records
+        .iter()
+        .find(|(_, t, _)| t == "SOA")
+        .and_then(|(_, _, d)| d.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or_else(|| panic!("no SOA from {server}"))
+}
+
+#[test]
+fn every_quorate_agent_answers_the_owner_and_follows_a_failover() {
+    let mut lab = dns_lab();
+    for (name, ip) in AGENTS {
+        assert!(
+            wait_for(Duration::from_secs(3), || ask(
+                &lab,
+                ip,
+                "_owner.db.example.test.",
+                "TXT",
+                &[]
+            )
+            .2
+            .len()
+                == 1),
+            "{name} does not answer"
+        );
+        let (status, flags, records) = ask(&lab, ip, "primary.db.example.test.", "A", &[]);
+        assert_eq!(status, "NOERROR", "{name}");
+        assert!(
+            flags.split_whitespace().any(|f| f == "aa"),
+            "{name} is not authoritative: {flags}"
+        );
+        assert_eq!(records, [(5, "A".to_string(), VIP4.to_string())], "{name}");
+        // The same over TCP.
+        let (_, _, records) = ask(&lab, ip, "primary.db.example.test.", "A", &["+tcp"]);
+        assert_eq!(records.len(), 1, "{name} over TCP");
+        let (_, _, txt) = ask(&lab, ip, "_owner.db.example.test.", "TXT", &[]);
+        assert!(txt[0].2.contains("owner=db1"), "{name}: {txt:?}");
+    }
+    // NS and glue, NXDOMAIN, REFUSED for another zone.
+    let (_, _, ns) = ask(&lab, "192.0.2.12", "db.example.test.", "NS", &[]);
+    assert_eq!(ns.len(), 3, "{ns:?}");
+    let (_, _, glue) = ask(&lab, "192.0.2.12", "w1.db.example.test.", "A", &[]);
+    assert_eq!(glue[0].2, "192.0.2.13");
+    assert_eq!(
+        ask(&lab, "192.0.2.12", "nothing.db.example.test.", "A", &[]).0,
+        "NXDOMAIN"
+    );
+    assert_eq!(
+        ask(&lab, "192.0.2.12", "www.example.test.", "A", &[]).0,
+        "REFUSED"
+    );
+
+    let before = serial(&lab, "192.0.2.13");
+    lab.kill("db1");
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(5));
+    for (name, ip) in AGENTS.iter().skip(1) {
+        assert!(
+            wait_for(Duration::from_secs(3), || {
+                ask(&lab, ip, "_owner.db.example.test.", "TXT", &[])
+                    .2
+                    .first()
+                    .is_some_and(|(_, _, d)| d.contains("owner=db2"))
+            }),
+            "{name} still answers the old owner"
+        );
+        let (_, _, records) = ask(&lab, ip, "primary.db.example.test.", "A", &[]);
+        assert_eq!(records, [(5, "A".to_string(), VIP4.to_string())]);
+        let after = serial(&lab, ip);
+        assert!(after > before, "{name}: serial {after} not above {before}");
+    }
+}
+
+#[test]
+fn an_agent_cut_off_from_the_majority_answers_servfail() {
+    let mut lab = dns_lab();
+    assert_eq!(primary_status(&lab, "192.0.2.13"), "NOERROR");
+    // w1 loses both database hosts; the client still reaches it.
+    lab.cut("w1", "db1");
+    lab.cut("w1", "db2");
+    assert!(
+        wait_for(Duration::from_secs(3), || primary_status(&lab, "192.0.2.13")
+            == "SERVFAIL"),
+        "the cut-off witness still answers the primary"
+    );
+    // It still serves the static part of the zone; the majority side still answers.
+    assert_eq!(
+        ask(&lab, "192.0.2.13", "db.example.test.", "SOA", &[]).0,
+        "NOERROR"
+    );
+    let (status, _, records) = ask(&lab, "192.0.2.11", "primary.db.example.test.", "A", &[]);
+    assert_eq!((status.as_str(), records.len()), ("NOERROR", 1));
+    let s = lab.status("w1").unwrap().dns.unwrap();
+    assert_eq!(s.primary_for, None);
+    assert!(s.answers["SERVFAIL"] >= 1, "{s:?}");
+    lab.heal();
+    assert!(
+        wait_for(Duration::from_secs(3), || primary_status(&lab, "192.0.2.13")
+            == "NOERROR"),
+        "w1 did not answer again after the cut healed"
+    );
+}
