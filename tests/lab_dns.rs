@@ -171,3 +171,91 @@ fn an_agent_cut_off_from_the_majority_answers_servfail() {
         "w1 did not answer again after the cut healed"
     );
 }
+
+/// A DNS message: header with `id` and `qdcount`, then `questions` as (name, type, class).
+fn query(id: u16, qdcount: u16, questions: &[(&str, u16, u16)]) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&[0x01, 0x00]); // a query, recursion desired
+    m.extend_from_slice(&qdcount.to_be_bytes());
+    m.extend_from_slice(&[0; 6]);
+    for (name, qtype, class) in questions {
+        for label in name.trim_end_matches('.').split('.') {
+            m.push(label.len() as u8);
+            m.extend_from_slice(label.as_bytes());
+        }
+        m.push(0);
+        m.extend_from_slice(&qtype.to_be_bytes());
+        m.extend_from_slice(&class.to_be_bytes());
+    }
+    m
+}
+
+/// Sends `datagrams` from the client to db1's name server, one at a time; each reply's response
+/// code (`None`: no reply within a second).
+fn send_raw(lab: &Lab, datagrams: Vec<Vec<u8>>) -> Vec<Option<u8>> {
+    lab::in_netns(&lab.client.ns, move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        datagrams
+            .iter()
+            .map(|d| {
+                socket.send_to(d, "192.0.2.11:53").unwrap();
+                let mut buf = [0u8; 4096];
+                socket
+                    .recv(&mut buf)
+                    .ok()
+                    .filter(|n| *n >= 4)
+                    .map(|_| buf[3] & 0x0f)
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn malformed_queries_get_errors_and_never_stop_the_server() {
+    let lab = dns_lab();
+    const A: u16 = 1;
+    const IN: u16 = 1;
+    const CH: u16 = 3;
+    const FORMERR: u8 = 1;
+    const REFUSED: u8 = 5;
+    let good = query(1, 1, &[("primary.db.example.test", A, IN)]);
+    let mut cut = good.clone();
+    cut.truncate(good.len() - 3);
+    let mut huge = good.clone();
+    huge.resize(4000, 0xff);
+    let mut looping = query(6, 1, &[]);
+    looping.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]); // a name pointing at itself
+    let replies = send_raw(
+        &lab,
+        vec![
+            good.clone(),
+            good[..7].to_vec(),
+            cut,
+            huge,
+            query(4, 1, &[("primary.db.example.test", A, CH)]),
+            query(
+                5,
+                3,
+                &[
+                    ("primary.db.example.test", A, IN),
+                    ("db.example.test", 6, IN),
+                    ("w1.db.example.test", A, IN),
+                ],
+            ),
+            looping,
+            good,
+        ],
+    );
+    println!("response codes: {replies:?}");
+    assert_eq!(replies[0], Some(0), "a good query");
+    assert_eq!(replies[1], None, "shorter than a header: nothing to answer");
+    assert_eq!(replies[2], Some(FORMERR), "cut inside the question");
+    assert_eq!(replies[3], Some(FORMERR), "4000 bytes, most of them garbage");
+    assert_eq!(replies[4], Some(REFUSED), "class CH");
+    assert_eq!(replies[5], Some(FORMERR), "three questions");
+    assert_eq!(replies[6], Some(FORMERR), "a compression loop");
+    assert_eq!(replies[7], Some(0), "the server still answers");
+    assert!(lab.status("db1").is_some(), "the agent still runs");
+}

@@ -21,6 +21,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use zone::{Owner, Zone};
 
+/// Longest query answered: one question (a name is at most 255 bytes) with its header and an
+/// EDNS record fits well within it; anything longer carries something that is not a question.
+const MAX_QUERY: usize = 512;
+
 /// Idle TCP connections are closed after this.
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -91,6 +95,8 @@ impl RequestHandler for Handler {
             Some(ResponseCode::BADVERS)
         } else if request.metadata.op_code != OpCode::Query {
             Some(ResponseCode::NotImp)
+        } else if request.as_slice().len() > MAX_QUERY {
+            Some(ResponseCode::FormErr)
         } else {
             None
         };
