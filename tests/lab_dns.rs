@@ -259,3 +259,50 @@ fn malformed_queries_get_errors_and_never_stop_the_server() {
     assert_eq!(replies[7], Some(0), "the server still answers");
     assert!(lab.status("db1").is_some(), "the agent still runs");
 }
+
+#[test]
+fn a_bind_resolver_follows_the_delegation_to_the_agents_before_and_after_a_failover() {
+    let mut lab = dns_lab();
+    // The parent zone on a BIND server in the client's namespace delegates db.example.test.
+    // to the three agents, with glue; the same server resolves recursively for the client.
+    let parent = "$TTL 300\n\
+        @ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 5\n\
+        @ IN NS ns.example.test.\n\
+        ns IN A 192.0.2.100\n\
+        db IN NS db1.db\n\
+        db IN NS db2.db\n\
+        db IN NS w1.db\n\
+        db1.db IN A 192.0.2.11\n\
+        db2.db IN A 192.0.2.12\n\
+        w1.db IN A 192.0.2.13\n";
+    lab.start_named(
+        "recursion yes;\n  allow-recursion { any; };",
+        "zone \"example.test\" { type primary; file \"example.test.zone\"; };",
+        &[("example.test.zone", parent.to_string())],
+    );
+    let resolver = "192.0.2.100";
+    let owner = |lab: &Lab| {
+        ask(lab, resolver, "_owner.db.example.test.", "TXT", &["+recurse"])
+            .2
+            .first()
+            .map(|(_, _, d)| d.clone())
+            .unwrap_or_default()
+    };
+    let (status, flags, records) = ask(&lab, resolver, "primary.db.example.test.", "A", &["+recurse"]);
+    assert_eq!(status, "NOERROR");
+    assert!(flags.contains("ra"), "not a recursive answer: {flags}");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].2, VIP4);
+    assert!(records[0].0 <= 5, "TTL {} above the zone's 5 s", records[0].0);
+    assert!(owner(&lab).contains("owner=db1"), "{}", owner(&lab));
+    // After a failover the resolver, once its 5 s cache runs out, finds the new owner.
+    lab.kill("db1");
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(5));
+    assert!(
+        wait_for(Duration::from_secs(10), || owner(&lab).contains("owner=db2")),
+        "the resolver still names {}",
+        owner(&lab)
+    );
+    let (_, _, records) = ask(&lab, resolver, "primary.db.example.test.", "A", &["+recurse"]);
+    assert_eq!(records.first().map(|r| r.2.as_str()), Some(VIP4));
+}

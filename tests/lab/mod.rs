@@ -942,6 +942,57 @@ impl Lab {
         None
     }
 
+    /// Starts BIND's `named` in the client's namespace, listening on the client's address,
+    /// with `zones` (`zone` statements and, per zone file, its name and text) and `options`
+    /// added to its configuration; waits until it answers.
+    pub fn start_named(&mut self, options: &str, zones: &str, files: &[(&str, String)]) {
+        let dir = self.dir.path().join("named");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let conf = dir.join("named.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "options {{\n  directory \"{d}\";\n  pid-file \"{d}/named.pid\";\n  \
+                 session-keyfile \"{d}/session.key\";\n  listen-on {{ {ip}; }};\n  listen-on-v6 {{ none; }};\n  \
+                 dnssec-validation no;\n  {options}\n}};\n{zones}\n",
+                d = dir.display(),
+                ip = self.client.ip4,
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.client.ns,
+            "named",
+            "-g",
+            "-u",
+            "root",
+            "-c",
+        ])
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("named.log")).unwrap())
+        .process_group(0);
+        let child = die_with_parent(&mut cmd)
+            .spawn()
+            .expect("start named (package bind9)");
+        self.databases.insert("named".to_string(), child);
+        let ip = self.client.ip4.clone();
+        assert!(
+            wait_for(Duration::from_secs(10), || self
+                .dig(&[&format!("@{ip}"), "version.bind", "TXT", "CH"])
+                .contains("status:")),
+            "named did not start:\n{}",
+            std::fs::read_to_string(dir.join("named.log")).unwrap_or_default()
+        );
+    }
+
     /// `dig` from the client: `args` are dig's (server, name, type, options); its output.
     pub fn dig(&self, args: &[&str]) -> String {
         let out = Command::new("ip")
