@@ -473,9 +473,10 @@ fn after_an_automatic_failover_the_next_one_waits_for_an_operator_but_planned_mo
         lab.status("db2").map(|s| s.ineligible_reason)
     );
     assert!(
-        wait_for(Duration::from_secs(2), || lab
-            .status("db1")
-            .is_some_and(|s| s.peers.iter().any(|p| p.id == "db2" && p.eligible))),
+        wait_for(Duration::from_secs(2), || lab.status("db1").is_some_and(|s| s
+            .peers
+            .iter()
+            .any(|p| p.id == "db2" && p.eligible && p.role != "silent"))),
         "db1 does not see db2 eligible"
     );
     let (ok, text) = vipgate(&lab, "db1", &["switchover", "--to", "db2"]);

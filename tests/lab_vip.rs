@@ -318,6 +318,7 @@ fn forged_and_replayed_datagrams_from_a_rogue_host_change_nothing_and_are_counte
         lease_claim: true,
         eligible: true,
         blocked: false,
+        preferred: false,
         position: u64::MAX,
         priority: 255,
     });

@@ -474,7 +474,8 @@ impl Agent {
                             crate::core::Event::Health {
                                 eligible,
                                 position: *position,
-                                blocked: self.takeover_blocked(),
+                                blocked: self.sent_flags.0,
+                                preferred: self.sent_flags.1,
                             },
                         )?;
                     }

@@ -37,7 +37,7 @@ impl Agent {
 
     /// This node may take over only when named: a window is on, and another node owned last
     /// (taking over from itself moves no data and is no failover).
-    pub(super) fn takeover_blocked(&self) -> bool {
+    pub(super) fn failover_blocked(&self) -> bool {
         !self.failover_block_left().is_zero() && self.last_owner.is_some_and(|(_, o)| o != self.me)
     }
 

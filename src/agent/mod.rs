@@ -175,6 +175,8 @@ struct Agent {
     takeover: Option<(Term, NodeIdx)>,
     /// Promote mode: no automatic takeover before this wall-clock time (Unix ms; persisted).
     failover_block_until: Option<u64>,
+    /// (blocked, preferred) as last given to the core.
+    sent_flags: (bool, bool),
     rejoin_retry_at: Instant,
     diverged: Option<(Term, String)>,
     db_outcomes_tx: mpsc::UnboundedSender<database::Outcome>,
@@ -343,6 +345,7 @@ impl Agent {
             last_holder: None,
             takeover: None,
             failover_block_until,
+            sent_flags: (false, true),
             rejoin_retry_at: now,
             diverged,
             mysql,
@@ -387,12 +390,46 @@ impl Agent {
         self.database_ineligible(now)
     }
 
+    /// Whether another region than this node's held ownership last.
+    fn last_owner_elsewhere(&self) -> bool {
+        let region = |n: NodeIdx| &self.config.nodes[usize::from(n)].region;
+        self.last_owner
+            .is_some_and(|(_, o)| o != self.me && region(o) != region(self.me))
+    }
+
+    /// In the last owner's region (or no owner yet): ranks before candidates elsewhere.
+    fn preferred(&self) -> bool {
+        !self.last_owner_elsewhere()
+    }
+
+    /// Why this node may take ownership only when a releasing owner names it, if so.
+    fn takeover_block(&self) -> Option<String> {
+        if self.failover_blocked() {
+            return Some(format!(
+                "anti-flap window after an automatic failover ({} s left; vipgate failover-ack lifts it)",
+                self.failover_block_left().as_secs()
+            ));
+        }
+        if self.last_owner_elsewhere() && !self.config.cluster.cross_region_failover {
+            let owner = self.last_owner.map_or("?", |(_, o)| self.id(o));
+            return Some(format!(
+                "the last owner {owner} is in region {:?}, this node in {:?}: cross_region_failover is off, \
+                 so only a switchover moves ownership here",
+                self.config.nodes[usize::from(self.last_owner.map_or(self.me, |(_, o)| o))].region,
+                self.config.nodes[usize::from(self.me)].region
+            ));
+        }
+        None
+    }
+
     fn health(&mut self, now: Instant) -> Event {
         self.note_positions();
+        self.sent_flags = self.takeover_flags();
         let probed = self.db.as_ref().map_or(0, |db| db.borrow().position);
         Event::Health {
             eligible: self.ineligible_reason(now).is_none(),
-            blocked: self.takeover_blocked(),
+            blocked: self.sent_flags.0,
+            preferred: self.sent_flags.1,
             position: self
                 .pending_release
                 .as_ref()
@@ -600,7 +637,19 @@ impl Agent {
             let owner = owner_after.map(|o| self.id(o).to_string()).unwrap_or_default();
             tracing::info!(term = self.core.term(), "owner is {owner}");
         }
+        // Whether this node may take over on its own (and how it ranks) follows the last
+        // owner, which any message may change: tell the core at once.
+        self.note_owner();
+        if self.takeover_flags() != self.sent_flags {
+            let health = self.health(now);
+            self.step(now, health)?;
+        }
         Ok(())
+    }
+
+    /// (blocked, preferred), as the core should know them.
+    fn takeover_flags(&self) -> (bool, bool) {
+        (self.takeover_block().is_some(), self.preferred())
     }
 
     fn execute(&mut self, now: Instant, action: Action) -> Result<(), String> {
@@ -1001,7 +1050,8 @@ impl Agent {
                 }
             }),
             failover_block_remaining_ms: Some(ms(self.failover_block_left())).filter(|&m| m > 0),
-            takeover_blocked: self.takeover_blocked(),
+            takeover_blocked: self.takeover_block().is_some(),
+            takeover_blocked_reason: self.takeover_block(),
             peers,
             sent: self.sent,
             received: self.received,

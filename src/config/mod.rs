@@ -64,6 +64,8 @@ struct RawCluster {
     preempt_delay_ms: u64,
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
+    #[serde(default)]
+    cross_region_failover: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +118,8 @@ pub struct Cluster {
     /// `Some(delay)` when preemption is on.
     pub preempt_delay: Option<Duration>,
     pub state_dir: PathBuf,
+    /// Whether a node may take ownership automatically from an owner in another region.
+    pub cross_region_failover: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -449,6 +453,7 @@ fn validate_cluster(c: &RawCluster, base: &Path, p: &mut Problems<'_>) -> Cluste
         clock_drift: c.clock_drift,
         preempt_delay: c.preempt.then(|| Duration::from_millis(c.preempt_delay_ms)),
         state_dir,
+        cross_region_failover: c.cross_region_failover,
     }
 }
 

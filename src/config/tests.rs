@@ -39,6 +39,7 @@ fn defaults_fill_what_is_left_out_and_nodes_are_ordered_by_id() {
     assert_eq!(c.cluster.interval, Duration::from_millis(200));
     assert_eq!(c.cluster.lease, Duration::from_millis(1000));
     assert_eq!(c.cluster.preempt_delay, None);
+    assert!(!c.cluster.cross_region_failover);
     assert_eq!(c.cluster.secret_file, Path::new("/etc/vipgate/secret"));
     let ids: Vec<_> = c.nodes.iter().map(|n| n.id.as_str()).collect();
     assert_eq!(ids, ["db1", "db2", "w1"]);

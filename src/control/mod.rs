@@ -70,6 +70,9 @@ pub struct Status {
     /// The window keeps this node from taking over unless a releasing owner names it.
     #[serde(default)]
     pub takeover_blocked: bool,
+    /// Why (the anti-flap window, or another region than the last owner's).
+    #[serde(default)]
+    pub takeover_blocked_reason: Option<String>,
     pub peers: Vec<PeerStatus>,
     pub sent: u64,
     pub received: u64,
@@ -283,18 +286,16 @@ pub fn render(s: &Status) -> String {
     if let Some(ms) = s.failover_block_remaining_ms {
         let _ = writeln!(
             out,
-            "failover block: {} left after the last automatic failover{}; `vipgate failover-ack` lifts it",
+            "failover block: {} left after the last automatic failover; `vipgate failover-ack` lifts it",
             if ms >= 120_000 {
                 format!("{} min", ms.div_ceil(60_000))
             } else {
                 secs(ms)
-            },
-            if s.takeover_blocked {
-                " (this node takes over only when the owner names it)"
-            } else {
-                ""
             }
         );
+    }
+    if let Some(why) = &s.takeover_blocked_reason {
+        let _ = writeln!(out, "takes over only when the owner names it: {why}");
     }
     let _ = writeln!(out);
     let _ = writeln!(

@@ -41,8 +41,12 @@ pub struct Heartbeat {
     pub lease_claim: bool,
     /// The sender could own: not a witness, database healthy, not starting up.
     pub eligible: bool,
-    /// The sender takes ownership only when a releasing owner names it (an anti-flap window).
+    /// The sender takes ownership only when a releasing owner names it (an anti-flap window,
+    /// or another region than the last owner's).
     pub blocked: bool,
+    /// The sender is in the last owner's region: it ranks before equally advanced candidates
+    /// elsewhere.
+    pub preferred: bool,
     pub position: Position,
     pub priority: u8,
 }

@@ -138,10 +138,13 @@ pub enum Event {
     /// The local database's state: whether this node may own, and how far its data has got.
     /// `blocked`: an anti-flap window is in effect — this agent takes ownership only when a
     /// releasing owner names it, never by starting an election on its own.
+    /// `preferred`: this agent is in the last owner's region (it ranks before equally advanced
+    /// candidates elsewhere).
     Health {
         eligible: bool,
         position: Position,
         blocked: bool,
+        preferred: bool,
     },
     /// Operator or shutdown: give ownership up, preferably to `to` (or the best known peer).
     Release { to: Option<NodeIdx> },
@@ -267,6 +270,7 @@ pub struct PeerView {
     pub eligible: bool,
     /// Takes ownership only when named (an anti-flap window): not a rival in elections.
     pub blocked: bool,
+    pub preferred: bool,
     pub position: Position,
     pub priority: u8,
 }
@@ -302,6 +306,7 @@ pub struct Core {
     peers: Vec<PeerView>,
     eligible: bool,
     blocked: bool,
+    preferred: bool,
     position: Position,
     seq: u64,
     next_heartbeat: Instant,
@@ -352,6 +357,7 @@ impl Core {
             peers: vec![PeerView::default(); n],
             eligible: false,
             blocked: false,
+            preferred: false,
             position: 0,
             seq: 0,
             next_heartbeat: now,
@@ -468,10 +474,12 @@ impl Core {
                 eligible,
                 position,
                 blocked,
+                preferred,
             } => {
                 self.eligible = eligible;
                 self.position = position;
                 self.blocked = blocked;
+                self.preferred = preferred;
             }
             Event::Release { to } => {
                 if matches!(self.role, Role::Owner { .. }) {
@@ -573,6 +581,7 @@ impl Core {
             lease_claim,
             eligible: self.candidate_now(now),
             blocked: self.blocked,
+            preferred: self.preferred,
             position: self.position,
             priority: self.my_priority(),
         })));
@@ -587,6 +596,7 @@ impl Core {
             lease_claim: hb.lease_claim,
             eligible: hb.eligible && !self.s.is_witness(from),
             blocked: hb.blocked,
+            preferred: hb.preferred,
             position: hb.position,
             priority: hb.priority,
         };
@@ -700,6 +710,7 @@ impl Core {
         Candidate {
             node: self.s.me,
             position: self.position,
+            preferred: self.preferred,
             priority: self.my_priority(),
         }
     }
@@ -722,6 +733,7 @@ impl Core {
             (node != self.s.me && heard && p.eligible).then_some(Candidate {
                 node,
                 position: p.position,
+                preferred: p.preferred,
                 priority: p.priority,
             })
         })
@@ -804,6 +816,8 @@ impl Core {
         let requester = Candidate {
             node: from,
             position: req.position,
+            // From its heartbeats: a vote request does not carry it.
+            preferred: self.peers[usize::from(from)].preferred,
             priority: req.priority,
         };
         if let Role::Candidate { term, .. } = self.role
@@ -1086,6 +1100,7 @@ mod tests {
                 eligible: true,
                 position: 10,
                 blocked: false,
+                preferred: false,
             },
         );
         c
@@ -1099,6 +1114,7 @@ mod tests {
             lease_claim: true,
             eligible: true,
             blocked: false,
+            preferred: false,
             position: 10,
             priority: 150,
         })
@@ -1264,6 +1280,7 @@ mod tests {
                 eligible: true,
                 position: 10,
                 blocked: true,
+                preferred: false,
             },
         );
         c
@@ -1346,6 +1363,7 @@ mod tests {
                 lease_claim: false,
                 eligible: true,
                 blocked: is_blocked,
+                preferred: false,
                 position: 100,
                 priority: 150,
             });
@@ -1434,6 +1452,7 @@ mod tests {
                 eligible: false,
                 position: 10,
                 blocked: false,
+                preferred: false,
             },
         );
         assert!(out.iter().any(|a| matches!(

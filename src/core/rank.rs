@@ -1,8 +1,9 @@
 //! Candidate ranking: who should own next.
 //!
 //! The most advanced database first (MHA's rule: promoting a replica that lacks transactions
-//! loses them), then the operator's priority, then the lowest node index (ids sorted) so that
-//! every agent orders the same candidates the same way.
+//! loses them), then candidates in the last owner's region (clients and replicas are near
+//! it), then the operator's priority, then the lowest node index (ids sorted) so that every
+//! agent orders the same candidates the same way.
 
 use super::message::{NodeIdx, Position};
 use std::cmp::Ordering;
@@ -11,6 +12,8 @@ use std::cmp::Ordering;
 pub struct Candidate {
     pub node: NodeIdx,
     pub position: Position,
+    /// In the region of the last owner.
+    pub preferred: bool,
     pub priority: u8,
 }
 
@@ -20,6 +23,7 @@ impl Candidate {
         other
             .position
             .cmp(&self.position)
+            .then(other.preferred.cmp(&self.preferred))
             .then(other.priority.cmp(&self.priority))
             .then(self.node.cmp(&other.node))
     }
@@ -37,8 +41,19 @@ mod tests {
         Candidate {
             node,
             position,
+            preferred: false,
             priority,
         }
+    }
+
+    #[test]
+    fn the_last_owners_region_comes_after_data_and_before_priority() {
+        let near = Candidate {
+            preferred: true,
+            ..c(2, 100, 1)
+        };
+        assert!(near.better_than(&c(0, 100, 255)));
+        assert!(c(0, 101, 1).better_than(&near));
     }
 
     #[test]

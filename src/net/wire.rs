@@ -15,7 +15,7 @@
 //! ```
 //! Integers are big-endian. A node reference is a length-prefixed id, length 0 meaning none.
 //! Payloads: heartbeat `term u64, seq u64, owner ref, flags u8 (1 lease claim, 2 eligible,
-//! 4 blocked),
+//! 4 blocked, 8 preferred),
 //! position u64, priority u8`; ack `term u64, echo_seq u64`; vote request `term u64, position
 //! u64, priority u8`; vote `term u64, granted u8`; release `term u64, to ref, has_position u8,
 //! position u64, final gtid (length-prefixed, ≤ 200 bytes)`; db report `flags u8 (1 healthy, 2 writable, 4 replicating, 8 lag known),
@@ -227,7 +227,12 @@ impl Codec {
                 w.extend_from_slice(&h.term.to_be_bytes());
                 w.extend_from_slice(&h.seq.to_be_bytes());
                 self.put_node(w, h.owner);
-                w.push(u8::from(h.lease_claim) | (u8::from(h.eligible) << 1) | (u8::from(h.blocked) << 2));
+                w.push(
+                    u8::from(h.lease_claim)
+                        | (u8::from(h.eligible) << 1)
+                        | (u8::from(h.blocked) << 2)
+                        | (u8::from(h.preferred) << 3),
+                );
                 w.extend_from_slice(&h.position.to_be_bytes());
                 w.push(h.priority);
             }
@@ -271,7 +276,7 @@ impl Codec {
                 let seq = r.u64()?;
                 let owner = self.node(r.name()?)?;
                 let flags = r.u8()?;
-                if flags & !0b111 != 0 {
+                if flags & !0b1111 != 0 {
                     return Err(DropReason::Malformed);
                 }
                 Message::Heartbeat(Heartbeat {
@@ -281,6 +286,7 @@ impl Codec {
                     lease_claim: flags & 1 != 0,
                     eligible: flags & 2 != 0,
                     blocked: flags & 4 != 0,
+                    preferred: flags & 8 != 0,
                     position: r.u64()?,
                     priority: r.u8()?,
                 })
@@ -440,6 +446,7 @@ mod tests {
             lease_claim: true,
             eligible: true,
             blocked: false,
+            preferred: false,
             position: 1000,
             priority: 150,
         })
@@ -666,12 +673,12 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
                 node(),
-                any::<[bool; 3]>(),
+                any::<[bool; 4]>(),
                 any::<u64>(),
                 any::<u8>()
             )
                 .prop_map(
-                    |(term, seq, owner, [lease_claim, eligible, blocked], position, priority)| {
+                    |(term, seq, owner, [lease_claim, eligible, blocked, preferred], position, priority)| {
                         Message::Heartbeat(Heartbeat {
                             term,
                             seq,
@@ -679,6 +686,7 @@ mod tests {
                             lease_claim,
                             eligible,
                             blocked,
+                            preferred,
                             position,
                             priority,
                         })

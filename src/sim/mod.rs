@@ -479,6 +479,7 @@ impl Sim {
                 eligible,
                 position,
                 blocked: false,
+                preferred: false,
             },
         )
     }
@@ -749,6 +750,7 @@ impl Sim {
                 eligible,
                 position,
                 blocked: false,
+                preferred: false,
             },
         );
     }

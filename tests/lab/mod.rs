@@ -50,6 +50,8 @@ pub struct Host {
     pub mac: String,
     pub priority: u8,
     pub witness: bool,
+    /// "" in a one-region lab; "a" (192.0.2.0/24) or "b" (198.51.100.0/24) in a two-region one.
+    pub region: &'static str,
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +68,10 @@ pub struct Spec {
     pub max_lag_ms: u64,
     /// Extra lines for a `[dns]` section (zone `db.example.test.`); `None`: no DNS.
     pub dns: Option<String>,
+    /// `Some(cross_region_failover)`: two regions joined by a router — db1 and the client in
+    /// region a (192.0.2.0/24, VIP 192.0.2.50), db2 and w1 in region b (198.51.100.0/24, VIP
+    /// 198.51.100.50).
+    pub regions: Option<bool>,
 }
 
 impl Default for Spec {
@@ -78,6 +84,7 @@ impl Default for Spec {
             mysql: None,
             max_lag_ms: 10_000,
             dns: None,
+            regions: None,
         }
     }
 }
@@ -436,8 +443,26 @@ fn host(prefix: &str, name: &str, n: u8, priority: u8, witness: bool) -> Host {
         mac: format!("02:00:00:00:00:{n:02x}"),
         priority,
         witness,
+        region: "",
     }
 }
+
+/// A host of a two-region lab.
+fn regional(h: Host, region: &'static str) -> Host {
+    let n = h.ip4.rsplit('.').next().unwrap().to_string();
+    match region {
+        "b" => Host {
+            ip4: format!("198.51.100.{n}"),
+            ip6: format!("2001:db8:b::{n}"),
+            region,
+            ..h
+        },
+        _ => Host { region, ..h },
+    }
+}
+
+/// Region b's VIP in a two-region lab.
+pub const VIP_B: &str = "198.51.100.50";
 
 impl Lab {
     /// Builds the switch, db1 (priority 150), db2 (100), witness w1 and a client, and writes
@@ -451,12 +476,22 @@ impl Lab {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let hosts = vec![
+        let mut hosts = vec![
             host(&prefix, "db1", 11, 150, false),
             host(&prefix, "db2", 12, 100, false),
             host(&prefix, "w1", 13, 100, true),
         ];
-        let client = host(&prefix, CLIENT, 100, 0, false);
+        let mut client = host(&prefix, CLIENT, 100, 0, false);
+        if spec.regions.is_some() {
+            hosts = hosts
+                .into_iter()
+                .map(|h| {
+                    let region = if h.name == "db1" { "a" } else { "b" };
+                    regional(h, region)
+                })
+                .collect();
+            client = regional(client, "a");
+        }
         let mut lab = Lab {
             dir: tempfile::Builder::new()
                 .prefix(&format!("{prefix}-"))
@@ -496,7 +531,8 @@ impl Lab {
         sh(&[
             "ip", "-n", &sw, "link", "add", &h.name, "type", "veth", "peer", "name", "eth0", "netns", &h.ns,
         ]);
-        sh(&["ip", "-n", &sw, "link", "set", &h.name, "master", "br0", "up"]);
+        let bridge = if h.region == "b" { "br1" } else { "br0" };
+        sh(&["ip", "-n", &sw, "link", "set", &h.name, "master", bridge, "up"]);
         let ns = h.ns.as_str();
         sh(&["ip", "-n", ns, "link", "set", "eth0", "address", &h.mac]);
         sh(&[
@@ -521,6 +557,35 @@ impl Lab {
             "nodad",
         ]);
         sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        if !h.region.is_empty() {
+            let gateway = if h.region == "b" {
+                "198.51.100.1"
+            } else {
+                "192.0.2.1"
+            };
+            sh(&["ip", "-n", ns, "route", "add", "default", "via", gateway]);
+        }
+    }
+
+    /// Two regions: a second bridge, and a router namespace joining them.
+    fn build_router(&mut self) {
+        let sw = self.sw();
+        sh(&["ip", "-n", &sw, "link", "add", "br1", "type", "bridge"]);
+        sh(&["ip", "-n", &sw, "link", "set", "br1", "up"]);
+        let router = format!("{}-rt", self.prefix);
+        self.add_ns(&router);
+        for (port, bridge, address) in [
+            ("rt-a", "br0", "192.0.2.1/24"),
+            ("rt-b", "br1", "198.51.100.1/24"),
+        ] {
+            sh(&[
+                "ip", "-n", &sw, "link", "add", port, "type", "veth", "peer", "name", port, "netns", &router,
+            ]);
+            sh(&["ip", "-n", &sw, "link", "set", port, "master", bridge, "up"]);
+            sh(&["ip", "-n", &router, "addr", "add", address, "dev", port]);
+            sh(&["ip", "-n", &router, "link", "set", port, "up"]);
+        }
+        sysctl(&router, "net.ipv4.ip_forward", "1");
     }
 
     fn build(&mut self) {
@@ -528,6 +593,9 @@ impl Lab {
         self.add_ns(&sw);
         sh(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
         sh(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+        if self.spec.regions.is_some() {
+            self.build_router();
+        }
         for h in self.hosts.clone() {
             self.attach(&h);
         }
@@ -559,6 +627,9 @@ impl Lab {
             self.setup_mariadb();
         }
         let mut vips = vec![VIP4.to_string()];
+        if self.spec.regions.is_some() {
+            vips.push(VIP_B.to_string());
+        }
         if self.spec.ipv6_vip {
             vips.push(VIP6.to_string());
         }
@@ -590,25 +661,38 @@ impl Lab {
         );
         let _ = writeln!(
             t,
-            "heartbeat_interval_ms = {}\nlease_ms = {}\nstate_dir = \"state\"\n",
+            "heartbeat_interval_ms = {}\nlease_ms = {}\nstate_dir = \"state\"",
             self.spec.interval_ms, self.spec.lease_ms
         );
+        if let Some(cross) = self.spec.regions {
+            let _ = writeln!(t, "cross_region_failover = {cross}");
+        }
+        let _ = writeln!(t);
         let _ = writeln!(t, "[control]\nsocket = \"control.sock\"\n");
         let _ = writeln!(t, "[announce]\n{}", self.spec.announce);
         for h in &self.hosts {
             let _ = writeln!(
                 t,
-                "[[node]]\nid = \"{}\"\naddress = \"{}\"\npriority = {}\nwitness = {}\n",
+                "[[node]]\nid = \"{}\"\naddress = \"{}\"\npriority = {}\nwitness = {}\nregion = \"{}\"\n",
                 h.name,
                 h.ip4,
                 h.priority.max(1),
-                h.witness
+                h.witness,
+                h.region
             );
         }
-        let _ = writeln!(
-            t,
-            "[[vip]]\naddress = \"{VIP4}/24\"\ninterface = \"eth0\"\nlabel = \"eth0:vip\"\n"
-        );
+        if self.spec.regions.is_some() {
+            let _ = writeln!(
+                t,
+                "[[vip]]\naddress = \"{VIP4}/24\"\ninterface = \"eth0\"\nregion = \"a\"\n\n\
+                 [[vip]]\naddress = \"{VIP_B}/24\"\ninterface = \"eth0\"\nregion = \"b\"\n"
+            );
+        } else {
+            let _ = writeln!(
+                t,
+                "[[vip]]\naddress = \"{VIP4}/24\"\ninterface = \"eth0\"\nlabel = \"eth0:vip\"\n"
+            );
+        }
         if self.spec.ipv6_vip {
             let _ = writeln!(t, "[[vip]]\naddress = \"{VIP6}/64\"\ninterface = \"eth0\"\n");
         }
@@ -1069,7 +1153,17 @@ impl Lab {
     }
 
     pub fn link_up(&self, name: &str) {
-        sh(&["ip", "-n", &self.host(name).ns, "link", "set", "eth0", "up"]);
+        let h = self.host(name);
+        sh(&["ip", "-n", &h.ns, "link", "set", "eth0", "up"]);
+        // The link going down took the route to the other region with it.
+        if !h.region.is_empty() {
+            let gateway = if h.region == "b" {
+                "198.51.100.1"
+            } else {
+                "192.0.2.1"
+            };
+            sh(&["ip", "-n", &h.ns, "route", "replace", "default", "via", gateway]);
+        }
     }
 
     fn ensure_nft(&mut self) {
