@@ -927,6 +927,11 @@ impl Lab {
         }
     }
 
+    /// The process id of a server the lab started (`named-<host>`, or a database's host name).
+    pub fn service_pid(&self, key: &str) -> u32 {
+        self.databases[key].id()
+    }
+
     pub fn pid(&self, name: &str) -> i32 {
         self.agents[name].id() as i32
     }
@@ -1026,11 +1031,17 @@ impl Lab {
         None
     }
 
-    /// Starts BIND's `named` in the client's namespace, listening on the client's address,
+    /// Starts BIND's `named` (one worker thread) in the client's namespace, listening on the client's address,
     /// with `zones` (`zone` statements and, per zone file, its name and text) and `options`
     /// added to its configuration; waits until it answers.
     pub fn start_named(&mut self, options: &str, zones: &str, files: &[(&str, String)]) {
-        let dir = self.dir.path().join("named");
+        let client = self.client.clone();
+        self.start_named_on(&client, options, zones, files);
+    }
+
+    /// [`Lab::start_named`] on host `h` (its namespace and address).
+    pub fn start_named_on(&mut self, h: &Host, options: &str, zones: &str, files: &[(&str, String)]) {
+        let dir = self.dir.path().join(format!("named-{}", h.name));
         std::fs::create_dir_all(&dir).unwrap();
         for (name, text) in files {
             std::fs::write(dir.join(name), text).unwrap();
@@ -1043,20 +1054,15 @@ impl Lab {
                  session-keyfile \"{d}/session.key\";\n  listen-on {{ {ip}; }};\n  listen-on-v6 {{ none; }};\n  \
                  dnssec-validation no;\n  {options}\n}};\n{zones}\n",
                 d = dir.display(),
-                ip = self.client.ip4,
+                ip = h.ip4,
             ),
         )
         .unwrap();
         let mut cmd = Command::new("ip");
         cmd.args([
-            "netns",
-            "exec",
-            &self.client.ns,
-            "named",
-            "-g",
-            "-u",
-            "root",
-            "-c",
+            "netns", "exec", &h.ns, "named", "-g",
+            // One worker thread: a lab needs no more, and the DNS benchmark compares one core.
+            "-n", "1", "-u", "root", "-c",
         ])
         .arg(&conf)
         .stdin(Stdio::null())
@@ -1066,8 +1072,8 @@ impl Lab {
         let child = die_with_parent(&mut cmd)
             .spawn()
             .expect("start named (package bind9)");
-        self.databases.insert("named".to_string(), child);
-        let ip = self.client.ip4.clone();
+        self.databases.insert(format!("named-{}", h.name), child);
+        let ip = h.ip4.clone();
         assert!(
             wait_for(Duration::from_secs(10), || self
                 .dig(&[&format!("@{ip}"), "version.bind", "TXT", "CH"])
