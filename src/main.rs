@@ -399,6 +399,40 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<(), ConfigErrors> {
         ),
         None => println!("database  not consulted (no [mysql], or mode = \"none\")"),
     }
+    if let Some(dns) = &config.dns {
+        let servers: Vec<String> = config
+            .nodes
+            .iter()
+            .filter(|n| !n.dns.is_empty())
+            .map(|n| n.id.clone())
+            .collect();
+        println!(
+            "dns       zone {} (primary record {}.{}, TTL {} s) served by {}",
+            dns.zone,
+            dns.record,
+            dns.zone,
+            dns.ttl,
+            if servers.is_empty() {
+                "no agent".to_string()
+            } else {
+                servers.join(", ")
+            }
+        );
+        if let Some(u) = &dns.update {
+            println!(
+                "dns       the owner updates {} on {} (zone {}, TSIG key {})",
+                u.record, u.server, u.zone, u.key_name
+            );
+        }
+    }
+    println!(
+        "regions   {}",
+        if config.cluster.cross_region_failover {
+            "automatic failover into another region allowed (cross_region_failover)"
+        } else {
+            "no automatic failover into another region (cross_region_failover off)"
+        }
+    );
     println!("control   {}", config.control.socket.display());
     match me {
         Some(i) => println!("this node: {}", config.nodes[usize::from(i)].id),

@@ -306,3 +306,136 @@ fn a_bind_resolver_follows_the_delegation_to_the_agents_before_and_after_a_failo
     let (_, _, records) = ask(&lab, resolver, "primary.db.example.test.", "A", &["+recurse"]);
     assert_eq!(records.first().map(|r| r.2.as_str()), Some(VIP4));
 }
+
+/// A TSIG key (HMAC-SHA256), base64, as `tsig-keygen` prints it.
+const TSIG_KEY: &str = "q5tuFZFhNvBXfSbUwjphaNJ3iIzJpV0HSnYa2x7PF+o=";
+const WRONG_KEY: &str = "bm90IHRoZSBrZXkgb2YgdGhlIHNlcnZlciwgYXQgYWxsIQ==";
+
+/// A lab whose agents push the primary record to a BIND primary server (ns1, 192.0.2.20) that
+/// accepts updates of `db.example.com.` signed with [`TSIG_KEY`]; `keys` per node.
+fn update_lab(keys: [(&str, &str); 3]) -> Lab {
+    let mut lab = Lab::new(
+        Path::new(env!("CARGO_BIN_EXE_vipgate")),
+        Spec {
+            dns: Some(
+                "[dns.update]\nserver = \"192.0.2.20\"\nzone = \"db.example.com.\"\n\
+                 key_name = \"vipgate-key.\"\nkey_file = \"tsig.key\"\n"
+                    .into(),
+            ),
+            ..Spec::default()
+        },
+    );
+    for (node, key) in keys {
+        let path = lab.dir.path().join(node).join("tsig.key");
+        std::fs::write(&path, format!("{key}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let ns1 = lab.add_host("ns1", 20);
+    let zone = "$TTL 300\n\
+        @ IN SOA ns1.db.example.com. hostmaster.db.example.com. 1 3600 600 86400 5\n\
+        @ IN NS ns1\n\
+        ns1 IN A 192.0.2.20\n\
+        primary 5 IN A 192.0.2.99\n\
+        _owner.primary 5 IN TXT \"owner=none term=0\"\n";
+    lab.start_named_on(
+        &ns1,
+        "recursion no;",
+        &format!(
+            "key \"vipgate-key\" {{ algorithm hmac-sha256; secret \"{TSIG_KEY}\"; }};\n\
+             zone \"db.example.com\" {{ type primary; file \"db.example.com.zone\"; \
+             allow-update {{ key \"vipgate-key\"; }}; }};"
+        ),
+        &[("db.example.com.zone", zone.to_string())],
+    );
+    lab.start_all();
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    lab
+}
+
+/// What BIND serves for the primary record and its owner TXT record.
+fn served(lab: &Lab) -> (String, String) {
+    let short = |name: &str, qtype: &str| {
+        lab.dig(&["@192.0.2.20", name, qtype, "+short"])
+            .trim()
+            .to_string()
+    };
+    (
+        short("primary.db.example.com.", "A"),
+        short("_owner.primary.db.example.com.", "TXT"),
+    )
+}
+
+#[test]
+fn the_owner_pushes_the_primary_record_to_bind_and_a_new_owner_replaces_it() {
+    let mut lab = update_lab([("db1", TSIG_KEY), ("db2", TSIG_KEY), ("w1", TSIG_KEY)]);
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let (a, txt) = served(&lab);
+            a == VIP4 && txt.contains("owner=db1")
+        }),
+        "BIND serves {:?}\n{}",
+        served(&lab),
+        lab.log("db1")
+    );
+    lab.kill("db1");
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(5));
+    assert!(
+        wait_for(Duration::from_secs(5), || served(&lab).1.contains("owner=db2")),
+        "BIND serves {:?}\n{}",
+        served(&lab),
+        lab.log("db2")
+    );
+    assert_eq!(served(&lab).0, VIP4);
+    let update = lab.status("db2").unwrap().dns.unwrap().update.unwrap_or_default();
+    assert!(update.contains("the server holds 192.0.2.50"), "{update}");
+}
+
+#[test]
+fn a_rejected_key_is_reported_and_a_stale_compare_and_swap_is_refused() {
+    let mut lab = update_lab([("db1", TSIG_KEY), ("db2", WRONG_KEY), ("w1", TSIG_KEY)]);
+    assert!(wait_for(Duration::from_secs(5), || served(&lab)
+        .1
+        .contains("owner=db1")));
+    lab.kill("db1");
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(5));
+    assert!(
+        wait_for(Duration::from_secs(5), || lab
+            .status("db2")
+            .and_then(|s| s.dns?.update)
+            .is_some_and(|u| u.contains("TSIG rejected"))),
+        "db2 reports {:?}\n{}",
+        lab.status("db2").and_then(|s| s.dns),
+        lab.log("db2")
+    );
+    println!("db2 reports: {:?}", lab.status("db2").and_then(|s| s.dns?.update));
+    assert!(
+        served(&lab).1.contains("owner=db1"),
+        "the wrong key changed the zone"
+    );
+    // With the right key, a swap from a value the server no longer holds is refused.
+    let update = lab.config().dns.unwrap().update.unwrap();
+    let key = data_encoding::BASE64.decode(TSIG_KEY.as_bytes()).unwrap();
+    let result = lab::in_netns(&lab.client.ns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let updater = vipgate::dns::update::Updater::new(&update, &key).unwrap();
+                let stale = vipgate::dns::update::Current {
+                    addresses: vec!["192.0.2.99".parse().unwrap()],
+                    owner: Some("owner=none term=0".into()),
+                };
+                updater
+                    .replace(&stale, &["192.0.2.66".parse().unwrap()], "owner=stale term=1")
+                    .await
+            })
+    });
+    assert!(
+        matches!(result, Err(vipgate::dns::update::Error::Stale(_))),
+        "{result:?}"
+    );
+    let (a, txt) = served(&lab);
+    assert_eq!(a, VIP4);
+    assert!(txt.contains("owner=db1"), "{txt}");
+}

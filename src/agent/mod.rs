@@ -10,6 +10,7 @@
 
 pub mod clock;
 mod database;
+mod dns_push;
 mod failover_block;
 pub mod state;
 
@@ -186,6 +187,11 @@ struct Agent {
     /// The last database report sent, and each peer's latest.
     last_report: Option<(Instant, DbReport)>,
     peer_db: Vec<Option<(Instant, DbReport)>>,
+    /// `[dns.update]`: the pusher, the term of the running (or finished) push and its cancel
+    /// flag, and the latest result for status.
+    dns_push: Option<Arc<crate::dns::update::Updater>>,
+    push_term: Option<(Term, Arc<std::sync::atomic::AtomicBool>)>,
+    push_status: Arc<Mutex<Option<String>>>,
     /// The name server's view of ownership, and its answer counts, if this node serves DNS.
     dns_view: Option<watch::Sender<crate::dns::View>>,
     dns_counters: Option<Arc<crate::dns::Counters>>,
@@ -282,6 +288,15 @@ impl Agent {
             _ => (None, None),
         };
 
+        let dns_push = match (config.dns.as_ref().and_then(|d| d.update.as_ref()), node.witness) {
+            (Some(update), false) => {
+                let key = config.read_update_key().map_err(|e| e.to_string())?;
+                let key = key.as_ref().map(|k| k.bytes()).unwrap_or_default();
+                Some(Arc::new(crate::dns::update::Updater::new(update, key)?))
+            }
+            _ => None,
+        };
+
         let (control_tx, control) = mpsc::channel(16);
         control::serve(&config.control.socket, control_tx)?;
 
@@ -356,6 +371,9 @@ impl Agent {
             peer_db: vec![None; config.nodes.len()],
             dns_view,
             dns_counters,
+            dns_push,
+            push_term: None,
+            push_status: Arc::new(Mutex::new(None)),
             config,
         })
     }
@@ -762,7 +780,9 @@ impl Agent {
     /// live lease to, until that lease ends — in promote mode only once its database is
     /// writable, so that clients are not sent to a primary still catching up.
     pub(super) fn update_dns(&mut self, now: Instant) {
-        let Some(view) = &self.dns_view else { return };
+        if self.dns_view.is_none() && self.dns_push.is_none() {
+            return;
+        }
         let held = (self.core.role() == RoleKind::Owner && self.core.holds_lease(now))
             .then(|| self.core.lease_end().map(|end| (self.me, self.core.term(), end)))
             .flatten();
@@ -781,6 +801,8 @@ impl Agent {
                     })
                 }
         });
+        self.push_dns(owner.filter(|(o, _, _)| *o == self.me).map(|(_, term, _)| term));
+        let Some(view) = &self.dns_view else { return };
         let term = owner.map_or(self.core.term(), |(_, t, _)| t);
         let next = crate::dns::View {
             owner: owner.map(|(node, term, until)| (crate::dns::zone::Owner { node, term }, until)),
@@ -1020,13 +1042,14 @@ impl Agent {
             database: self.db.as_ref().map(|db| db.borrow().clone()),
             diverged: self.diverged.as_ref().map(|(_, d)| d.clone()),
             maintenance: self.maintenance,
-            dns: self.dns_view.as_ref().map(|view| {
-                let view = *view.borrow();
+            dns: (self.dns_view.is_some() || self.dns_push.is_some()).then(|| {
+                let view = self.dns_view.as_ref().map(|v| *v.borrow()).unwrap_or_default();
                 let counters = self.dns_counters.as_deref();
                 let count = |f: fn(&crate::dns::Counters) -> &std::sync::atomic::AtomicU64| {
                     counters.map_or(0, |c| f(c).load(std::sync::atomic::Ordering::Relaxed))
                 };
                 DnsStatus {
+                    update: self.push_status.lock().expect("push status").clone(),
                     listen: self.config.nodes[usize::from(self.me)]
                         .dns
                         .iter()

@@ -2,6 +2,8 @@
 
 use super::{Problems, Seg};
 use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +25,26 @@ pub(super) struct RawDns {
     expire: i64,
     #[serde(default = "default_minimum")]
     minimum: i64,
+    update: Option<RawUpdate>,
+}
+
+/// `[dns.update]`: RFC 2136 updates of an existing DNS server's zone, signed with TSIG.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpdate {
+    server: String,
+    zone: String,
+    record: Option<String>,
+    ttl: Option<i64>,
+    key_name: String,
+    key_file: PathBuf,
+}
+
+impl RawDns {
+    /// Whether RFC 2136 updates are configured (then no agent needs to serve DNS itself).
+    pub(super) fn pushes(&self) -> bool {
+        self.update.is_some()
+    }
 }
 
 fn default_record() -> String {
@@ -66,6 +88,22 @@ pub struct Dns {
     pub retry: u32,
     pub expire: u32,
     pub minimum: u32,
+    pub update: Option<Update>,
+}
+
+/// Where and how the owner pushes its address (RFC 2136, TSIG HMAC-SHA256).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Update {
+    /// The zone's primary server.
+    pub server: SocketAddr,
+    pub zone: String,
+    /// The address record's name (absolute, inside `zone`); the owner TXT record is
+    /// `_owner.<record>`.
+    pub record: String,
+    pub ttl: u32,
+    pub key_name: String,
+    /// The TSIG secret, base64 as BIND's `tsig-keygen` writes it; owner-only permissions.
+    pub key_file: PathBuf,
 }
 
 /// `label` is one DNS label: 1–63 letters, digits, '-' or '_' (lower-cased by the caller).
@@ -82,7 +120,12 @@ pub(super) fn absolute_name(name: &str) -> Option<String> {
     (name.len() <= 253 && name.split('.').all(valid_label)).then(|| format!("{name}."))
 }
 
-pub(super) fn validate(raw: &RawDns, first_server: Option<&str>, p: &mut Problems<'_>) -> Option<Dns> {
+pub(super) fn validate(
+    raw: &RawDns,
+    first_server: Option<&str>,
+    base: &Path,
+    p: &mut Problems<'_>,
+) -> Option<Dns> {
     let at = |k| [Seg::Key("dns"), Seg::Key(k)];
     let zone = absolute_name(&raw.zone);
     if zone.is_none() {
@@ -162,6 +205,10 @@ pub(super) fn validate(raw: &RawDns, first_server: Option<&str>, p: &mut Problem
         p,
     );
     let rname = name("rname", &raw.rname, Some(format!("hostmaster.{zone}")), p);
+    let update = match &raw.update {
+        Some(u) => Some(validate_update(u, &record, ttl, base, p)?),
+        None => None,
+    };
     Some(Dns {
         zone,
         record,
@@ -173,5 +220,81 @@ pub(super) fn validate(raw: &RawDns, first_server: Option<&str>, p: &mut Problem
         retry,
         expire,
         minimum,
+        update,
+    })
+}
+
+fn validate_update(
+    raw: &RawUpdate,
+    record: &str,
+    ttl: u32,
+    base: &Path,
+    p: &mut Problems<'_>,
+) -> Option<Update> {
+    let at = |k| [Seg::Key("dns"), Seg::Key("update"), Seg::Key(k)];
+    let server = raw.server.parse::<SocketAddr>().ok().or_else(|| {
+        raw.server
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    });
+    if server.is_none() {
+        p.add(
+            &at("server"),
+            format!("{:?} is not an address (with an optional port)", raw.server),
+            "give the zone's primary server, e.g. \"198.51.100.53\" or \"[2001:db8::53]:5353\"",
+        );
+    }
+    let zone = absolute_name(&raw.zone);
+    if zone.is_none() {
+        p.add(
+            &at("zone"),
+            format!("{:?} is not a domain name", raw.zone),
+            "name the zone the server lets vipgate update, e.g. \"db.example.com.\"",
+        );
+    }
+    let zone = zone?;
+    let name = match &raw.record {
+        Some(r) => absolute_name(r),
+        None => absolute_name(&format!("{record}.{zone}")),
+    };
+    let name = name.filter(|n| n.ends_with(&format!(".{zone}")));
+    if name.is_none() {
+        p.add(
+            &at("record"),
+            format!(
+                "{:?} is not a name inside {zone}",
+                raw.record.as_deref().unwrap_or(record)
+            ),
+            "give an absolute name in the zone, e.g. \"primary.db.example.com.\"",
+        );
+    }
+    let key_name = absolute_name(&raw.key_name);
+    if key_name.is_none() {
+        p.add(
+            &at("key_name"),
+            format!("{:?} is not a key name", raw.key_name),
+            "use the name of the TSIG key in the server's configuration, e.g. \"vipgate-key.\"",
+        );
+    }
+    let ttl = match raw.ttl {
+        None => ttl,
+        Some(t) if (0..=86_400).contains(&t) => t as u32,
+        Some(t) => {
+            p.add(
+                &at("ttl"),
+                format!("{t} is outside 0–86400 seconds"),
+                "use a few seconds: clients follow a failover only after it",
+            );
+            ttl
+        }
+    };
+    Some(Update {
+        server: server?,
+        zone,
+        record: name?,
+        ttl,
+        key_name: key_name?,
+        key_file: base.join(&raw.key_file),
     })
 }

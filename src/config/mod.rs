@@ -11,7 +11,7 @@ mod mysql;
 mod secret;
 mod vip;
 
-pub use dns::Dns;
+pub use dns::{Dns, Update};
 pub use error::{ConfigError, ConfigErrors, Seg};
 pub use mysql::{Endpoint, Mysql, MysqlMode, ReplicationAccount};
 pub use secret::{KeyFileProblem, Secret, read_key_file};
@@ -230,7 +230,8 @@ impl Config {
             .filter(|n| !n.dns.is_empty())
             .map(|n| n.id.to_ascii_lowercase())
             .min();
-        if raw.dns.is_some() && first_server.is_none() && p.list.is_empty() {
+        let pushes = raw.dns.as_ref().is_some_and(|d| d.pushes());
+        if raw.dns.is_some() && first_server.is_none() && !pushes && p.list.is_empty() {
             p.add(
                 &[Seg::Key("dns")],
                 "no node serves DNS (every dns_listen is empty)".into(),
@@ -240,7 +241,7 @@ impl Config {
         let dns = raw
             .dns
             .as_ref()
-            .and_then(|d| dns::validate(d, first_server.as_deref(), &mut p));
+            .and_then(|d| dns::validate(d, first_server.as_deref(), base, &mut p));
         if p.list.is_empty() {
             nodes.sort_by(|a, b| a.id.cmp(&b.id));
             let config = Config {
@@ -340,8 +341,58 @@ impl Config {
         })
     }
 
+    /// The TSIG key of `[dns.update]`, decoded from base64, if updates are configured.
+    pub fn read_update_key(&self) -> Result<Option<Secret>, ConfigErrors> {
+        let Some(update) = self.dns.as_ref().and_then(|d| d.update.as_ref()) else {
+            return Ok(None);
+        };
+        let src = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let at = [Seg::Key("dns"), Seg::Key("update"), Seg::Key("key_file")];
+        let error = |problem: String, fix: String| {
+            ConfigErrors::one(
+                &self.file,
+                error::locate(&src, &at),
+                "dns.update.key_file",
+                problem,
+                &fix,
+            )
+        };
+        let shown = update.key_file.display();
+        let key = read_key_file(&update.key_file, 1).map_err(|e| {
+            let fix = if e.fix.contains("openssl") {
+                format!(
+                    "write the key's base64 secret (as `tsig-keygen -a hmac-sha256` prints it) to {shown} (mode 600)"
+                )
+            } else {
+                e.fix
+            };
+            error(e.problem, fix)
+        })?;
+        let text = String::from_utf8_lossy(key.bytes());
+        let decoded = data_encoding::BASE64
+            .decode(text.trim().trim_end_matches(';').trim_matches('"').as_bytes())
+            .map_err(|e| {
+                error(
+                    format!("{shown} does not hold a base64 TSIG secret: {e}"),
+                    "copy only the secret \"…\" from the server's key statement into the file".into(),
+                )
+            })?;
+        Ok(Some(Secret::from_bytes(decoded)))
+    }
+
     pub fn majority(&self) -> usize {
         self.nodes.len() / 2 + 1
+    }
+
+    /// What the primary record holds while node `n` owns: the addresses of its VIPs, or, where
+    /// it holds none, its own address.
+    pub fn primary_addresses(&self, n: NodeIdx) -> Vec<IpAddr> {
+        let vips: Vec<IpAddr> = self.vips_of(n).iter().map(|v| v.address).collect();
+        if vips.is_empty() {
+            vec![self.nodes[usize::from(n)].address]
+        } else {
+            vips
+        }
     }
 
     /// The VIPs node `me` holds while it owns: those of its region, and those without one.

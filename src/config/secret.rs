@@ -14,6 +14,10 @@ impl Secret {
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }
+
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
 }
 
 impl fmt::Debug for Secret {

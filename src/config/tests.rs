@@ -192,7 +192,7 @@ fn an_unreadable_or_exposed_secret_points_at_secret_file() {
     std::fs::write(&secret, [b'k'; 48]).unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
     assert!(c.read_secret().unwrap_err().to_string().contains("chmod 600"));
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     assert_eq!(c.read_secret().unwrap().bytes().len(), 48);
 }
 
@@ -441,4 +441,41 @@ fn bad_dns_settings_are_each_located_with_the_fix() {
         GOOD.replace("\"db2\"", "\"db2.\"")
     ));
     assert!(e.field == "node[0].id", "{e}");
+}
+
+#[test]
+fn dns_update_is_read_with_defaults_and_its_key_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vipgate.toml");
+    let src = format!(
+        "{GOOD}\n[dns]\nzone = \"db.example.test.\"\nttl = 7\n[dns.update]\nserver = \"198.51.100.53\"\n\
+         zone = \"db.example.com\"\nkey_name = \"vipgate-key\"\nkey_file = \"tsig.key\"\n"
+    );
+    std::fs::write(&file, &src).unwrap();
+    let c = Config::load(&file).unwrap();
+    let u = c.dns.as_ref().unwrap().update.clone().unwrap();
+    assert_eq!(u.server, "198.51.100.53:53".parse().unwrap());
+    assert_eq!(
+        (u.zone.as_str(), u.record.as_str(), u.key_name.as_str(), u.ttl),
+        ("db.example.com.", "primary.db.example.com.", "vipgate-key.", 7)
+    );
+    let key = dir.path().join("tsig.key");
+    std::fs::write(&key, "secret \"q5tuFZFhNvBXfSbUwjphaNJ3iIzJpV0HSnYa2x7PF+o=\";\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let e = c.read_update_key().unwrap_err().0.remove(0);
+    assert!(e.problem.contains("base64"), "{e}");
+    std::fs::write(&key, "\"q5tuFZFhNvBXfSbUwjphaNJ3iIzJpV0HSnYa2x7PF+o=\";\n").unwrap();
+    assert_eq!(c.read_update_key().unwrap().unwrap().bytes().len(), 32);
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let e = c.read_update_key().unwrap_err().0.remove(0);
+    assert_eq!(e.field, "dns.update.key_file");
+
+    let errors = parse(&format!(
+        "{GOOD}\n[dns]\nzone = \"db.example.test.\"\n[dns.update]\nserver = \"ns1\"\n\
+         zone = \"db.example.com.\"\nrecord = \"primary.elsewhere.org.\"\nkey_name = \"k\"\nkey_file = \"k\"\n"
+    ))
+    .unwrap_err()
+    .0;
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["dns.update.server", "dns.update.record"], "{errors:#?}");
 }

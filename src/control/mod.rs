@@ -32,6 +32,9 @@ pub struct DnsStatus {
     pub serial: u32,
     /// Answers sent, by response code.
     pub answers: BTreeMap<String, u64>,
+    /// `[dns.update]`: the latest result of pushing the primary record to the DNS server.
+    #[serde(default)]
+    pub update: Option<String>,
 }
 
 /// One agent's view of the cluster, as `vipgate status --json` prints it.
@@ -264,7 +267,10 @@ pub fn render(s: &Status) -> String {
     if let Some(d) = &s.diverged {
         let _ = writeln!(out, "DIVERGED: {d}");
     }
-    if let Some(d) = &s.dns {
+    if let Some(u) = s.dns.as_ref().and_then(|d| d.update.as_ref()) {
+        let _ = writeln!(out, "DNS update: {u}");
+    }
+    if let Some(d) = s.dns.as_ref().filter(|d| !d.listen.is_empty()) {
         let _ = writeln!(
             out,
             "DNS on {}: primary record {} (serial {}); answers {}",

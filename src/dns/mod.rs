@@ -6,6 +6,7 @@
 //! owner with quorum. So a small [`RequestHandler`] of our own answers from [`zone::Zone`] and
 //! the agent's latest [`View`]; hickory still does the transport, parsing and framing.
 
+pub mod update;
 pub mod zone;
 
 use crate::agent::clock;

@@ -85,14 +85,8 @@ impl Zone {
                 Record::from_rdata(origin_name.clone(), dns.ttl, RData::NS(NS(Name::from(host))))
             })
             .collect();
-        let addresses = config
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let vips: Vec<IpAddr> = config.vips_of(i as NodeIdx).iter().map(|v| v.address).collect();
-                if vips.is_empty() { vec![n.address] } else { vips }
-            })
+        let addresses = (0..config.nodes.len())
+            .map(|i| config.primary_addresses(i as NodeIdx))
             .collect();
         let primary_name = name(&format!("{}.{}", dns.record, dns.zone));
         let owner_txt_name = name(&format!("_owner.{}", dns.zone));
