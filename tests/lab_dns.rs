@@ -3,7 +3,7 @@
 
 mod lab;
 
-use lab::{Lab, Spec, VIP4, wait_for};
+use lab::{Lab, Spec, TSIG_KEY, VIP4, WRONG_KEY, wait_for};
 use std::path::Path;
 use std::time::Duration;
 
@@ -307,62 +307,24 @@ fn a_bind_resolver_follows_the_delegation_to_the_agents_before_and_after_a_failo
     assert_eq!(records.first().map(|r| r.2.as_str()), Some(VIP4));
 }
 
-/// A TSIG key (HMAC-SHA256), base64, as `tsig-keygen` prints it.
-const TSIG_KEY: &str = "q5tuFZFhNvBXfSbUwjphaNJ3iIzJpV0HSnYa2x7PF+o=";
-const WRONG_KEY: &str = "bm90IHRoZSBrZXkgb2YgdGhlIHNlcnZlciwgYXQgYWxsIQ==";
-
 /// A lab whose agents push the primary record to a BIND primary server (ns1, 192.0.2.20) that
 /// accepts updates of `db.example.com.` signed with [`TSIG_KEY`]; `keys` per node.
 fn update_lab(keys: [(&str, &str); 3]) -> Lab {
     let mut lab = Lab::new(
         Path::new(env!("CARGO_BIN_EXE_vipgate")),
         Spec {
-            dns: Some(
-                "[dns.update]\nserver = \"192.0.2.20\"\nzone = \"db.example.com.\"\n\
-                 key_name = \"vipgate-key.\"\nkey_file = \"tsig.key\"\n"
-                    .into(),
-            ),
+            dns: Some(lab::DNS_UPDATE.into()),
             ..Spec::default()
         },
     );
-    for (node, key) in keys {
-        let path = lab.dir.path().join(node).join("tsig.key");
-        std::fs::write(&path, format!("{key}\n")).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    }
-    let ns1 = lab.add_host("ns1", 20);
-    let zone = "$TTL 300\n\
-        @ IN SOA ns1.db.example.com. hostmaster.db.example.com. 1 3600 600 86400 5\n\
-        @ IN NS ns1\n\
-        ns1 IN A 192.0.2.20\n\
-        primary 5 IN A 192.0.2.99\n\
-        _owner.primary 5 IN TXT \"owner=none term=0\"\n";
-    lab.start_named_on(
-        &ns1,
-        "recursion no;",
-        &format!(
-            "key \"vipgate-key\" {{ algorithm hmac-sha256; secret \"{TSIG_KEY}\"; }};\n\
-             zone \"db.example.com\" {{ type primary; file \"db.example.com.zone\"; \
-             allow-update {{ key \"vipgate-key\"; }}; }};"
-        ),
-        &[("db.example.com.zone", zone.to_string())],
-    );
+    lab.start_update_server(&keys);
     lab.start_all();
     lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
     lab
 }
 
-/// What BIND serves for the primary record and its owner TXT record.
 fn served(lab: &Lab) -> (String, String) {
-    let short = |name: &str, qtype: &str| {
-        lab.dig(&["@192.0.2.20", name, qtype, "+short"])
-            .trim()
-            .to_string()
-    };
-    (
-        short("primary.db.example.com.", "A"),
-        short("_owner.primary.db.example.com.", "TXT"),
-    )
+    lab.served_by_update_server()
 }
 
 #[test]

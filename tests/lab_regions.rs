@@ -4,19 +4,21 @@
 
 mod lab;
 
-use lab::{Lab, Spec, VIP_B, VIP4, wait_for};
+use lab::{Lab, Spec, TSIG_KEY, VIP_B, VIP4, wait_for};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// Every agent serves DNS and pushes the primary record to a BIND server in region a (ns1).
 fn two_regions(cross_region_failover: bool) -> Lab {
     let mut lab = Lab::new(
         Path::new(env!("CARGO_BIN_EXE_vipgate")),
         Spec {
             regions: Some(cross_region_failover),
-            dns: Some(String::new()),
+            dns: Some(lab::DNS_UPDATE.into()),
             ..Spec::default()
         },
     );
+    lab.start_update_server(&[("db1", TSIG_KEY), ("db2", TSIG_KEY), ("w1", TSIG_KEY)]);
     lab.start_all();
     lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
     lab
@@ -33,7 +35,7 @@ fn primary(lab: &Lab, server: &str) -> Vec<String> {
 #[test]
 fn with_cross_region_failover_region_b_takes_over_with_its_own_vip_and_dns_follows() {
     let lab = two_regions(true);
-    // Region b's agents answer region a's VIP, across the router.
+    // Region b's agents answer region a's VIP, across the router; so does BIND.
     for server in ["192.0.2.11", "198.51.100.12", "198.51.100.13"] {
         assert!(
             wait_for(Duration::from_secs(3), || primary(&lab, server) == [VIP4]),
@@ -41,6 +43,10 @@ fn with_cross_region_failover_region_b_takes_over_with_its_own_vip_and_dns_follo
             primary(&lab, server)
         );
     }
+    assert!(wait_for(Duration::from_secs(5), || lab
+        .served_by_update_server()
+        .0
+        == VIP4));
     // Region a loses its database host.
     lab.link_down("db1");
     lab.expect_sole_holder(VIP_B, "db2", Duration::from_secs(10));
@@ -55,6 +61,15 @@ fn with_cross_region_failover_region_b_takes_over_with_its_own_vip_and_dns_follo
             primary(&lab, server)
         );
     }
+    // The existing DNS server, updated over RFC 2136, serves the new address too.
+    assert!(
+        wait_for(Duration::from_secs(5), || lab.served_by_update_server().0
+            == VIP_B),
+        "BIND serves {:?}\n{}",
+        lab.served_by_update_server(),
+        lab.log("db2")
+    );
+    assert!(lab.served_by_update_server().1.contains("owner=db2"));
     lab.assert_never_two_holders(VIP4);
     lab.assert_never_two_holders(VIP_B);
 }

@@ -30,6 +30,12 @@ pub use vipgate::control::Status;
 pub const VIP4: &str = "192.0.2.50";
 /// The zone the agents serve when a lab has `[dns]`.
 pub const DNS_ZONE: &str = "db.example.test.";
+/// `[dns]` lines that make the agents push to [`Lab::start_update_server`].
+pub const DNS_UPDATE: &str = "[dns.update]\nserver = \"192.0.2.20\"\nzone = \"db.example.com.\"\n\
+    key_name = \"vipgate-key.\"\nkey_file = \"tsig.key\"\n";
+/// A TSIG key (HMAC-SHA256), base64, as `tsig-keygen` prints it; and one the server does not know.
+pub const TSIG_KEY: &str = "q5tuFZFhNvBXfSbUwjphaNJ3iIzJpV0HSnYa2x7PF+o=";
+pub const WRONG_KEY: &str = "bm90IHRoZSBrZXkgb2YgdGhlIHNlcnZlciwgYXQgYWxsIQ==";
 pub const VIP6: &str = "2001:db8::50";
 pub const CLIENT: &str = "client";
 pub const ROGUE: &str = "rogue";
@@ -1083,6 +1089,49 @@ impl Lab {
         );
     }
 
+    /// Starts BIND on a host of its own (ns1, 192.0.2.20) as the primary server of
+    /// `db.example.com.`, accepting updates signed with [`TSIG_KEY`]; writes each agent's key
+    /// file (`keys`: node and the base64 secret it gets). Agents configured with
+    /// [`DNS_UPDATE`] push to it.
+    pub fn start_update_server(&mut self, keys: &[(&str, &str)]) -> Host {
+        for (node, key) in keys {
+            let path = self.dir.path().join(node).join("tsig.key");
+            std::fs::write(&path, format!("{key}\n")).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        }
+        let ns1 = self.add_host("ns1", 20);
+        let zone = "$TTL 300\n\
+            @ IN SOA ns1.db.example.com. hostmaster.db.example.com. 1 3600 600 86400 5\n\
+            @ IN NS ns1\n\
+            ns1 IN A 192.0.2.20\n\
+            primary 5 IN A 192.0.2.99\n\
+            _owner.primary 5 IN TXT \"owner=none term=0\"\n";
+        self.start_named_on(
+            &ns1,
+            "recursion no;",
+            &format!(
+                "key \"vipgate-key\" {{ algorithm hmac-sha256; secret \"{TSIG_KEY}\"; }};\n\
+                 zone \"db.example.com\" {{ type primary; file \"db.example.com.zone\"; \
+                 allow-update {{ key \"vipgate-key\"; }}; }};"
+            ),
+            &[("db.example.com.zone", zone.to_string())],
+        );
+        ns1
+    }
+
+    /// What the update server (ns1) serves for the primary record and its owner TXT record.
+    pub fn served_by_update_server(&self) -> (String, String) {
+        let short = |name: &str, qtype: &str| {
+            self.dig(&["@192.0.2.20", name, qtype, "+short"])
+                .trim()
+                .to_string()
+        };
+        (
+            short("primary.db.example.com.", "A"),
+            short("_owner.primary.db.example.com.", "TXT"),
+        )
+    }
+
     /// `dig` from the client: `args` are dig's (server, name, type, options); its output.
     pub fn dig(&self, args: &[&str]) -> String {
         let out = Command::new("ip")
@@ -1229,7 +1278,10 @@ impl Lab {
 
     /// Adds another host (e.g. a rogue) on the switch at 192.0.2.`n`.
     pub fn add_host(&mut self, name: &str, n: u8) -> Host {
-        let h = host(&self.prefix.clone(), name, n, 0, false);
+        let mut h = host(&self.prefix.clone(), name, n, 0, false);
+        if self.spec.regions.is_some() {
+            h = regional(h, "a");
+        }
         self.attach(&h);
         self.extra.push(h.clone());
         h
