@@ -386,7 +386,9 @@ fn a_rejected_key_is_reported_and_a_stale_compare_and_swap_is_refused() {
                 let updater = vipgate::dns::update::Updater::new(&update, &key).unwrap();
                 let stale = vipgate::dns::update::Current {
                     addresses: vec!["192.0.2.99".parse().unwrap()],
-                    owner: Some("owner=none term=0".into()),
+                    txt: vec![hickory_proto::rr::rdata::TXT::new(vec![
+                        "owner=none term=0".into(),
+                    ])],
                 };
                 updater
                     .replace(&stale, &["192.0.2.66".parse().unwrap()], "owner=stale term=1")

@@ -129,3 +129,27 @@ fn without_cross_region_failover_another_region_takes_over_only_by_switchover() 
     lab.assert_never_two_holders(VIP4);
     lab.assert_never_two_holders(VIP_B);
 }
+
+#[test]
+fn an_operator_lets_another_region_take_over_when_the_owners_region_is_gone() {
+    let lab = two_regions(false);
+    lab.link_down("db1");
+    assert!(wait_for(Duration::from_secs(2), || lab
+        .observer()
+        .holders(VIP4)
+        .is_empty()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lab.observer().holders(VIP_B).is_empty());
+    let config = lab.config_path("db2");
+    let (ok, text) = lab.vipgate(&["failover-ack".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    assert!(
+        ok && text.contains("may take over from the last owner's region"),
+        "{text}"
+    );
+    lab.expect_sole_holder(VIP_B, "db2", Duration::from_secs(5));
+    assert!(wait_for(Duration::from_secs(3), || primary(
+        &lab,
+        "198.51.100.13"
+    ) == [VIP_B]));
+    lab.assert_never_two_holders(VIP_B);
+}

@@ -256,6 +256,10 @@ impl Agent {
             let voted = i == 0 && persisted.voted_for.is_some();
             if !voted && self.last_holder.is_none_or(|(t, _)| candidate.0 > t) {
                 self.last_holder = Some(candidate);
+                // The region and anti-flap rules follow it, also after a restart.
+                if let Err(e) = self.state.set_last_holder(Some(candidate)) {
+                    tracing::error!("{e}");
+                }
             }
         }
     }

@@ -52,7 +52,7 @@ enum Done {
 
 async fn attempt(updater: &Updater, addresses: &[IpAddr], owner: &str, term: Term) -> Result<Done, Error> {
     let current: Current = updater.read().await?;
-    if current.addresses == addresses && current.owner.as_deref() == Some(owner) {
+    if current.addresses == addresses && current.owner().as_deref() == Some(owner) {
         return Ok(Done::Already);
     }
     if let Some(newer) = current.term().filter(|t| *t > term) {
@@ -76,6 +76,7 @@ async fn push(
     let set = |text: String| *status.lock().expect("push status") = Some(text);
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0u32;
+    let mut stale = 0u32;
     while !cancel.load(Ordering::SeqCst) {
         attempts += 1;
         match attempt(&updater, &addresses, &owner, term).await {
@@ -95,8 +96,10 @@ async fn push(
                 set(text);
                 return;
             }
-            // Changed between reading and writing: read again at once.
-            Err(e @ Error::Stale(_)) => {
+            // Changed between reading and writing: read again at once, a few times; a
+            // prerequisite that keeps failing (records the server synthesises, say) backs off.
+            Err(e @ Error::Stale(_)) if stale < 3 => {
+                stale += 1;
                 tracing::info!(term, "DNS update: {e}; reading again");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -38,7 +38,7 @@ impl Agent {
     /// This node may take over only when named: a window is on, and another node owned last
     /// (taking over from itself moves no data and is no failover).
     pub(super) fn failover_blocked(&self) -> bool {
-        !self.failover_block_left().is_zero() && self.last_owner.is_some_and(|(_, o)| o != self.me)
+        !self.failover_block_left().is_zero() && self.last_holder.is_some_and(|(_, o)| o != self.me)
     }
 
     /// Ownership of `term` was won: an automatic failover when no releasing owner named this
@@ -125,26 +125,39 @@ impl Agent {
 
     /// `vipgate failover-ack`: lifts the window — for the whole cluster on the owner; on a node
     /// with no owner, so that it may take over.
+    /// Also lifts, on a node while no node owns, the cross-region block for the last owner's
+    /// term: the operator decides that the primary may move to this region.
     pub(super) fn failover_ack(&mut self, now: Instant) -> Result<String, String> {
-        if self.failover_block_left().is_zero() {
+        let window = !self.failover_block_left().is_zero();
+        let region = self.region_blocked();
+        if !window && !region {
             return Ok("no failover block is in effect".into());
         }
         if let Some(o) = self.core.owner(now).filter(|o| *o != self.me) {
             return Err(format!(
-                "{} owns, and its block is the cluster's: run `vipgate failover-ack` on {}",
+                "{} owns: run `vipgate failover-ack` on {} to lift the anti-flap window (a move to another \
+                 region while an owner lives is a switchover)",
                 self.id(o),
                 self.id(o)
             ));
         }
-        self.set_failover_block(None)
-            .map_err(|e| format!("nothing changed: {e}"))?;
-        let owner = self.core.owner(now) == Some(self.me);
-        tracing::warn!("failover block lifted by an operator");
-        Ok(if owner {
-            "failover block lifted for the cluster".into()
-        } else {
-            "failover block lifted: this node may take over automatically".into()
-        })
+        let mut done = Vec::new();
+        if window {
+            self.set_failover_block(None)
+                .map_err(|e| format!("nothing changed: {e}"))?;
+            tracing::warn!("failover block lifted by an operator");
+            done.push(if self.core.owner(now) == Some(self.me) {
+                "failover block lifted for the cluster"
+            } else {
+                "failover block lifted: this node may take over automatically"
+            });
+        }
+        if region {
+            self.region_override = self.last_holder.map(|(t, _)| t);
+            tracing::warn!("an operator lets ownership move to this node's region");
+            done.push("this node may take over from the last owner's region");
+        }
+        Ok(done.join("; "))
     }
 
     fn set_failover_block(&mut self, until: Option<u64>) -> Result<(), String> {

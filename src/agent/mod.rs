@@ -178,6 +178,8 @@ struct Agent {
     failover_block_until: Option<u64>,
     /// (blocked, preferred) as last given to the core.
     sent_flags: (bool, bool),
+    /// `vipgate failover-ack` let this node take over from another region's owner of this term.
+    region_override: Option<Term>,
     rejoin_retry_at: Instant,
     diverged: Option<(Term, String)>,
     db_outcomes_tx: mpsc::UnboundedSender<database::Outcome>,
@@ -275,6 +277,7 @@ impl Agent {
         let (db_outcomes_tx, db_outcomes) = mpsc::unbounded_channel();
         let maintenance = state.maintenance();
         let failover_block_until = state.failover_block_until_ms();
+        let last_holder = state.last_holder();
         let diverged = state.diverged().map(|d| (0, d.to_string()));
         let replication_password = config.read_replication_password().map_err(|e| e.to_string())?;
 
@@ -357,10 +360,11 @@ impl Agent {
             rejoin_cancel: None,
             highest_position: (0, me),
             last_owner: None,
-            last_holder: None,
+            last_holder,
             takeover: None,
             failover_block_until,
             sent_flags: (false, true),
+            region_override: None,
             rejoin_retry_at: now,
             diverged,
             mysql,
@@ -409,15 +413,24 @@ impl Agent {
     }
 
     /// Whether another region than this node's held ownership last.
+    /// Whether the node that last held the lease (votes do not count) is in another region.
     fn last_owner_elsewhere(&self) -> bool {
         let region = |n: NodeIdx| &self.config.nodes[usize::from(n)].region;
-        self.last_owner
+        self.last_holder
             .is_some_and(|(_, o)| o != self.me && region(o) != region(self.me))
     }
 
     /// In the last owner's region (or no owner yet): ranks before candidates elsewhere.
     fn preferred(&self) -> bool {
         !self.last_owner_elsewhere()
+    }
+
+    /// Ownership may not come here automatically from the last owner's region, and no
+    /// operator allowed it for that owner's term (`vipgate failover-ack`).
+    pub(super) fn region_blocked(&self) -> bool {
+        self.last_owner_elsewhere()
+            && !self.config.cluster.cross_region_failover
+            && self.region_override != self.last_holder.map(|(t, _)| t)
     }
 
     /// Why this node may take ownership only when a releasing owner names it, if so.
@@ -428,12 +441,13 @@ impl Agent {
                 self.failover_block_left().as_secs()
             ));
         }
-        if self.last_owner_elsewhere() && !self.config.cluster.cross_region_failover {
-            let owner = self.last_owner.map_or("?", |(_, o)| self.id(o));
+        if self.region_blocked() {
+            let owner = self.last_holder.map_or(self.me, |(_, o)| o);
             return Some(format!(
-                "the last owner {owner} is in region {:?}, this node in {:?}: cross_region_failover is off, \
-                 so only a switchover moves ownership here",
-                self.config.nodes[usize::from(self.last_owner.map_or(self.me, |(_, o)| o))].region,
+                "the last owner {} is in region {:?}, this node in {:?}: cross_region_failover is off, so only \
+                 a switchover moves ownership here (or, while no node owns, `vipgate failover-ack` on this node)",
+                self.id(owner),
+                self.config.nodes[usize::from(owner)].region,
                 self.config.nodes[usize::from(self.me)].region
             ));
         }
@@ -786,10 +800,14 @@ impl Agent {
         let held = (self.core.role() == RoleKind::Owner && self.core.holds_lease(now))
             .then(|| self.core.lease_end().map(|end| (self.me, self.core.term(), end)))
             .flatten();
+        // A grant made by voting is not yet a lease: only an owner heard claiming it counts.
         let granted = self
             .core
             .grant()
-            .filter(|g| now < g.until && g.to != self.me)
+            .filter(|g| {
+                let view = self.core.peers()[usize::from(g.to)];
+                now < g.until && g.to != self.me && view.lease_claim && view.term == g.term
+            })
             .map(|g| (g.to, g.term, g.until));
         let owner = held.or(granted).filter(|(o, term, _)| {
             !self.promote_mode()

@@ -37,6 +37,9 @@ struct OnDisk {
     /// the anti-flap window after the last one; also across restarts.
     #[serde(default)]
     failover_block_until_ms: Option<u64>,
+    /// The newest term whose lease this node saw held, and by whom (node id).
+    #[serde(default)]
+    last_holder: Option<(Term, String)>,
 }
 
 /// The open state file of one agent.
@@ -146,6 +149,21 @@ impl StateFile {
         self.write().inspect_err(|_| self.disk.diverged = before.clone())
     }
 
+    /// The last lease holder seen, if it is still a member.
+    pub fn last_holder(&self) -> Option<(Term, NodeIdx)> {
+        let (term, id) = self.disk.last_holder.as_ref()?;
+        let i = self.ids.iter().position(|i| i == id)?;
+        Some((*term, i as NodeIdx))
+    }
+
+    /// Persists the last lease holder (unchanged if the write fails).
+    pub fn set_last_holder(&mut self, holder: Option<(Term, NodeIdx)>) -> Result<(), StateError> {
+        let next = holder.map(|(t, n)| (t, self.ids[usize::from(n)].clone()));
+        let before = std::mem::replace(&mut self.disk.last_holder, next);
+        self.write()
+            .inspect_err(|_| self.disk.last_holder = before.clone())
+    }
+
     pub fn failover_block_until_ms(&self) -> Option<u64> {
         self.disk.failover_block_until_ms
     }
@@ -228,6 +246,7 @@ mod tests {
         s.set_maintenance(true).unwrap();
         s.set_failover_block_until_ms(Some(5_000)).unwrap();
         assert_eq!(StateFile::peek_diverged(dir.path()).unwrap(), None);
+        s.set_last_holder(Some((7, 2))).unwrap();
         s.set_diverged(Some("3 transactions".into())).unwrap();
         assert_eq!(
             StateFile::peek_diverged(dir.path()).unwrap().as_deref(),
@@ -237,6 +256,7 @@ mod tests {
         let s = StateFile::open(dir.path(), ids()).unwrap();
         assert!(s.maintenance());
         assert_eq!(s.failover_block_until_ms(), Some(5_000));
+        assert_eq!(s.last_holder(), Some((7, 2)));
         assert_eq!(s.persistent().term, 7);
         assert!(!dir.path().join("state.toml.tmp").exists());
     }

@@ -715,11 +715,12 @@ impl Core {
         }
     }
 
-    /// Eligible peers heard within one lease that may also take over on their own: the ones
-    /// an election competes with.
-    fn live_rivals(&self, now: Instant) -> impl Iterator<Item = Candidate> + '_ {
+    /// The eligible peers an election competes with, against a candidate at position `than`:
+    /// those that may take over on their own, and blocked ones with more data — electing past
+    /// them would lose what only they have, so no one is elected until an operator decides.
+    fn live_rivals(&self, now: Instant, than: Position) -> impl Iterator<Item = Candidate> + '_ {
         self.live_candidates(now)
-            .filter(|c| !self.peers[usize::from(c.node)].blocked)
+            .filter(move |c| !self.peers[usize::from(c.node)].blocked || c.position > than)
     }
 
     /// Eligible peers heard within one lease, as candidates (blocked ones too: a releasing
@@ -739,10 +740,17 @@ impl Core {
         })
     }
 
+    /// Whom an owner hands over to when no one is named: the best candidate that could also
+    /// take over on its own (e.g. in the owner's region), else the best of all. A hand-over
+    /// waits for the old primary's final position, so a less advanced successor loses nothing.
     fn best_successor(&self, now: Instant) -> Option<NodeIdx> {
-        self.live_candidates(now)
-            .min_by(|a, b| a.cmp_rank(b))
-            .map(|c| c.node)
+        let best = |blocked_too: bool| {
+            self.live_candidates(now)
+                .filter(|c| blocked_too || !self.peers[usize::from(c.node)].blocked)
+                .min_by(|a, b| a.cmp_rank(b))
+                .map(|c| c.node)
+        };
+        best(false).or_else(|| best(true))
     }
 
     /// When this agent should start an election, if it may: an eligible agent that is not
@@ -767,7 +775,10 @@ impl Core {
             at = at.max(seen + self.s.lease);
         }
         let me = self.me_as_candidate();
-        let rank = self.live_rivals(now).filter(|c| c.better_than(&me)).count() as u32;
+        let rank = self
+            .live_rivals(now, self.position)
+            .filter(|c| c.better_than(&me))
+            .count() as u32;
         Some(at + self.s.interval * rank + self.jitter)
     }
 
@@ -798,7 +809,8 @@ impl Core {
             term,
             until: now + self.s.lease,
         });
-        self.handover = None;
+        // A hand-over naming this agent stays until it expires: a retry is still the named one.
+        self.handover = self.handover.filter(|(to, _)| *to == self.s.me);
         self.role = Role::Candidate {
             term,
             first_sent: now,
@@ -820,8 +832,9 @@ impl Core {
             preferred: self.peers[usize::from(from)].preferred,
             priority: req.priority,
         };
-        if let Role::Candidate { term, .. } = self.role
+        if let Role::Candidate { term, named, .. } = self.role
             && req.term >= term
+            && !named
             && !self.named_successor(now)
             && requester.better_than(&self.me_as_candidate())
         {
@@ -875,9 +888,10 @@ impl Core {
         {
             return true;
         }
-        let me = (self.candidate_now(now) && !self.blocked).then(|| self.me_as_candidate());
+        let me = (self.candidate_now(now) && (!self.blocked || self.position > c.position))
+            .then(|| self.me_as_candidate());
         !self
-            .live_rivals(now)
+            .live_rivals(now, c.position)
             .chain(me)
             .any(|other| other.node != c.node && other.better_than(&c))
     }
@@ -1335,8 +1349,19 @@ mod tests {
         );
         let out = c.handle(t(20_210), Event::Tick);
         assert_eq!(c.role(), RoleKind::Candidate, "{out:?}");
+        // The first candidacy gets no answer; the retry is still the named one.
+        let mut ms = 20_210;
+        while c.role() == RoleKind::Candidate {
+            ms += 10;
+            c.handle(t(ms), Event::Tick);
+        }
+        while c.role() != RoleKind::Candidate {
+            ms += 10;
+            c.handle(t(ms), Event::Tick);
+            assert!(ms < 21_200, "no second candidacy within the hand-over");
+        }
         let out = c.handle(
-            t(20_220),
+            t(ms + 10),
             Event::Received {
                 from: 2,
                 message: Message::Vote(Vote {
@@ -1353,8 +1378,9 @@ mod tests {
     }
 
     #[test]
-    fn voters_do_not_wait_for_a_better_candidate_that_is_blocked() {
-        for is_blocked in [false, true] {
+    fn voters_do_not_wait_for_a_blocked_candidate_unless_it_has_more_data() {
+        // (blocked, its position): the requester is at position 10, priority 150.
+        for (is_blocked, position, granted) in [(false, 10, false), (true, 10, true), (true, 11, false)] {
             let mut v = healthy(2, t(0));
             let better = Message::Heartbeat(Heartbeat {
                 term: 0,
@@ -1364,8 +1390,8 @@ mod tests {
                 eligible: true,
                 blocked: is_blocked,
                 preferred: false,
-                position: 100,
-                priority: 150,
+                position,
+                priority: 200,
             });
             v.handle(
                 t(1500),
@@ -1381,7 +1407,11 @@ mod tests {
                     message: request(4),
                 },
             );
-            assert_eq!(sent_vote(&out), Some(is_blocked), "blocked: {is_blocked}");
+            assert_eq!(
+                sent_vote(&out),
+                Some(granted),
+                "blocked: {is_blocked}, position {position}"
+            );
         }
     }
 

@@ -31,15 +31,28 @@ const FUDGE: u16 = 300;
 pub struct Current {
     /// A and AAAA of `record`, sorted.
     pub addresses: Vec<IpAddr>,
-    /// The TXT of `_owner.<record>`, if there is one.
-    pub owner: Option<String>,
+    /// The TXT records of `_owner.<record>`, as the server holds them (the compare-and-swap
+    /// repeats them exactly).
+    pub txt: Vec<TXT>,
 }
 
 impl Current {
+    /// The owner text, when there is exactly one TXT record.
+    pub fn owner(&self) -> Option<String> {
+        match self.txt.as_slice() {
+            [one] => Some(
+                one.txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
     /// The term the TXT record names, if it names one.
     pub fn term(&self) -> Option<u64> {
-        self.owner
-            .as_deref()?
+        self.owner()?
             .split_whitespace()
             .find_map(|w| w.strip_prefix("term="))?
             .parse()
@@ -152,7 +165,7 @@ impl Updater {
                 match &r.data {
                     RData::A(A(v4)) => current.addresses.push(IpAddr::V4(*v4)),
                     RData::AAAA(AAAA(v6)) => current.addresses.push(IpAddr::V6(*v6)),
-                    RData::TXT(txt) => current.owner = Some(txt.to_string()),
+                    RData::TXT(txt) => current.txt.push(txt.clone()),
                     _ => {}
                 }
             }
@@ -175,8 +188,7 @@ impl Updater {
             IpAddr::V4(v4) => record(&self.record, ttl, RData::A(A(*v4))),
             IpAddr::V6(v6) => record(&self.record, ttl, RData::AAAA(AAAA(*v6))),
         };
-        let txt =
-            |text: &str, ttl: u32| record(&self.owner_txt, ttl, RData::TXT(TXT::new(vec![text.to_string()])));
+        let txt = |data: TXT, ttl: u32| record(&self.owner_txt, ttl, RData::TXT(data));
         // Prerequisites (RFC 2136 2.4): each rrset holds exactly what was read (value-dependent),
         // or does not exist.
         let absent = |owner: &Name, rtype: RecordType| {
@@ -194,9 +206,11 @@ impl Updater {
                 }
             }
         }
-        match &current.owner {
-            Some(text) => message.add_pre_requisite(txt(text, 0)),
-            None => message.add_pre_requisite(absent(&self.owner_txt, RecordType::TXT)),
+        if current.txt.is_empty() {
+            message.add_pre_requisite(absent(&self.owner_txt, RecordType::TXT));
+        }
+        for held in &current.txt {
+            message.add_pre_requisite(txt(held.clone(), 0));
         }
         // Updates (2.5): delete the rrsets, add the new records.
         for (owner, rtype) in [
@@ -211,7 +225,7 @@ impl Updater {
         for ip in addresses {
             message.add_update(address(ip, self.update.ttl));
         }
-        message.add_update(txt(owner, self.update.ttl));
+        message.add_update(txt(TXT::new(vec![owner.to_string()]), self.update.ttl));
         message
             .edns
             .get_or_insert_with(Edns::new)
@@ -229,20 +243,24 @@ impl Updater {
 
 #[cfg(test)]
 mod tests {
-    use super::Current;
+    use super::{Current, TXT};
+
+    fn current(txt: &[&[&str]]) -> Current {
+        Current {
+            addresses: Vec::new(),
+            txt: txt
+                .iter()
+                .map(|strings| TXT::new(strings.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+        }
+    }
 
     #[test]
-    fn the_term_is_read_from_the_owner_record() {
-        let c = Current {
-            addresses: Vec::new(),
-            owner: Some("owner=db2 term=17".into()),
-        };
-        assert_eq!(c.term(), Some(17));
+    fn the_term_is_read_from_a_single_owner_record() {
+        assert_eq!(current(&[&["owner=db2 term=17"]]).term(), Some(17));
+        assert_eq!(current(&[&["owner=db2 ", "term=18"]]).term(), Some(18));
         assert_eq!(Current::default().term(), None);
-        let c = Current {
-            addresses: Vec::new(),
-            owner: Some("set by hand".into()),
-        };
-        assert_eq!(c.term(), None);
+        assert_eq!(current(&[&["set by hand"]]).term(), None);
+        assert_eq!(current(&[&["term=1"], &["term=2"]]).owner(), None);
     }
 }

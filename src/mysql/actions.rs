@@ -127,12 +127,19 @@ async fn fence_only(config: &Mysql, password: &Option<Secret>, deadline: Instant
                  switching semi-sync off on this fenced server"
             );
             let mut c = connect(config, password, deadline).await?;
+            // The replica side goes on: this server will replicate next, and a later rejoin
+            // only keeps semi-sync where one of its sides is on.
             let semi_sync_off: &[&str] = if mariadb {
-                &["SET GLOBAL rpl_semi_sync_master_enabled = OFF"]
+                &[
+                    "SET GLOBAL rpl_semi_sync_master_enabled = OFF",
+                    "SET GLOBAL rpl_semi_sync_slave_enabled = ON",
+                ]
             } else {
                 &[
                     "SET GLOBAL rpl_semi_sync_source_enabled = OFF",
                     "SET GLOBAL rpl_semi_sync_master_enabled = OFF",
+                    "SET GLOBAL rpl_semi_sync_replica_enabled = ON",
+                    "SET GLOBAL rpl_semi_sync_slave_enabled = ON",
                 ]
             };
             for off in semi_sync_off {
