@@ -3,7 +3,7 @@
 # Needs root to install; does nothing when everything is present.
 set -euo pipefail
 
-packages=(iproute2 nftables iputils-ping procps mariadb-server mariadb-client bind9-dnsutils bind9)
+packages=(iproute2 nftables iputils-ping procps mariadb-server mariadb-client bind9-dnsutils bind9 systemd util-linux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

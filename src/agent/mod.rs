@@ -12,6 +12,7 @@ pub mod clock;
 mod database;
 mod dns_push;
 mod failover_block;
+mod service;
 pub mod state;
 
 use crate::config::{Config, Mysql, Secret};
@@ -178,6 +179,8 @@ struct Agent {
     failover_block_until: Option<u64>,
     /// (blocked, preferred) as last given to the core.
     sent_flags: (bool, bool),
+    /// systemd readiness and watchdog.
+    service: service::Service,
     /// `vipgate failover-ack` let this node take over from another region's owner of this term.
     region_override: Option<Term>,
     rejoin_retry_at: Instant,
@@ -364,6 +367,7 @@ impl Agent {
             takeover: None,
             failover_block_until,
             sent_flags: (false, true),
+            service: service::Service::new(now),
             region_override: None,
             rejoin_retry_at: now,
             diverged,
@@ -488,6 +492,9 @@ impl Agent {
             if let Some(stop) = self.stopping {
                 deadline = deadline.min(stop);
             }
+            if let Some(due) = self.service.next_due(self.ready_at()) {
+                deadline = deadline.min(due.max(now));
+            }
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => {
                     let now = clock::now();
@@ -557,6 +564,7 @@ impl Agent {
                     }
                 }
             }
+            self.notify_service(clock::now());
             if let Some(stop) = self.stopping {
                 let busy = matches!(self.core.role(), RoleKind::Owner | RoleKind::Releasing);
                 if !busy {
@@ -578,6 +586,7 @@ impl Agent {
         }
         let now = clock::now();
         tracing::info!("{signal}: handing ownership over and stopping");
+        Self::notify_stopping();
         // An owner gives the lease up explicitly so a successor takes over within about one
         // interval; the deadline covers a removal that never completes.
         self.step(now, Event::Release { to: None })?;

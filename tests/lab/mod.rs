@@ -905,6 +905,12 @@ impl Lab {
 
     /// Starts the agent of `name` (its log goes to `log_path`).
     pub fn start(&mut self, name: &str) {
+        self.start_as(name, &[], &[]);
+    }
+
+    /// Starts `name`'s agent through `wrapper` (e.g. `setpriv …`, empty for none) with extra
+    /// environment variables.
+    pub fn start_as(&mut self, name: &str, wrapper: &[&str], env: &[(&str, String)]) {
         assert!(!self.agents.contains_key(name), "agent {name} is already running");
         let h = self.host(name).clone();
         let log = std::fs::OpenOptions::new()
@@ -915,7 +921,9 @@ impl Lab {
         let mut child = Command::new("ip");
         child
             .args(["netns", "exec", &h.ns])
+            .args(wrapper)
             .arg(&self.bin)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["run", "--config"])
             .arg(self.config_path(name))
             .args(["--node", name])

@@ -1,0 +1,121 @@
+//! The agent as systemd runs it (systemd/vipgate.service): as an unprivileged user with only
+//! CAP_NET_ADMIN, CAP_NET_RAW and CAP_NET_BIND_SERVICE (through setpriv), telling a
+//! NOTIFY_SOCKET when it is ready and pinging the watchdog from its loop. Needs root.
+
+mod lab;
+
+use lab::{Lab, Spec, VIP4, sh, wait_for};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const NOBODY: &str = "65534";
+const CAPS: &str = "-all,+net_admin,+net_raw,+net_bind_service";
+
+#[test]
+fn an_unprivileged_agent_with_three_capabilities_owns_serves_dns_and_talks_to_systemd() {
+    let mut lab = Lab::new(
+        Path::new(env!("CARGO_BIN_EXE_vipgate")),
+        Spec {
+            dns: Some(String::new()),
+            ..Spec::default()
+        },
+    );
+    // db1's files belong to the unprivileged user, as StateDirectory= and friends arrange.
+    let dir = lab.dir.path().to_path_buf();
+    sh(&["chmod", "0755", &dir.display().to_string()]);
+    for path in [dir.join("db1"), dir.join("secret")] {
+        sh(&[
+            "chown",
+            "-R",
+            &format!("{NOBODY}:{NOBODY}"),
+            &path.display().to_string(),
+        ]);
+    }
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    sh(&["chmod", "0777", &notify_path.display().to_string()]);
+    notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let setpriv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps={CAPS}"),
+        &format!("--ambient-caps={CAPS}"),
+        &format!("--bounding-set={CAPS}"),
+        "--",
+    ];
+    lab.start_as(
+        "db1",
+        &setpriv,
+        &[
+            ("NOTIFY_SOCKET", notify_path.display().to_string()),
+            ("WATCHDOG_USEC", "1000000".into()),
+        ],
+    );
+    lab.start("db2");
+    lab.start("w1");
+    // What the process runs as, once setpriv has become the agent.
+    let proc_status =
+        || std::fs::read_to_string(format!("/proc/{}/status", lab.pid("db1"))).unwrap_or_default();
+    assert!(wait_for(Duration::from_secs(2), || proc_status()
+        .starts_with("Name:\tvipgate")));
+    let status = proc_status();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(field("Uid:"), NOBODY, "{status}");
+    assert_eq!(
+        field("CapEff:"),
+        "0000000000003400",
+        "only the three capabilities"
+    );
+
+    // READY=1 once the quiet lease is over, then watchdog pings every quarter second.
+    let started = Instant::now();
+    let mut ready = None;
+    let mut pings = 0;
+    let mut buf = [0u8; 512];
+    while started.elapsed() < Duration::from_secs(5) && (ready.is_none() || pings < 4) {
+        if let Ok(n) = notify.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.contains("READY=1") && ready.is_none() {
+                ready = Some(started.elapsed());
+                println!("notified: {}", text.replace('\n', " "));
+            }
+            if text.contains("WATCHDOG=1") {
+                pings += 1;
+            }
+        }
+    }
+    let ready = ready.unwrap_or_else(|| panic!("no READY=1\n{}", lab.log("db1")));
+    assert!(
+        ready >= Duration::from_millis(900),
+        "ready before its quiet lease ended: {ready:?}"
+    );
+    assert!(pings >= 4, "{pings} watchdog pings in 5 s");
+
+    // With those capabilities it adds and announces the VIP, and serves DNS on port 53.
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    assert!(
+        wait_for(Duration::from_secs(3), || lab
+            .status("db1")
+            .is_some_and(|s| s.vip.announced > 0)),
+        "no announcements"
+    );
+    let answer = lab.dig(&["@192.0.2.11", "primary.db.example.test.", "A", "+short"]);
+    assert_eq!(answer.trim(), VIP4);
+    // A graceful stop tells systemd it is stopping.
+    assert_eq!(lab.stop("db1", Duration::from_secs(5)), Some(0));
+    let mut stopping = false;
+    while let Ok(n) = notify.recv(&mut buf) {
+        stopping |= String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
+    }
+    assert!(stopping, "no STOPPING=1");
+}
