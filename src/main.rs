@@ -39,7 +39,17 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Redraw the table every SECONDS (default 1) until interrupted.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1", conflicts_with = "json")]
+        watch: Option<f64>,
+        /// Print nothing; exit 0 if this node owns, 1 if it does not (2 if the agent cannot be asked).
+        #[arg(long, conflicts_with_all = ["json", "watch"])]
+        is_owner: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `vipgate man > /usr/share/man/man8/vipgate.8`.
+    Man,
     /// Planned hand-over: run on the owner; it fences its database, then hands ownership (and
     /// its final position) to NODE or to the best candidate, which catches up and promotes.
     Switchover {
@@ -95,7 +105,40 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|()| if probe { probe_database(&file) } else { Ok(()) }),
         Command::Run { config, node } => run(&config, node.as_deref()),
-        Command::Status { config, socket, json } => status(&config, socket, json),
+        Command::Status {
+            config,
+            socket,
+            json,
+            watch,
+            is_owner,
+        } => {
+            if is_owner {
+                return match owns(&config, socket) {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::FAILURE,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::from(2)
+                    }
+                };
+            }
+            match watch {
+                Some(seconds) => watch_status(&config, socket, seconds),
+                None => status(&config, socket, json),
+            }
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "vipgate", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .section("8")
+                .render(&mut std::io::stdout())
+                .map_err(|e| format!("cannot write the manual page: {e}"))
+        }
         Command::Switchover {
             to,
             timeout,
@@ -263,6 +306,38 @@ fn status(file: &Path, socket: Option<PathBuf>, json: bool) -> Result<(), String
         print!("{}", vipgate::control::render(&status));
     }
     Ok(())
+}
+
+/// Whether this node's agent owns.
+fn owns(file: &Path, socket: Option<PathBuf>) -> Result<bool, String> {
+    let socket = socket_of(file, socket)?;
+    let answer = vipgate::control::request(&socket, "status")?;
+    let status: vipgate::control::Status = serde_json::from_str(&answer)
+        .map_err(|_| format!("the agent at {} answered: {}", socket.display(), answer.trim()))?;
+    Ok(status.role == "owner")
+}
+
+/// The status table, redrawn every `seconds` until interrupted; an agent that stops answering
+/// is shown as such, and the watch goes on.
+fn watch_status(file: &Path, socket: Option<PathBuf>, seconds: f64) -> Result<(), String> {
+    if !(0.1..=3600.0).contains(&seconds) {
+        return Err(format!("--watch {seconds}: give 0.1 to 3600 seconds"));
+    }
+    let socket = socket_of(file, socket)?;
+    loop {
+        let text = match vipgate::control::request(&socket, "status") {
+            Ok(answer) => match serde_json::from_str::<vipgate::control::Status>(&answer) {
+                Ok(s) => vipgate::control::render(&s),
+                Err(_) => format!("the agent answered: {}\n", answer.trim()),
+            },
+            Err(e) => format!("{e}\n"),
+        };
+        // Clear the screen and home the cursor, then draw.
+        print!("\x1b[2J\x1b[H{text}");
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+    }
 }
 
 fn host_name() -> Option<String> {

@@ -119,3 +119,33 @@ fn an_unprivileged_agent_with_three_capabilities_owns_serves_dns_and_talks_to_sy
     }
     assert!(stopping, "no STOPPING=1");
 }
+
+#[test]
+fn status_is_owner_exits_0_only_on_the_owner_and_watch_redraws() {
+    let mut lab = Lab::new(Path::new(env!("CARGO_BIN_EXE_vipgate")), Spec::default());
+    lab.start_all();
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    for (node, expected) in [("db1", Some(0)), ("db2", Some(1)), ("w1", Some(1))] {
+        let code = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
+            .args(["status", "--is-owner", "--config"])
+            .arg(lab.config_path(node))
+            .output()
+            .unwrap()
+            .status
+            .code();
+        assert_eq!(code, expected, "{node}");
+    }
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
+        .args(["status", "--watch", "0.2", "--config"])
+        .arg(lab.config_path("db2"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(900));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let frames = text.matches("NODE").count();
+    assert!(frames >= 3, "{frames} frames in 0.9 s:\n{text}");
+    assert!(text.contains("db1") && text.contains("owner"), "{text}");
+}

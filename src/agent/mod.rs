@@ -992,6 +992,7 @@ impl Agent {
                         eligible: self.core.eligible(),
                         position: self.db.as_ref().map_or(0, |db| db.borrow().position),
                         priority: node.priority,
+                        region: node.region.clone(),
                         database: self.db.as_ref().map(|db| {
                             peer_db(
                                 &db_report(&db.borrow(), self.failover_block_left()),
@@ -1022,6 +1023,7 @@ impl Agent {
                     eligible: view.eligible,
                     position: view.position,
                     priority: view.priority,
+                    region: node.region.clone(),
                     database: self.peer_db[usize::from(i)]
                         .as_ref()
                         .map(|(at, report)| peer_db(report, now.saturating_since(*at))),

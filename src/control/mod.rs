@@ -112,6 +112,9 @@ pub struct PeerStatus {
     pub priority: u8,
     /// Its database, as its agent last reported it.
     pub database: Option<PeerDb>,
+    /// Its region ("" when regions are not used).
+    #[serde(default)]
+    pub region: String,
 }
 
 /// A node's database as its own agent reports it to its peers.
@@ -306,8 +309,8 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<12} {:<10} {:<8} {:>6}  {:<10} {:>8}  {:<12} LAST HEARD",
-        "NODE", "ROLE", "ELIGIBLE", "TERM", "SEES OWNER", "PRIORITY", "DATABASE"
+        "{:<12} {:<8} {:<10} {:<8} {:>6}  {:<10} {:>8}  {:<12} LAST HEARD",
+        "NODE", "REGION", "ROLE", "ELIGIBLE", "TERM", "SEES OWNER", "PRIORITY", "DATABASE"
     );
     for p in &s.peers {
         let me = p.id == s.node;
@@ -329,8 +332,9 @@ pub fn render(s: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<12} {:<10} {:<8} {:>6}  {:<10} {:>8}  {:<12} {heard}",
+            "{:<12} {:<8} {:<10} {:<8} {:>6}  {:<10} {:>8}  {:<12} {heard}",
             name,
+            if p.region.is_empty() { "-" } else { &p.region },
             p.role,
             eligible,
             p.term,
