@@ -46,6 +46,14 @@ enum Command {
         #[arg(long, conflicts_with_all = ["json", "watch"])]
         is_owner: bool,
     },
+    /// Re-read the configuration on the running agent (as SIGHUP does) and say what changed;
+    /// changes that need a restart are refused and nothing changes. A held VIP stays.
+    Reload {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff), e.g. `vipgate man > /usr/share/man/man8/vipgate.8`.
@@ -127,6 +135,7 @@ fn main() -> ExitCode {
                 None => status(&config, socket, json),
             }
         }
+        Command::Reload { config, socket } => command(&config, socket, "reload").map(|m| println!("{m}")),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vipgate", &mut std::io::stdout());

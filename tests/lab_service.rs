@@ -149,3 +149,99 @@ fn status_is_owner_exits_0_only_on_the_owner_and_watch_redraws() {
     assert!(frames >= 3, "{frames} frames in 0.9 s:\n{text}");
     assert!(text.contains("db1") && text.contains("owner"), "{text}");
 }
+
+fn edit_config(lab: &Lab, node: &str, from: &str, to: &str) {
+    let path = lab.config_path(node);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from:?} not in {node}'s configuration");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+}
+
+fn ttl(lab: &Lab) -> u32 {
+    lab.dig(&[
+        "@192.0.2.11",
+        "primary.db.example.test.",
+        "A",
+        "+noall",
+        "+answer",
+    ])
+    .split_whitespace()
+    .nth(1)
+    .and_then(|t| t.parse().ok())
+    .unwrap_or(0)
+}
+
+#[test]
+fn reload_on_the_owner_keeps_the_vip_and_refuses_what_needs_a_restart() {
+    let mut lab = Lab::new(
+        Path::new(env!("CARGO_BIN_EXE_vipgate")),
+        Spec {
+            dns: Some("ttl = 5\n".into()),
+            ..Spec::default()
+        },
+    );
+    lab.start_all();
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    let ping = lab.pinger(VIP4);
+    std::thread::sleep(Duration::from_millis(500));
+    let from = lab::unix_now();
+    let reload = |lab: &Lab| {
+        let config = lab.config_path("db1");
+        lab.vipgate(&["reload".as_ref(), "--config".as_ref(), config.as_os_str()])
+    };
+    // Live: a priority, the announcement cadence, the DNS TTL.
+    edit_config(&lab, "db1", "priority = 150", "priority = 180");
+    edit_config(&lab, "db1", "refresh_ms = 30000", "refresh_ms = 20000");
+    edit_config(&lab, "db1", "ttl = 5", "ttl = 9");
+    let (ok, text) = reload(&lab);
+    assert!(ok, "{text}");
+    for what in ["priorities", "announcements", "DNS records"] {
+        assert!(text.contains(what), "{text}");
+    }
+    assert_eq!(ttl(&lab), 9);
+    assert!(
+        wait_for(Duration::from_secs(2), || lab.status("db2").is_some_and(|s| s
+            .peers
+            .iter()
+            .any(|p| p.id == "db1" && p.priority == 180))),
+        "peers do not see the new priority"
+    );
+    // SIGHUP does the same.
+    edit_config(&lab, "db1", "ttl = 9", "ttl = 11");
+    lab.signal("db1", nix::sys::signal::Signal::SIGHUP);
+    assert!(wait_for(Duration::from_secs(2), || ttl(&lab) == 11));
+    // Needs a restart: refused, and nothing changes.
+    edit_config(&lab, "db1", "lease_ms = 1000", "lease_ms = 2000");
+    let (ok, text) = reload(&lab);
+    assert!(!ok && text.contains("cluster.lease_ms"), "{text}");
+    edit_config(&lab, "db1", "lease_ms = 2000", "lease_ms = 1000");
+    // A broken file: the command says where, and a SIGHUP changes nothing either.
+    edit_config(&lab, "db1", "ttl = 11", "ttl = \"eleven\"");
+    let (ok, text) = reload(&lab);
+    assert!(!ok && text.contains("vipgate.toml:"), "{text}");
+    lab.signal("db1", nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        wait_for(Duration::from_secs(2), || lab
+            .log("db1")
+            .contains("SIGHUP: not reloaded, the old configuration stays")),
+        "{}",
+        lab.log("db1")
+    );
+    assert_eq!(ttl(&lab), 11);
+    std::thread::sleep(Duration::from_millis(500));
+    // The VIP never moved and no reply was lost.
+    assert_eq!(
+        lab.observer().runs("db1", VIP4).len(),
+        1,
+        "the VIP was dropped and re-added"
+    );
+    assert!(lab.observer().sole_holder(VIP4, "db1"));
+    let gap = ping.max_gap_since(from).unwrap();
+    let replies = ping.replies_since(from);
+    println!(
+        "{replies} replies during the reloads; longest gap {} ms",
+        gap.as_millis()
+    );
+    assert!(gap < Duration::from_millis(100), "a {gap:?} gap in ping replies");
+    assert!(lab.log("db1").contains("reloaded: "), "{}", lab.log("db1"));
+}

@@ -29,6 +29,8 @@ pub(super) enum Job {
         cancelled: Arc<AtomicBool>,
         /// A planned hand-over: the old primary's final position (count, GTIDs).
         wait_for: Option<(u64, String)>,
+        /// Bound on catching up (`catchup_timeout_ms` as configured now).
+        catchup: Duration,
     },
     Fence {
         term: Option<Term>,
@@ -64,8 +66,9 @@ pub(super) fn start_worker(
                     term,
                     cancelled,
                     wait_for,
+                    catchup,
                 } => {
-                    let deadline = tokio::time::Instant::now() + mysql.catchup_timeout;
+                    let deadline = tokio::time::Instant::now() + catchup;
                     let result = actions::promote(&mysql, &password, deadline, &cancelled, wait_for).await;
                     Outcome::Promoted { term, result }
                 }
@@ -420,10 +423,15 @@ impl Agent {
                 }
             );
         }
+        let catchup = self
+            .mysql
+            .as_ref()
+            .map_or(Duration::from_secs(30), |(m, _)| m.catchup_timeout);
         let _ = jobs.send(Job::Promote {
             term,
             cancelled,
             wait_for,
+            catchup,
         });
     }
 

@@ -12,6 +12,7 @@ pub mod clock;
 mod database;
 mod dns_push;
 mod failover_block;
+mod reload;
 mod service;
 pub mod state;
 
@@ -199,6 +200,10 @@ struct Agent {
     push_status: Arc<Mutex<Option<String>>>,
     /// The name server's view of ownership, and its answer counts, if this node serves DNS.
     dns_view: Option<watch::Sender<crate::dns::View>>,
+    /// The zone the name server answers from (a reload replaces it).
+    dns_zone: Option<watch::Sender<Arc<crate::dns::zone::Zone>>>,
+    /// The probe's settings (a reload changes its thresholds).
+    db_settings: Option<watch::Sender<Mysql>>,
     dns_counters: Option<Arc<crate::dns::Counters>>,
 }
 
@@ -269,13 +274,13 @@ impl Agent {
             (Some(tx), rx, status)
         };
 
-        let (db, mysql) = match (&config.mysql, node.witness) {
+        let (db, db_settings, mysql) = match (&config.mysql, node.witness) {
             (Some(mysql), false) => {
                 let password = config.read_mysql_password().map_err(|e| e.to_string())?;
-                let db = crate::mysql::start(mysql.clone(), password.clone());
-                (Some(db), Some((mysql.clone(), password)))
+                let (db, settings) = crate::mysql::start(mysql.clone(), password.clone());
+                (Some(db), Some(settings), Some((mysql.clone(), password)))
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
         let (db_outcomes_tx, db_outcomes) = mpsc::unbounded_channel();
         let maintenance = state.maintenance();
@@ -284,14 +289,15 @@ impl Agent {
         let diverged = state.diverged().map(|d| (0, d.to_string()));
         let replication_password = config.read_replication_password().map_err(|e| e.to_string())?;
 
-        let (dns_view, dns_counters) = match crate::dns::zone::Zone::new(&config) {
+        let (dns_view, dns_zone, dns_counters) = match crate::dns::zone::Zone::new(&config) {
             Some(zone) if !node.dns.is_empty() => {
                 let (tx, rx) = watch::channel(crate::dns::View::default());
+                let (zone_tx, zone_rx) = watch::channel(Arc::new(zone));
                 let port = config.dns.as_ref().map_or(53, |d| d.port);
-                let counters = crate::dns::start(zone, &node.dns, port, rx).await?;
-                (Some(tx), Some(counters))
+                let counters = crate::dns::start(zone_rx, &node.dns, port, rx).await?;
+                (Some(tx), Some(zone_tx), Some(counters))
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
 
         let dns_push = match (config.dns.as_ref().and_then(|d| d.update.as_ref()), node.witness) {
@@ -378,7 +384,9 @@ impl Agent {
             last_report: None,
             peer_db: vec![None; config.nodes.len()],
             dns_view,
+            dns_zone,
             dns_counters,
+            db_settings,
             dns_push,
             push_term: None,
             push_status: Arc::new(Mutex::new(None)),
@@ -478,6 +486,7 @@ impl Agent {
         let mut sigterm =
             signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        let mut sighup = signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
         let mut buf = [0u8; 2048];
         let now = clock::now();
         let health = self.health(now);
@@ -545,6 +554,11 @@ impl Agent {
                 }
                 _ = sigterm.recv() => self.begin_stop("SIGTERM")?,
                 _ = sigint.recv() => self.begin_stop("SIGINT")?,
+                _ = sighup.recv() => {
+                    if let Err(e) = self.reload() {
+                        tracing::error!("SIGHUP: {e}");
+                    }
+                }
                 // Capped: tokio's clock stops during suspend, CLOCK_BOOTTIME does not.
                 () = tokio::time::sleep(clock::until(deadline).min(vip::MAX_SLEEP)) => {
                     let now = clock::now();
@@ -901,6 +915,7 @@ impl Agent {
             ["switchover", rest @ ..] if rest.len() <= 1 => {
                 reply(self.switchover(now, rest.first().copied()))
             }
+            ["reload"] => reply(self.reload()),
             ["failover-ack"] => {
                 let answer = self.failover_ack(now);
                 let health = self.health(now);
@@ -908,7 +923,7 @@ impl Agent {
                 reply(answer)
             }
             _ => reply(Err(format!(
-                "unknown command {command:?}; try: status, maintenance on|off, switchover [NODE], failover-ack"
+                "unknown command {command:?}; try: status, maintenance on|off, switchover [NODE], failover-ack, reload"
             ))),
         })
     }

@@ -8,12 +8,14 @@
 mod dns;
 mod error;
 mod mysql;
+mod reload;
 mod secret;
 mod vip;
 
 pub use dns::{Dns, Update};
 pub use error::{ConfigError, ConfigErrors, Seg};
 pub use mysql::{Endpoint, Mysql, MysqlMode, ReplicationAccount};
+pub use reload::restart_needed;
 pub use secret::{KeyFileProblem, Secret, read_key_file};
 pub use vip::{Announce, Control, DEFAULT_SOCKET, Vip};
 

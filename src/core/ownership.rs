@@ -371,6 +371,24 @@ impl Core {
         core
     }
 
+    /// Takes on new settings while running (a reload): priorities, preemption and the
+    /// heartbeat interval. The lease, the drift bound and the members must stay as they are —
+    /// the caller refuses a reload that changes them.
+    pub fn reconfigure(&mut self, settings: Settings) {
+        debug_assert!(settings.check().is_ok(), "settings must be checked by the caller");
+        debug_assert_eq!(
+            (
+                settings.me,
+                settings.members.len(),
+                settings.lease,
+                settings.drift_ppm
+            ),
+            (self.s.me, self.s.members.len(), self.s.lease, self.s.drift_ppm),
+            "only live-changeable settings may change"
+        );
+        self.s = settings;
+    }
+
     #[cfg(test)]
     pub(crate) fn inject(&mut self, fault: Fault, now: Instant) {
         self.fault = Some(fault);

@@ -64,7 +64,8 @@ impl Counters {
 }
 
 struct Handler {
-    zone: Zone,
+    /// Replaced by a reload.
+    zone: watch::Receiver<Arc<Zone>>,
     view: watch::Receiver<View>,
     counters: Arc<Counters>,
 }
@@ -118,8 +119,8 @@ impl RequestHandler for Handler {
                     .owner
                     .filter(|(_, until)| clock::now() < *until)
                     .map(|(o, _)| o);
-                self.zone
-                    .answer(q.name(), q.query_type(), q.query_class(), owner, view.serial)
+                let zone = self.zone.borrow().clone();
+                zone.answer(q.name(), q.query_type(), q.query_class(), owner, view.serial)
             }
         };
         self.counters.count(answer.rcode);
@@ -151,7 +152,7 @@ impl RequestHandler for Handler {
 /// Starts the name server on `addresses` (UDP and TCP, `port`). Binding errors come back with
 /// the fix; the server then runs until the process ends.
 pub async fn start(
-    zone: Zone,
+    zone: watch::Receiver<Arc<Zone>>,
     addresses: &[IpAddr],
     port: u16,
     view: watch::Receiver<View>,

@@ -91,10 +91,13 @@ pub(crate) fn server_code(e: &mysql_async::Error) -> Option<u16> {
 }
 
 /// Starts the probe; the receiver always holds the latest status.
-pub fn start(config: Mysql, password: Option<Secret>) -> watch::Receiver<DbStatus> {
+/// Starts the probe; the returned sender changes its settings while it runs (a reload keeps
+/// the health it has counted so far).
+pub fn start(config: Mysql, password: Option<Secret>) -> (watch::Receiver<DbStatus>, watch::Sender<Mysql>) {
     let (tx, rx) = watch::channel(DbStatus::default());
-    tokio::spawn(run(config, password, tx));
-    rx
+    let (settings, updates) = watch::channel(config);
+    tokio::spawn(run(updates, password, tx));
+    (rx, settings)
 }
 
 pub(crate) fn options(config: &Mysql, password: &Option<Secret>) -> OptsBuilder {
@@ -111,7 +114,8 @@ pub(crate) fn options(config: &Mysql, password: &Option<Secret>) -> OptsBuilder 
     }
 }
 
-async fn run(config: Mysql, password: Option<Secret>, tx: watch::Sender<DbStatus>) {
+async fn run(mut updates: watch::Receiver<Mysql>, password: Option<Secret>, tx: watch::Sender<DbStatus>) {
+    let mut config = updates.borrow_and_update().clone();
     let mut gauge = Gauge::new(config.rise, config.fall);
     let mut conn: Option<Conn> = None;
     let mut ticks = tokio::time::interval(config.check_interval);
@@ -120,6 +124,15 @@ async fn run(config: Mysql, password: Option<Secret>, tx: watch::Sender<DbStatus
     let mut io_stopped_since: Option<Instant> = None;
     loop {
         ticks.tick().await;
+        if updates.has_changed().unwrap_or(false) {
+            let next = updates.borrow_and_update().clone();
+            gauge.set_thresholds(next.rise, next.fall);
+            if next.check_interval != config.check_interval {
+                ticks = tokio::time::interval_at(Instant::now() + next.check_interval, next.check_interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
+            config = next;
+        }
         let started = Instant::now();
         let deadline = started + config.check_timeout;
         let check = match timeout_at(deadline, check(&config, &password, &mut conn)).await {

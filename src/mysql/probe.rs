@@ -142,6 +142,12 @@ impl Gauge {
         }
     }
 
+    /// New thresholds (a reload); the health and the streak counted so far stay.
+    pub fn set_thresholds(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
     /// Records one check; returns whether the database now counts as healthy.
     pub fn record(&mut self, ok: bool) -> bool {
         if ok == self.healthy {

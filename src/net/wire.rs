@@ -144,6 +144,17 @@ impl Codec {
         }
     }
 
+    /// Whether this codec authenticates with `key` (a reload checks the secret is unchanged).
+    pub fn keyed_with(&self, key: &[u8]) -> bool {
+        let probe = b"vipgate: is this the key?";
+        let mut ours = self.mac.clone();
+        ours.update(probe);
+        let mut theirs =
+            <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
+        theirs.update(probe);
+        ours.finalize().into_bytes() == theirs.finalize().into_bytes()
+    }
+
     pub fn encode(&self, boot: u64, counter: u64, message: &Message) -> Vec<u8> {
         let mut w = Vec::with_capacity(128);
         w.extend_from_slice(&MAGIC);

@@ -52,6 +52,8 @@ pub enum Command {
     Drop { term: Term, by: Instant, seq: u64 },
     /// The agent is exiting: remove everything, then answer.
     Shutdown { done: oneshot::Sender<()> },
+    /// A reload: announce with these settings from now on (held VIPs stay as they are).
+    Announce(Announce),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -186,6 +188,7 @@ impl Manager {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Hold { term, until }) => self.hold(term, until).await,
+                    Some(Command::Announce(announce)) => self.announce = announce,
                     Some(Command::Drop { term, by, seq }) => {
                         self.drop_all(term, by).await;
                         let _ = self.reports.send(Report::Dropped { term, seq });

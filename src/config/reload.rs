@@ -1,0 +1,176 @@
+//! What a reload may change while the agent runs, and what needs a restart.
+//!
+//! Live: priorities and preemption, the heartbeat interval, `cross_region_failover`,
+//! `[announce]`, the `[mysql]` thresholds (checks, lag, catch-up, kill grace, anti-flap window)
+//! and the DNS records' contents (record name, TTL, SOA fields). Everything that defines who is
+//! in the cluster, how members trust each other, what a node owns, or where it listens needs a
+//! restart of every agent — the lease above all: an owner whose lease outlasts its voters'
+//! grants could overlap a successor.
+
+use super::Config;
+
+/// The fields `new` changes that a running agent cannot take on, each with why; empty when the
+/// reload may go ahead.
+pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |changed: bool, field: &str, why: &str| {
+        if changed {
+            out.push(format!("{field} ({why})"));
+        }
+    };
+    let (a, b) = (&old.cluster, &new.cluster);
+    check(
+        a.name != b.name,
+        "cluster.name",
+        "peers authenticate the cluster by name",
+    );
+    check(
+        a.secret_file != b.secret_file,
+        "cluster.secret_file",
+        "peers must share one key",
+    );
+    check(a.port != b.port, "cluster.port", "peers send to it");
+    check(
+        a.lease != b.lease || a.clock_drift != b.clock_drift,
+        "cluster.lease_ms / clock_drift",
+        "owners and voters must count the same lease",
+    );
+    check(
+        a.state_dir != b.state_dir,
+        "cluster.state_dir",
+        "it holds the vote and term",
+    );
+    let members = |c: &Config| {
+        c.nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.id.clone(),
+                    n.address,
+                    n.witness,
+                    n.region.clone(),
+                    n.dns.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    check(
+        members(old) != members(new),
+        "[[node]] id / address / witness / region / dns_listen",
+        "membership and what each node owns and serves are fixed while agents run",
+    );
+    check(
+        old.vips != new.vips,
+        "[[vip]]",
+        "a held VIP must not be dropped or re-added",
+    );
+    check(
+        old.control.socket != new.control.socket,
+        "control.socket",
+        "the agent listens on it",
+    );
+    let fixed_mysql = |c: &Config| {
+        c.mysql.as_ref().map(|m| {
+            (
+                m.mode,
+                m.endpoint.clone(),
+                m.user.clone(),
+                m.password_file.clone(),
+                m.replication.clone(),
+            )
+        })
+    };
+    check(
+        fixed_mysql(old) != fixed_mysql(new),
+        "[mysql] mode / connection / user / password_file / replication_*",
+        "the database the agent manages, and how",
+    );
+    let fixed_dns = |c: &Config| c.dns.as_ref().map(|d| (d.zone.clone(), d.port, d.update.clone()));
+    check(
+        fixed_dns(old) != fixed_dns(new),
+        "[dns] zone / port / [dns.update]",
+        "where the agent serves, and the zone and key it updates",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const BASE: &str = r#"
+[cluster]
+name = "lab"
+secret_file = "secret"
+[[node]]
+id = "db1"
+address = "192.0.2.11"
+priority = 150
+[[node]]
+id = "db2"
+address = "192.0.2.12"
+[[node]]
+id = "w1"
+address = "192.0.2.13"
+witness = true
+[[vip]]
+address = "192.0.2.50/24"
+interface = "eth0"
+[mysql]
+mode = "promote"
+user = "vipgate"
+max_lag_ms = 10000
+[dns]
+zone = "db.example.test."
+ttl = 5
+"#;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(Path::new("/etc/vipgate/vipgate.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn thresholds_priorities_and_records_change_live() {
+        let old = parse(BASE);
+        let new = parse(
+            &BASE
+                .replace("priority = 150", "priority = 200")
+                .replace(
+                    "max_lag_ms = 10000",
+                    "max_lag_ms = 2000\nfall = 5\nfailover_block_ms = 0",
+                )
+                .replace("ttl = 5", "ttl = 30")
+                .replace(
+                    "name = \"lab\"",
+                    "name = \"lab\"\nheartbeat_interval_ms = 150\npreempt = true",
+                ),
+        );
+        assert_eq!(restart_needed(&old, &new), Vec::<String>::new());
+    }
+
+    #[test]
+    fn membership_lease_vips_and_the_database_need_a_restart() {
+        let old = parse(BASE);
+        for (from, to, field) in [
+            (
+                "name = \"lab\"",
+                "name = \"lab\"\nlease_ms = 2000",
+                "cluster.lease_ms",
+            ),
+            ("192.0.2.12\"", "192.0.2.22\"", "[[node]]"),
+            ("192.0.2.50/24", "192.0.2.51/24", "[[vip]]"),
+            ("user = \"vipgate\"", "user = \"other\"", "[mysql]"),
+            (
+                "zone = \"db.example.test.\"",
+                "zone = \"db.example.org.\"",
+                "[dns]",
+            ),
+            ("name = \"lab\"", "name = \"lab2\"", "cluster.name"),
+        ] {
+            let changed = restart_needed(&old, &parse(&BASE.replace(from, to)));
+            assert_eq!(changed.len(), 1, "{to}: {changed:?}");
+            assert!(changed[0].starts_with(field), "{changed:?}");
+        }
+    }
+}
