@@ -245,3 +245,62 @@ fn reload_on_the_owner_keeps_the_vip_and_refuses_what_needs_a_restart() {
     assert!(gap < Duration::from_millis(100), "a {gap:?} gap in ping replies");
     assert!(lab.log("db1").contains("reloaded: "), "{}", lab.log("db1"));
 }
+
+#[test]
+fn metrics_and_status_are_served_over_http() {
+    let mut lab = Lab::new(
+        Path::new(env!("CARGO_BIN_EXE_vipgate")),
+        Spec {
+            dns: Some(String::new()),
+            ..Spec::default()
+        },
+    );
+    lab.start_all();
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    let _ = lab.dig(&["@192.0.2.11", "primary.db.example.test.", "A"]);
+    let metrics = |lab: &Lab, node: &str| {
+        let (status, body) = lab.http(node, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(status.contains("200"), "{status}");
+        body
+    };
+    let value = |text: &str, sample: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
+    };
+    let db1 = metrics(&lab, "db1");
+    assert_eq!(value(&db1, "vipgate_is_owner "), 1.0);
+    assert_eq!(value(&db1, "vipgate_role{role=\"owner\"} "), 1.0);
+    assert_eq!(
+        value(&db1, "vipgate_transitions_total{reason=\"acquired\"} "),
+        1.0
+    );
+    assert_eq!(value(&db1, "vipgate_vips_held "), 1.0);
+    assert!(value(&db1, "vipgate_announcements_total ") > 0.0);
+    assert!(value(&db1, "vipgate_datagrams_received_total ") > 0.0);
+    assert!(value(&db1, "vipgate_dns_answers_total{rcode=\"NOERROR\"} ") >= 1.0);
+    assert!(value(&db1, "vipgate_peer_last_heard_seconds{peer=\"w1\"} ") < 1.0);
+    let db2 = metrics(&lab, "db2");
+    assert_eq!(value(&db2, "vipgate_is_owner "), 0.0);
+    assert_eq!(value(&db2, "vipgate_owner{node=\"db1\"} "), 1.0);
+    // /status is the JSON of `vipgate status --json`.
+    let (status, body) = lab.http("db2", "GET /status HTTP/1.1\r\n\r\n");
+    assert!(status.contains("200"), "{status}");
+    let s: vipgate::control::Status = serde_json::from_str(&body).unwrap();
+    assert_eq!((s.node.as_str(), s.owner.as_deref()), ("db2", Some("db1")));
+    assert!(lab.http("db2", "GET /nothing HTTP/1.1\r\n\r\n").0.contains("404"));
+    assert!(
+        lab.http("db2", "POST /metrics HTTP/1.1\r\n\r\n")
+            .0
+            .contains("405")
+    );
+    // After a failover the new owner counts its transition.
+    lab.kill("db1");
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(5));
+    let db2 = metrics(&lab, "db2");
+    assert_eq!(value(&db2, "vipgate_is_owner "), 1.0);
+    assert_eq!(
+        value(&db2, "vipgate_transitions_total{reason=\"acquired\"} "),
+        1.0
+    );
+}

@@ -178,6 +178,8 @@ struct Agent {
     takeover: Option<(Term, NodeIdx)>,
     /// Promote mode: no automatic takeover before this wall-clock time (Unix ms; persisted).
     failover_block_until: Option<u64>,
+    /// Ownership transitions by reason, for metrics.
+    transitions: BTreeMap<String, u64>,
     /// (blocked, preferred) as last given to the core.
     sent_flags: (bool, bool),
     /// systemd readiness and watchdog.
@@ -310,6 +312,9 @@ impl Agent {
         };
 
         let (control_tx, control) = mpsc::channel(16);
+        if let Some(addr) = config.control.http {
+            control::http::serve(addr, control_tx.clone()).await?;
+        }
         control::serve(&config.control.socket, control_tx)?;
 
         let now = clock::now();
@@ -372,6 +377,7 @@ impl Agent {
             last_holder,
             takeover: None,
             failover_block_until,
+            transitions: BTreeMap::new(),
             sent_flags: (false, true),
             service: service::Service::new(now),
             region_override: None,
@@ -729,6 +735,7 @@ impl Agent {
             } => {
                 self.lease = Some((term, lease_end));
                 self.note_acquire(term, named);
+                *self.transitions.entry("acquired".into()).or_default() += 1;
                 if self.promote_mode() {
                     self.start_promotion(term);
                 } else {
@@ -755,6 +762,7 @@ impl Agent {
                 lease_end,
             } => {
                 tracing::warn!(term, "releasing ownership: {}", reason.as_str());
+                *self.transitions.entry(reason.label().into()).or_default() += 1;
                 self.lease = None;
                 self.release_by = Some(lease_end);
                 // The release completes once the VIP is gone and (promote mode) the database
@@ -886,6 +894,7 @@ impl Agent {
         let words: Vec<&str> = command.split_whitespace().collect();
         Ok(match words.as_slice() {
             ["status"] => serde_json::to_string(&self.status(now)).expect("status serialises"),
+            ["metrics"] => control::metrics::render(&self.status(now)),
             ["maintenance", on @ ("on" | "off")] => {
                 let on = *on == "on";
                 if let Err(e) = self.state.set_maintenance(on) {
@@ -1125,6 +1134,7 @@ impl Agent {
             grants_sent: self.grants_sent,
             first_grant_after_start_ms: self.first_grant.map(ms),
             dropped,
+            transitions: self.transitions.clone(),
         }
     }
 }

@@ -479,3 +479,14 @@ fn dns_update_is_read_with_defaults_and_its_key_decoded() {
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(fields, ["dns.update.server", "dns.update.record"], "{errors:#?}");
 }
+
+#[test]
+fn control_http_takes_an_address_or_a_loopback_port() {
+    let c = parse(&format!("{GOOD}\n[control]\nhttp = \"9808\"\n")).unwrap();
+    assert_eq!(c.control.http, Some("127.0.0.1:9808".parse().unwrap()));
+    let c = parse(&format!("{GOOD}\n[control]\nhttp = \"[2001:db8::1]:9100\"\n")).unwrap();
+    assert_eq!(c.control.http, Some("[2001:db8::1]:9100".parse().unwrap()));
+    assert_eq!(parse(GOOD).unwrap().control.http, None);
+    let e = only_error(&format!("{GOOD}\n[control]\nhttp = \"localhost:80\"\n"));
+    assert_eq!(e.field, "control.http");
+}

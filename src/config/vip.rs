@@ -47,6 +47,7 @@ impl Default for RawAnnounce {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawControl {
     socket: Option<PathBuf>,
+    http: Option<String>,
 }
 
 fn default_repeat() -> i64 {
@@ -110,6 +111,8 @@ impl Default for Announce {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Control {
     pub socket: PathBuf,
+    /// `/metrics` (Prometheus) and `/status` over HTTP, if set.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 pub(super) fn validate_vips(raw: &[RawVip], node_addresses: &[IpAddr], p: &mut Problems<'_>) -> Vec<Vip> {
@@ -225,5 +228,27 @@ pub(super) fn validate_control(raw: &RawControl, base: &Path, p: &mut Problems<'
         Some(s) => base.join(s),
         None => PathBuf::from(DEFAULT_SOCKET),
     };
-    Control { socket }
+    // A port alone means loopback only.
+    let http = raw.http.as_deref().and_then(|h| {
+        let h = h.trim();
+        let parsed = h
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .or_else(|| {
+                h.trim_start_matches(':')
+                    .parse::<u16>()
+                    .ok()
+                    .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            })
+            .filter(|a| a.port() != 0);
+        if parsed.is_none() {
+            p.add(
+                &[Seg::Key("control"), Seg::Key("http")],
+                format!("{h:?} is not an address and port"),
+                "write e.g. \"127.0.0.1:9808\" (or \"9808\" for loopback only)",
+            );
+        }
+        parsed
+    });
+    Control { socket, http }
 }

@@ -5,6 +5,9 @@
 //! bounded in size and time, and answered by the agent loop from its own state, so what the
 //! CLI prints is exactly what the agent acts on.
 
+pub mod http;
+pub mod metrics;
+
 use crate::mysql::DbStatus;
 use crate::vip::VipStatus;
 use serde::{Deserialize, Serialize};
@@ -86,6 +89,9 @@ pub struct Status {
     pub first_grant_after_start_ms: Option<u64>,
     /// Dropped datagrams by reason.
     pub dropped: BTreeMap<String, u64>,
+    /// Ownership transitions of this agent, by reason (`acquired`, or why it released).
+    #[serde(default)]
+    pub transitions: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -167,6 +167,17 @@ pub enum ReleaseReason {
 }
 
 impl ReleaseReason {
+    /// A short name, for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReleaseReason::LeaseExpiring => "lease_expiring",
+            ReleaseReason::Ineligible => "ineligible",
+            ReleaseReason::Requested => "requested",
+            ReleaseReason::Preempted => "preempted",
+            ReleaseReason::NewerOwner => "newer_owner",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ReleaseReason::LeaseExpiring => "lease not renewed by a majority",

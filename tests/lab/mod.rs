@@ -674,7 +674,10 @@ impl Lab {
             let _ = writeln!(t, "cross_region_failover = {cross}");
         }
         let _ = writeln!(t);
-        let _ = writeln!(t, "[control]\nsocket = \"control.sock\"\n");
+        let _ = writeln!(
+            t,
+            "[control]\nsocket = \"control.sock\"\nhttp = \"127.0.0.1:9808\"\n"
+        );
         let _ = writeln!(t, "[announce]\n{}", self.spec.announce);
         for h in &self.hosts {
             let _ = writeln!(
@@ -1138,6 +1141,22 @@ impl Lab {
             short("primary.db.example.com.", "A"),
             short("_owner.primary.db.example.com.", "TXT"),
         )
+    }
+
+    /// An HTTP request to `name`'s agent on its own loopback (`[control] http`): the status
+    /// line and the body.
+    pub fn http(&self, name: &str, request: &str) -> (String, String) {
+        let request = request.to_string();
+        in_netns(&self.host(name).ns.clone(), move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9808").expect("connect to [control] http");
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+            (head.lines().next().unwrap_or("").to_string(), body.to_string())
+        })
     }
 
     /// `dig` from the client: `args` are dig's (server, name, type, options); its output.
