@@ -27,6 +27,10 @@ enum Command {
         /// This node's id (default: the host name).
         #[arg(long)]
         node: Option<String>,
+        /// Log lines for people (under journald without their own timestamps: the journal
+        /// adds them) or as JSON objects, one per line.
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
     },
     /// Show the running agent's view of the cluster.
     Status {
@@ -112,7 +116,11 @@ fn main() -> ExitCode {
         Command::CheckConfig { file, node, probe } => check_config(&file, node.as_deref())
             .map_err(|e| e.to_string())
             .and_then(|()| if probe { probe_database(&file) } else { Ok(()) }),
-        Command::Run { config, node } => run(&config, node.as_deref()),
+        Command::Run {
+            config,
+            node,
+            log_format,
+        } => run(&config, node.as_deref(), log_format),
         Command::Status {
             config,
             socket,
@@ -185,7 +193,13 @@ fn this_node(config: &Config, node: Option<&str>) -> Result<vipgate::core::NodeI
     }
 }
 
-fn run(file: &Path, node: Option<&str>) -> Result<(), String> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn run(file: &Path, node: Option<&str>, format: LogFormat) -> Result<(), String> {
     let config = Config::load(file).map_err(|e| e.to_string())?;
     let me = this_node(&config, node).map_err(|e| e.to_string())?;
     let level = match std::env::var("VIPGATE_LOG").as_deref() {
@@ -193,12 +207,19 @@ fn run(file: &Path, node: Option<&str>) -> Result<(), String> {
         Ok("warn") => tracing::Level::WARN,
         _ => tracing::Level::INFO,
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_target(false);
+    // systemd sets JOURNAL_STREAM when stderr goes to the journal, which stamps every line.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match format {
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+        LogFormat::Human if journald => logs.without_time().with_ansi(false).init(),
+        LogFormat::Human => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     vipgate::agent::run(config, me)
 }
 

@@ -53,6 +53,7 @@ fn an_unprivileged_agent_with_three_capabilities_owns_serves_dns_and_talks_to_sy
             ("NOTIFY_SOCKET", notify_path.display().to_string()),
             ("WATCHDOG_USEC", "1000000".into()),
         ],
+        &[],
     );
     lab.start("db2");
     lab.start("w1");
@@ -303,4 +304,35 @@ fn metrics_and_status_are_served_over_http() {
         value(&db2, "vipgate_transitions_total{reason=\"acquired\"} "),
         1.0
     );
+}
+
+#[test]
+fn logs_are_json_with_a_flag_and_carry_no_timestamps_under_journald() {
+    let mut lab = Lab::new(Path::new(env!("CARGO_BIN_EXE_vipgate")), Spec::default());
+    lab.start_as("db1", &[], &[], &["--log-format", "json"]);
+    lab.start_as("db2", &[], &[("JOURNAL_STREAM", "8:12345".into())], &[]);
+    lab.start("w1");
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    let json = lab.log("db1");
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{json}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["timestamp"].is_string() && l["level"].is_string())
+    );
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("became owner"))),
+        "{json}"
+    );
+    // Under journald: level and message only, the journal stamps the time.
+    let plain = lab.log("db2");
+    let first = plain.lines().next().unwrap_or_default();
+    assert!(first.trim_start().starts_with("INFO"), "{first}");
+    assert!(!first.contains("Z "), "a timestamp: {first}");
 }

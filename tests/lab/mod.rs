@@ -908,12 +908,12 @@ impl Lab {
 
     /// Starts the agent of `name` (its log goes to `log_path`).
     pub fn start(&mut self, name: &str) {
-        self.start_as(name, &[], &[]);
+        self.start_as(name, &[], &[], &[]);
     }
 
     /// Starts `name`'s agent through `wrapper` (e.g. `setpriv …`, empty for none) with extra
-    /// environment variables.
-    pub fn start_as(&mut self, name: &str, wrapper: &[&str], env: &[(&str, String)]) {
+    /// environment variables and extra `vipgate run` arguments.
+    pub fn start_as(&mut self, name: &str, wrapper: &[&str], env: &[(&str, String)], args: &[&str]) {
         assert!(!self.agents.contains_key(name), "agent {name} is already running");
         let h = self.host(name).clone();
         let log = std::fs::OpenOptions::new()
@@ -930,6 +930,7 @@ impl Lab {
             .args(["run", "--config"])
             .arg(self.config_path(name))
             .args(["--node", name])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
