@@ -496,3 +496,51 @@ fn after_an_automatic_failover_the_next_one_waits_for_an_operator_but_planned_mo
     );
     lab.assert_never_two_holders(VIP4);
 }
+
+#[test]
+fn a_pre_promote_hook_can_veto_a_promotion_until_it_agrees() {
+    let mut lab = Lab::new(
+        Path::new(env!("CARGO_BIN_EXE_vipgate")),
+        Spec {
+            mysql: Some("promote"),
+            ..Spec::default()
+        },
+    );
+    // db2's check refuses while a flag file exists.
+    let flag = lab.dir.path().join("hold-promotion");
+    std::fs::write(&flag, "").unwrap();
+    let veto = lab.dir.path().join("veto.sh");
+    std::fs::write(
+        &veto,
+        format!(
+            "#!/bin/sh\n[ \"$VIPGATE_EVENT\" = pre_promote ] || exit 3\n[ ! -e {} ]\n",
+            flag.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&veto, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = lab.config_path("db2");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[hooks]\npre_promote = \"{}\"\n", veto.display()));
+    std::fs::write(&config, text).unwrap();
+    lab.start_all();
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    lab.kill_mariadb("db1");
+    assert!(
+        wait_for(Duration::from_secs(10), || lab
+            .log("db2")
+            .contains("vetoed by the pre_promote hook")),
+        "{}",
+        lab.log("db2")
+    );
+    assert!(
+        lab.observer().holders(VIP4).is_empty(),
+        "promoted despite the veto"
+    );
+    assert_eq!(read_only(&lab, "db2"), Some(true));
+    // The check agrees: the next attempt promotes.
+    std::fs::remove_file(&flag).unwrap();
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(20));
+    assert_eq!(read_only(&lab, "db2"), Some(false));
+    lab.assert_never_two_holders(VIP4);
+}

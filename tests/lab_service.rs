@@ -336,3 +336,74 @@ fn logs_are_json_with_a_flag_and_carry_no_timestamps_under_journald() {
     assert!(first.trim_start().starts_with("INFO"), "{first}");
     assert!(!first.contains("Z "), "a timestamp: {first}");
 }
+
+/// Writes an executable script into the lab directory; its path.
+fn script(lab: &Lab, name: &str, body: &str) -> String {
+    let path = lab.dir.path().join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn hooks_run_in_order_with_the_event_and_a_slow_one_is_killed_at_its_timeout() {
+    let mut lab = Lab::new(Path::new(env!("CARGO_BIN_EXE_vipgate")), Spec::default());
+    let log = lab.dir.path().join("hooks.log");
+    let note = script(
+        &lab,
+        "note.sh",
+        &format!(
+            "echo \"$1 $2 $3 $VIPGATE_EVENT ${{VIPGATE_REASON:-}}\" >> {}",
+            log.display()
+        ),
+    );
+    let slow = script(&lab, "slow.sh", "sleep 10");
+    for node in ["db1", "db2", "w1"] {
+        let path = lab.config_path(node);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&format!(
+            "\n[hooks]\nowner = [\"{note}\", \"{slow}\", \"{note}\"]\nrelease = [\"{note}\"]\ntimeout_ms = 300\n"
+        ));
+        std::fs::write(&path, text).unwrap();
+    }
+    lab.start_all();
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    lab.link_down("db1");
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(5));
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_for(Duration::from_secs(3), || lines().len() >= 5),
+        "{:?}\n{}",
+        lines(),
+        lab.logs()
+    );
+    let of = |node: &str| -> Vec<String> {
+        lines()
+            .into_iter()
+            .filter(|l| l.split_whitespace().nth(1) == Some(node))
+            .collect()
+    };
+    let db1 = of("db1");
+    assert_eq!(db1.len(), 3, "{db1:?}");
+    assert!(
+        db1[0].starts_with("owner db1 1 owner") && db1[1].starts_with("owner db1 1 owner"),
+        "{db1:?}"
+    );
+    assert!(
+        db1[2].starts_with("release db1 1 release") && db1[2].contains("no longer eligible"),
+        "{db1:?}"
+    );
+    let db2 = of("db2");
+    assert_eq!(db2.len(), 2, "{db2:?}");
+    assert!(db2.iter().all(|l| l.starts_with("owner db2 2 owner")), "{db2:?}");
+    let runs = lab.status("db2").unwrap().hook_runs;
+    assert_eq!(runs.get("owner ok"), Some(&2), "{runs:?}");
+    assert_eq!(runs.get("owner timed out"), Some(&1), "{runs:?}");
+    assert!(lab.log("db2").contains("timed out after 300 ms and was killed"));
+}

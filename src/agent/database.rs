@@ -31,6 +31,8 @@ pub(super) enum Job {
         wait_for: Option<(u64, String)>,
         /// Bound on catching up (`catchup_timeout_ms` as configured now).
         catchup: Duration,
+        /// `[hooks] pre_promote`; a failure vetoes.
+        veto: Option<Veto>,
     },
     Fence {
         term: Option<Term>,
@@ -45,6 +47,9 @@ pub(super) enum Job {
         cancelled: Arc<AtomicBool>,
     },
 }
+
+/// The `pre_promote` hook: the script, its bound and its variables.
+pub(super) type Veto = (std::path::PathBuf, Duration, Vec<(String, String)>);
 
 /// Bound on one rejoin attempt (re-pointing and waiting for the I/O thread to connect).
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,9 +72,24 @@ pub(super) fn start_worker(
                     cancelled,
                     wait_for,
                     catchup,
+                    veto,
                 } => {
-                    let deadline = tokio::time::Instant::now() + catchup;
-                    let result = actions::promote(&mysql, &password, deadline, &cancelled, wait_for).await;
+                    let vetoed = match &veto {
+                        Some((script, timeout, env)) => {
+                            super::hooks::run(script, "pre_promote", term, env, *timeout)
+                                .await
+                                .err()
+                                .map(|e| format!("vetoed by the pre_promote hook {}: {e}", script.display()))
+                        }
+                        None => None,
+                    };
+                    let result = match vetoed {
+                        Some(why) => Err(why),
+                        None => {
+                            let deadline = tokio::time::Instant::now() + catchup;
+                            actions::promote(&mysql, &password, deadline, &cancelled, wait_for).await
+                        }
+                    };
                     Outcome::Promoted { term, result }
                 }
                 Job::Fence { term, budget } => {
@@ -269,6 +289,13 @@ impl Agent {
 
     /// A new probe result: in promote mode, fence a writable database this node does not own.
     pub(super) fn on_db_status(&mut self, now: Instant) {
+        let healthy = self.db.as_ref().is_some_and(|db| db.borrow().healthy);
+        if self.db_was_healthy.map_or(healthy, |was| was != healthy) {
+            let problem = self.db.as_ref().and_then(|db| db.borrow().problem.clone());
+            let event = if healthy { "db_healthy" } else { "db_unhealthy" };
+            self.hook(event, self.core.term(), problem.as_deref());
+        }
+        self.db_was_healthy = Some(healthy);
         if let Some((_, until)) = &self.db_fault
             && now >= *until
         {
@@ -301,6 +328,9 @@ impl Agent {
     fn set_diverged(&mut self, why: Option<String>) {
         if why.is_none() {
             self.diverged = None;
+        }
+        if let Some(w) = &why {
+            self.hook("diverged", self.core.term(), Some(w));
         }
         if let Err(e) = self.state.set_diverged(why) {
             tracing::error!("{e}");
@@ -427,11 +457,18 @@ impl Agent {
             .mysql
             .as_ref()
             .map_or(Duration::from_secs(30), |(m, _)| m.catchup_timeout);
+        let veto = self
+            .config
+            .hooks
+            .pre_promote
+            .clone()
+            .map(|script| (script, self.config.hooks.timeout, self.hook_env(None)));
         let _ = jobs.send(Job::Promote {
             term,
             cancelled,
             wait_for,
             catchup,
+            veto,
         });
     }
 
@@ -466,6 +503,9 @@ impl Agent {
                     (Err(e), Some(_)) => tracing::error!(
                         "could not fence the database: {e}; a release waits for the lease to run out"
                     ),
+                }
+                if result.is_ok() {
+                    self.hook("fence", term.unwrap_or(self.core.term()), None);
                 }
                 if term.is_none() {
                     self.fencing = false;
@@ -563,6 +603,7 @@ impl Agent {
                     p.caught_up_in.as_millis()
                 );
                 self.promoted = Some(term);
+                self.hook("owner", term, None);
                 self.start_failover_block(term);
                 self.update_dns(now);
                 if let Some((t, until)) = self.lease

@@ -12,6 +12,7 @@ pub mod clock;
 mod database;
 mod dns_push;
 mod failover_block;
+mod hooks;
 mod reload;
 mod service;
 pub mod state;
@@ -180,6 +181,11 @@ struct Agent {
     failover_block_until: Option<u64>,
     /// Ownership transitions by reason, for metrics.
     transitions: BTreeMap<String, u64>,
+    /// The hook runner, and its runs by event and result.
+    hooks: mpsc::UnboundedSender<hooks::Event>,
+    hook_runs: hooks::Counts,
+    /// The database's health as last seen, for the db_healthy / db_unhealthy hooks.
+    db_was_healthy: Option<bool>,
     /// (blocked, preferred) as last given to the core.
     sent_flags: (bool, bool),
     /// systemd readiness and watchdog.
@@ -311,6 +317,7 @@ impl Agent {
             _ => None,
         };
 
+        let hook_runs = hooks::Counts::default();
         let (control_tx, control) = mpsc::channel(16);
         if let Some(addr) = config.control.http {
             control::http::serve(addr, control_tx.clone()).await?;
@@ -378,6 +385,9 @@ impl Agent {
             takeover: None,
             failover_block_until,
             transitions: BTreeMap::new(),
+            hooks: hooks::start(hook_runs.clone()),
+            hook_runs,
+            db_was_healthy: None,
             sent_flags: (false, true),
             service: service::Service::new(now),
             region_override: None,
@@ -740,6 +750,7 @@ impl Agent {
                     self.start_promotion(term);
                 } else {
                     tracing::info!(term, "became owner: adding the VIPs");
+                    self.hook("owner", term, None);
                     self.vip(Command::Hold {
                         term,
                         until: lease_end,
@@ -763,6 +774,7 @@ impl Agent {
             } => {
                 tracing::warn!(term, "releasing ownership: {}", reason.as_str());
                 *self.transitions.entry(reason.label().into()).or_default() += 1;
+                self.hook("release", term, Some(reason.as_str()));
                 self.lease = None;
                 self.release_by = Some(lease_end);
                 // The release completes once the VIP is gone and (promote mode) the database
@@ -1135,6 +1147,7 @@ impl Agent {
             first_grant_after_start_ms: self.first_grant.map(ms),
             dropped,
             transitions: self.transitions.clone(),
+            hook_runs: self.hook_runs.lock().expect("hook counts").clone(),
         }
     }
 }

@@ -81,5 +81,8 @@ fn describe(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.dns != new.dns {
         out.push("DNS records");
     }
+    if old.hooks != new.hooks {
+        out.push("hooks");
+    }
     out
 }

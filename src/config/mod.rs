@@ -7,6 +7,7 @@
 
 mod dns;
 mod error;
+mod hooks;
 mod mysql;
 mod reload;
 mod secret;
@@ -14,6 +15,7 @@ mod vip;
 
 pub use dns::{Dns, Update};
 pub use error::{ConfigError, ConfigErrors, Seg};
+pub use hooks::Hooks;
 pub use mysql::{Endpoint, Mysql, MysqlMode, ReplicationAccount};
 pub use reload::restart_needed;
 pub use secret::{KeyFileProblem, Secret, read_key_file};
@@ -45,6 +47,8 @@ struct RawConfig {
     control: vip::RawControl,
     mysql: Option<mysql::RawMysql>,
     dns: Option<dns::RawDns>,
+    #[serde(default)]
+    hooks: hooks::RawHooks,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +153,7 @@ pub struct Config {
     pub mysql: Option<Mysql>,
     /// `None`: no DNS is served.
     pub dns: Option<Dns>,
+    pub hooks: Hooks,
 }
 
 /// Collects problems while validating.
@@ -244,6 +249,7 @@ impl Config {
             .dns
             .as_ref()
             .and_then(|d| dns::validate(d, first_server.as_deref(), base, &mut p));
+        let hooks = hooks::validate(&raw.hooks, base, &mut p);
         if p.list.is_empty() {
             nodes.sort_by(|a, b| a.id.cmp(&b.id));
             let config = Config {
@@ -255,6 +261,7 @@ impl Config {
                 control,
                 mysql,
                 dns,
+                hooks,
             };
             if let Err(e) = config.core_settings(0, 0).check() {
                 p.add(

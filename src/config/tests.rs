@@ -490,3 +490,32 @@ fn control_http_takes_an_address_or_a_loopback_port() {
     let e = only_error(&format!("{GOOD}\n[control]\nhttp = \"localhost:80\"\n"));
     assert_eq!(e.field, "control.http");
 }
+
+#[test]
+fn hooks_are_optional_and_resolved_against_the_file() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(
+        c.hooks,
+        Hooks {
+            timeout: Duration::from_secs(10),
+            ..Hooks::default()
+        }
+    );
+    let c = parse(&format!(
+        "{GOOD}\n[hooks]\nowner = [\"hooks/owner.sh\", \"/usr/local/bin/page\"]\npre_promote = \"check.sh\"\ntimeout_ms = 500\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.hooks.of("owner"),
+        [
+            PathBuf::from("/etc/vipgate/hooks/owner.sh"),
+            PathBuf::from("/usr/local/bin/page")
+        ]
+    );
+    assert_eq!(c.hooks.pre_promote, Some(PathBuf::from("/etc/vipgate/check.sh")));
+    assert_eq!(c.hooks.timeout, Duration::from_millis(500));
+    let e = only_error(&format!("{GOOD}\n[hooks]\ntimeout_ms = 5\n"));
+    assert_eq!(e.field, "hooks.timeout_ms");
+    let e = only_error(&format!("{GOOD}\n[hooks]\nfence = [\"\"]\n"));
+    assert_eq!(e.field, "hooks.fence[0]");
+}

@@ -108,6 +108,19 @@ pub fn render(s: &Status) -> String {
     for (reason, n) in &s.transitions {
         o.sample("vipgate_transitions_total", &[("reason", reason)], *n as f64);
     }
+    o.family(
+        "vipgate_hook_runs_total",
+        "counter",
+        "[hooks] runs, by event and result.",
+    );
+    for (key, n) in &s.hook_runs {
+        let (event, result) = key.split_once(' ').unwrap_or((key, ""));
+        o.sample(
+            "vipgate_hook_runs_total",
+            &[("event", event), ("result", result)],
+            *n as f64,
+        );
+    }
     o.one(
         "vipgate_datagrams_sent_total",
         "counter",

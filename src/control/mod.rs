@@ -92,6 +92,9 @@ pub struct Status {
     /// Ownership transitions of this agent, by reason (`acquired`, or why it released).
     #[serde(default)]
     pub transitions: BTreeMap<String, u64>,
+    /// `[hooks]` runs by event and result (`owner ok`, `release failed`, `fence timed out`).
+    #[serde(default)]
+    pub hook_runs: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,0 +1,139 @@
+//! `[hooks]`: operators' scripts, run on transitions one at a time in the order the
+//! transitions happened (keepalived runs its notify scripts unordered), each bounded by
+//! `timeout_ms` and then killed, never blocking the agent loop. Failures are logged and counted.
+
+use super::Agent;
+use crate::core::Term;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// One transition, with the scripts to run (as configured when it happened).
+pub(super) struct Event {
+    name: &'static str,
+    term: Term,
+    scripts: Vec<PathBuf>,
+    timeout: Duration,
+    env: Vec<(String, String)>,
+}
+
+/// Runs by (event, result): `ok`, `failed`, `timed out`.
+pub(super) type Counts = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// Starts the runner; events sent to it run in order.
+pub(super) fn start(counts: Counts) -> mpsc::UnboundedSender<Event> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            for script in &event.scripts {
+                let result = run(script, event.name, event.term, &event.env, event.timeout).await;
+                let key = format!(
+                    "{} {}",
+                    event.name,
+                    match &result {
+                        Ok(()) => "ok",
+                        Err(e) if e.contains("timed out") => "timed out",
+                        Err(_) => "failed",
+                    }
+                );
+                *counts.lock().expect("hook counts").entry(key).or_default() += 1;
+                match result {
+                    Ok(()) => tracing::info!("hook {} ({}) done", script.display(), event.name),
+                    Err(e) => tracing::warn!("hook {} ({}): {e}", script.display(), event.name),
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// Runs `script EVENT NODE TERM` with the event's variables; the whole process group is
+/// killed at the timeout.
+pub(super) async fn run(
+    script: &Path,
+    event: &str,
+    term: Term,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let node = env
+        .iter()
+        .find(|(k, _)| k == "VIPGATE_NODE")
+        .map_or("", |(_, v)| v.as_str());
+    let mut child = tokio::process::Command::new(script)
+        .args([event, node, &term.to_string()])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("VIPGATE_EVENT", event)
+        .env("VIPGATE_TERM", term.to_string())
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start it: {e}"))?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("exited with {status}")),
+        Ok(Err(e)) => Err(format!("cannot wait for it: {e}")),
+        Err(_) => {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.wait().await;
+            Err(format!(
+                "timed out after {} ms and was killed",
+                timeout.as_millis()
+            ))
+        }
+    }
+}
+
+impl Agent {
+    /// The variables every hook gets, describing this node and the cluster now.
+    pub(super) fn hook_env(&self, reason: Option<&str>) -> Vec<(String, String)> {
+        let now = super::clock::now();
+        let mut env = vec![
+            ("VIPGATE_NODE".to_string(), self.id(self.me).to_string()),
+            ("VIPGATE_CLUSTER".to_string(), self.config.cluster.name.clone()),
+            (
+                "VIPGATE_OWNER".to_string(),
+                self.core
+                    .owner(now)
+                    .map(|o| self.id(o).to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "VIPGATE_VIPS".to_string(),
+                self.config
+                    .vips_of(self.me)
+                    .iter()
+                    .map(|v| v.address.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+        ];
+        if let Some(r) = reason {
+            env.push(("VIPGATE_REASON".to_string(), r.to_string()));
+        }
+        env
+    }
+
+    /// Queues the hooks of `event` (none configured: nothing happens).
+    pub(super) fn hook(&self, event: &'static str, term: Term, reason: Option<&str>) {
+        let scripts = self.config.hooks.of(event).to_vec();
+        if scripts.is_empty() {
+            return;
+        }
+        let _ = self.hooks.send(Event {
+            name: event,
+            term,
+            scripts,
+            timeout: self.config.hooks.timeout,
+            env: self.hook_env(reason),
+        });
+    }
+}
