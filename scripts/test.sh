@@ -6,4 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The packaging test builds a .deb with cargo-deb (from crates.io, pinned).
+if ! command -v cargo-deb >/dev/null 2>&1; then
+    echo "installing cargo-deb" >&2
+    cargo install --locked --quiet cargo-deb --version 3.8.0
+fi
 cargo test --locked "$@"
