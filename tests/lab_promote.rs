@@ -88,6 +88,8 @@ fn primary_database_killed_the_replica_is_promoted_and_no_acknowledged_write_is_
     let mut lab = promoting(10_000);
     failover_under_writes(&mut lab, |lab| lab.kill_mariadb("db1"));
     assert!(lab.log("db2").contains("database promoted"), "{}", lab.log("db2"));
+    let steps = lab.status("db2").unwrap().step_ms;
+    assert!(steps.contains_key("promotion"), "{steps:?}");
     assert!(
         lab.log("db1").contains("local node no longer eligible"),
         "{}",

@@ -281,6 +281,8 @@ fn metrics_and_status_are_served_over_http() {
     assert!(value(&db1, "vipgate_datagrams_received_total ") > 0.0);
     assert!(value(&db1, "vipgate_dns_answers_total{rcode=\"NOERROR\"} ") >= 1.0);
     assert!(value(&db1, "vipgate_peer_last_heard_seconds{peer=\"w1\"} ") < 1.0);
+    let rtt = value(&db1, "vipgate_peer_rtt_seconds{peer=\"w1\"} ");
+    assert!(rtt > 0.0 && rtt < 0.5, "round trip {rtt} s");
     let db2 = metrics(&lab, "db2");
     assert_eq!(value(&db2, "vipgate_is_owner "), 0.0);
     assert_eq!(value(&db2, "vipgate_owner{node=\"db1\"} "), 1.0);

@@ -434,6 +434,7 @@ impl Agent {
         }
         self.promoting = Some(term);
         self.promoted = None;
+        self.step_started.insert("promotion", clock::now());
         let cancelled = Arc::new(AtomicBool::new(false));
         self.promotion_cancel = Some(cancelled.clone());
         // Handed over by name a moment ago: wait for everything the old primary wrote.
@@ -481,6 +482,7 @@ impl Agent {
         }
         self.promoting = None;
         self.promoted = None;
+        self.step_started.insert("fence", clock::now());
         let budget = clock::until(by).max(Duration::from_millis(10));
         let _ = jobs.send(Job::Fence { term, budget });
     }
@@ -489,6 +491,7 @@ impl Agent {
         match outcome {
             Outcome::Promoted { term, result } => self.on_promoted(now, term, result),
             Outcome::Fenced { term, result } => {
+                self.step_ended("fence");
                 match (&result, term) {
                     (Ok((p, gtid)), Some(t)) => {
                         tracing::info!(
@@ -594,6 +597,7 @@ impl Agent {
         }
         self.promoting = None;
         self.promotion_cancel = None;
+        self.step_ended("promotion");
         match result {
             Ok(p) => {
                 tracing::info!(

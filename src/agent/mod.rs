@@ -181,6 +181,13 @@ struct Agent {
     failover_block_until: Option<u64>,
     /// Ownership transitions by reason, for metrics.
     transitions: BTreeMap<String, u64>,
+    /// The owner's recent lease-claiming heartbeats (seq, sent), and each peer's last round
+    /// trip (heartbeat to its ack), in microseconds.
+    heartbeat_sent: std::collections::VecDeque<(u64, Instant)>,
+    rtt_us: Vec<Option<u64>>,
+    /// How long the last promotion and the last fence took (ms), and when the running ones began.
+    step_ms: BTreeMap<String, u64>,
+    step_started: BTreeMap<&'static str, Instant>,
     /// The hook runner, and its runs by event and result.
     hooks: mpsc::UnboundedSender<hooks::Event>,
     hook_runs: hooks::Counts,
@@ -385,6 +392,10 @@ impl Agent {
             takeover: None,
             failover_block_until,
             transitions: BTreeMap::new(),
+            heartbeat_sent: std::collections::VecDeque::new(),
+            rtt_us: vec![None; config.nodes.len()],
+            step_ms: BTreeMap::new(),
+            step_started: BTreeMap::new(),
             hooks: hooks::start(hook_runs.clone()),
             hook_runs,
             db_was_healthy: None,
@@ -534,6 +545,9 @@ impl Agent {
                                 }
                                 Some((from, message)) => {
                                     self.received += 1;
+                                    if let Message::Ack(a) = &message {
+                                        self.note_rtt(now, from, a.echo_seq);
+                                    }
                                     // Whoever wins next waits for the released database's
                                     // final position (named successor or not).
                                     if let Message::Release(r) = &message
@@ -728,6 +742,15 @@ impl Agent {
             Action::Persist(state) => self.state.save(state).map_err(|e| e.to_string())?,
             Action::Send { to, message } => self.send(to, &message),
             Action::Broadcast(mut message) => {
+                if let Message::Heartbeat(h) = &message
+                    && h.lease_claim
+                {
+                    // Acks echo this sequence number: their delay is the round trip.
+                    self.heartbeat_sent.push_back((h.seq, now));
+                    if self.heartbeat_sent.len() > 32 {
+                        self.heartbeat_sent.pop_front();
+                    }
+                }
                 if let Message::Release(r) = &mut message
                     && r.final_position.is_some()
                 {
@@ -871,6 +894,21 @@ impl Agent {
             serial: (term & u64::from(u32::MAX)) as u32,
         };
         view.send_if_modified(|v| std::mem::replace(v, next) != next);
+    }
+
+    fn note_rtt(&mut self, now: Instant, from: NodeIdx, echo: u64) {
+        if let Some((_, sent)) = self.heartbeat_sent.iter().find(|(seq, _)| *seq == echo) {
+            let us = u64::try_from(now.saturating_since(*sent).as_micros()).unwrap_or(u64::MAX);
+            self.rtt_us[usize::from(from)] = Some(us);
+        }
+    }
+
+    /// A promotion or fence (`step`) ended: its duration is kept for metrics.
+    pub(super) fn step_ended(&mut self, step: &'static str) {
+        if let Some(at) = self.step_started.remove(step) {
+            let ms = u64::try_from(clock::now().saturating_since(at).as_millis()).unwrap_or(u64::MAX);
+            self.step_ms.insert(step.to_string(), ms);
+        }
     }
 
     fn send(&mut self, to: NodeIdx, message: &Message) {
@@ -1029,6 +1067,7 @@ impl Agent {
                         position: self.db.as_ref().map_or(0, |db| db.borrow().position),
                         priority: node.priority,
                         region: node.region.clone(),
+                        rtt_us: None,
                         database: self.db.as_ref().map(|db| {
                             peer_db(
                                 &db_report(&db.borrow(), self.failover_block_left()),
@@ -1060,6 +1099,7 @@ impl Agent {
                     position: view.position,
                     priority: view.priority,
                     region: node.region.clone(),
+                    rtt_us: self.rtt_us[usize::from(i)],
                     database: self.peer_db[usize::from(i)]
                         .as_ref()
                         .map(|(at, report)| peer_db(report, now.saturating_since(*at))),
@@ -1147,6 +1187,7 @@ impl Agent {
             first_grant_after_start_ms: self.first_grant.map(ms),
             dropped,
             transitions: self.transitions.clone(),
+            step_ms: self.step_ms.clone(),
             hook_runs: self.hook_runs.lock().expect("hook counts").clone(),
         }
     }

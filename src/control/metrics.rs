@@ -165,6 +165,28 @@ pub fn render(s: &Status) -> String {
             );
         }
     }
+    o.family(
+        "vipgate_peer_rtt_seconds",
+        "gauge",
+        "While owning: the last round trip from a heartbeat to each peer's ack.",
+    );
+    for p in s.peers.iter().filter(|p| p.id != s.node) {
+        if let Some(us) = p.rtt_us {
+            o.sample("vipgate_peer_rtt_seconds", &[("peer", &p.id)], us as f64 / 1e6);
+        }
+    }
+    o.family(
+        "vipgate_step_duration_seconds",
+        "gauge",
+        "How long the last promotion and the last fence took.",
+    );
+    for (step, ms) in &s.step_ms {
+        o.sample(
+            "vipgate_step_duration_seconds",
+            &[("step", step)],
+            *ms as f64 / 1000.0,
+        );
+    }
     o.one(
         "vipgate_vips_held",
         "gauge",

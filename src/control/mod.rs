@@ -92,6 +92,9 @@ pub struct Status {
     /// Ownership transitions of this agent, by reason (`acquired`, or why it released).
     #[serde(default)]
     pub transitions: BTreeMap<String, u64>,
+    /// How long the last `promotion` and the last `fence` took, in milliseconds.
+    #[serde(default)]
+    pub step_ms: BTreeMap<String, u64>,
     /// `[hooks]` runs by event and result (`owner ok`, `release failed`, `fence timed out`).
     #[serde(default)]
     pub hook_runs: BTreeMap<String, u64>,
@@ -124,6 +127,9 @@ pub struct PeerStatus {
     /// Its region ("" when regions are not used).
     #[serde(default)]
     pub region: String,
+    /// While this node owns: the last round trip from a heartbeat to this peer's ack, in µs.
+    #[serde(default)]
+    pub rtt_us: Option<u64>,
 }
 
 /// A node's database as its own agent reports it to its peers.
