@@ -733,8 +733,9 @@ impl Agent {
     }
 
     /// (blocked, preferred), as the core should know them.
+    /// Checked on every step: no reason text is built here (see [`Agent::takeover_block`]).
     fn takeover_flags(&self) -> (bool, bool) {
-        (self.takeover_block().is_some(), self.preferred())
+        (self.failover_blocked() || self.region_blocked(), self.preferred())
     }
 
     fn execute(&mut self, now: Instant, action: Action) -> Result<(), String> {
@@ -1178,7 +1179,7 @@ impl Agent {
                 }
             }),
             failover_block_remaining_ms: Some(ms(self.failover_block_left())).filter(|&m| m > 0),
-            takeover_blocked: self.takeover_block().is_some(),
+            takeover_blocked: self.takeover_flags().0,
             takeover_blocked_reason: self.takeover_block(),
             peers,
             sent: self.sent,
