@@ -8,16 +8,13 @@ use std::path::Path;
 use std::time::Duration;
 
 fn dns_lab() -> Lab {
-    let mut lab = Lab::new(
+    Lab::running(
         Path::new(env!("CARGO_BIN_EXE_vipgate")),
         Spec {
             dns: Some("ttl = 5\n".into()),
             ..Spec::default()
         },
-    );
-    lab.start_all();
-    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
-    lab
+    )
 }
 
 const AGENTS: [(&str, &str); 3] = [("db1", "192.0.2.11"), ("db2", "192.0.2.12"), ("w1", "192.0.2.13")];

@@ -123,9 +123,7 @@ fn an_unprivileged_agent_with_three_capabilities_owns_serves_dns_and_talks_to_sy
 
 #[test]
 fn status_is_owner_exits_0_only_on_the_owner_and_watch_redraws() {
-    let mut lab = Lab::new(Path::new(env!("CARGO_BIN_EXE_vipgate")), Spec::default());
-    lab.start_all();
-    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    let lab = Lab::running(Path::new(env!("CARGO_BIN_EXE_vipgate")), Spec::default());
     for (node, expected) in [("db1", Some(0)), ("db2", Some(1)), ("w1", Some(1))] {
         let code = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
             .args(["status", "--is-owner", "--config"])
@@ -174,15 +172,13 @@ fn ttl(lab: &Lab) -> u32 {
 
 #[test]
 fn reload_on_the_owner_keeps_the_vip_and_refuses_what_needs_a_restart() {
-    let mut lab = Lab::new(
+    let lab = Lab::running(
         Path::new(env!("CARGO_BIN_EXE_vipgate")),
         Spec {
             dns: Some("ttl = 5\n".into()),
             ..Spec::default()
         },
     );
-    lab.start_all();
-    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
     let ping = lab.pinger(VIP4);
     std::thread::sleep(Duration::from_millis(500));
     let from = lab::unix_now();
@@ -249,15 +245,13 @@ fn reload_on_the_owner_keeps_the_vip_and_refuses_what_needs_a_restart() {
 
 #[test]
 fn metrics_and_status_are_served_over_http() {
-    let mut lab = Lab::new(
+    let mut lab = Lab::running(
         Path::new(env!("CARGO_BIN_EXE_vipgate")),
         Spec {
             dns: Some(String::new()),
             ..Spec::default()
         },
     );
-    lab.start_all();
-    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
     let _ = lab.dig(&["@192.0.2.11", "primary.db.example.test.", "A"]);
     let metrics = |lab: &Lab, node: &str| {
         let (status, body) = lab.http(node, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");

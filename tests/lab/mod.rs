@@ -520,6 +520,14 @@ impl Lab {
         lab
     }
 
+    /// [`Lab::new`], every agent started, and db1 (the highest priority) owning.
+    pub fn running(bin: &Path, spec: Spec) -> Lab {
+        let mut lab = Lab::new(bin, spec);
+        lab.start_all();
+        lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+        lab
+    }
+
     fn add_ns(&mut self, ns: &str) {
         sh(&["ip", "netns", "add", ns]);
         self.namespaces.push(ns.to_string());
