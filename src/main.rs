@@ -87,7 +87,8 @@ enum Command {
         socket: Option<PathBuf>,
     },
     /// Lift the anti-flap window after an automatic failover ([mysql] failover_block_ms): on
-    /// the owner for the whole cluster; on a node when no node owns, so that it may take over.
+    /// the owner for the whole cluster; on a node when no node owns, so that it may take over
+    /// (there it also lifts the cross-region block for the last owner's term).
     FailoverAck {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
