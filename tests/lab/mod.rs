@@ -411,6 +411,47 @@ impl Drop for Pinger {
     }
 }
 
+/// A script running in the client's namespace, its output going to a file; its process group
+/// is killed when dropped.
+pub struct ClientScript {
+    child: Option<Child>,
+    output: PathBuf,
+}
+
+impl ClientScript {
+    /// Interrupts the script (SIGINT to it alone, as a terminal's Ctrl-C would reach it once
+    /// what it runs returns), waits at most `limit` for it to end, and returns its exit code
+    /// and output.
+    pub fn interrupt(mut self, limit: Duration) -> (Option<i32>, String) {
+        let mut child = self.child.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let mut code = None;
+        let ended = wait_for(limit, || match child.try_wait() {
+            Ok(Some(status)) => {
+                code = status.code();
+                true
+            }
+            Ok(None) => false,
+            Err(_) => true,
+        });
+        if !ended {
+            kill_group(&child, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        }
+        (code, std::fs::read_to_string(&self.output).unwrap_or_default())
+    }
+}
+
+impl Drop for ClientScript {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_group(&c, nix::sys::signal::Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
+
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -776,24 +817,22 @@ impl Lab {
                 "--skip-test-db",
             ]);
         }
+        // The server options every vipgate host gets (shared with the Vagrant lab), then this
+        // lab's own paths and a small buffer pool.
+        let options = dir.join("my.cnf");
+        std::fs::write(
+            &options,
+            sh(&["bash", &provision("mariadb-config.sh"), &server_id.to_string()]),
+        )
+        .unwrap();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &h.ns, "mariadbd", "--no-defaults"])
+        cmd.args(["netns", "exec", &h.ns, "mariadbd"])
+            .arg(format!("--defaults-file={}", options.display()))
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", self.mysql_socket(name).display()))
             .arg(format!("--pid-file={}", dir.join("mysql.pid").display()))
             .arg(format!("--log-error={}", dir.join("mysql.err").display()))
-            // All of the namespace's addresses: its own, and the VIP when it owns.
-            .arg("--bind-address=0.0.0.0")
-            .arg(format!("--server-id={server_id}"))
-            .args([
-                "--user=root",
-                "--port=3306",
-                "--log-bin=binlog",
-                "--gtid-strict-mode=ON",
-                "--log-slave-updates",
-                "--innodb-buffer-pool-size=16M",
-                "--skip-name-resolve",
-            ])
+            .args(["--user=root", "--port=3306", "--innodb-buffer-pool-size=16M"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -809,11 +848,13 @@ impl Lab {
         );
     }
 
-    /// db1 primary, db2 its replica (read_only), both with the agent's account.
+    /// db1 primary, db2 its replica (read_only), both with the agent's account: set up by
+    /// the provisioning script the Vagrant lab runs too.
     fn setup_mariadb(&mut self) {
         for (file, password) in [
             ("mysql-password", "vipgate-lab-password"),
             ("repl-password", "repl-lab-password"),
+            ("app-password", "app-lab-password"),
         ] {
             let path = self.dir.path().join(file);
             std::fs::write(&path, format!("{password}\n")).unwrap();
@@ -821,33 +862,22 @@ impl Lab {
         }
         self.start_mariadb("db1", 1);
         self.start_mariadb("db2", 2);
-        // Created on the primary and replicated: the replica's copy comes from the binlog.
-        self.sql(
-            "db1",
-            "CREATE USER vipgate@'%' IDENTIFIED BY 'vipgate-lab-password'; \
-             GRANT PROCESS, REPLICA MONITOR, READ_ONLY ADMIN, CONNECTION ADMIN, REPLICATION SLAVE ADMIN, REPLICATION MASTER ADMIN ON *.* TO vipgate@'%'; \
-             CREATE USER repl@'%' IDENTIFIED BY 'repl-lab-password'; \
-             GRANT REPLICATION SLAVE ON *.* TO repl@'%'; \
-             CREATE USER app@'%' IDENTIFIED BY 'app-lab-password'; \
-             GRANT SELECT, INSERT ON lab.* TO app@'%'; \
-             SET GLOBAL rpl_semi_sync_master_enabled = ON, GLOBAL rpl_semi_sync_master_timeout = 10000, \
-             GLOBAL rpl_semi_sync_master_wait_no_slave = OFF; \
-             CREATE DATABASE lab; CREATE TABLE lab.writes (id INT PRIMARY KEY, at TIMESTAMP(6) DEFAULT NOW(6));",
-        );
-        self.sql(
-            "db2",
-            "SET GLOBAL read_only = ON, GLOBAL rpl_semi_sync_slave_enabled = ON, \
-             GLOBAL rpl_semi_sync_master_wait_no_slave = OFF, GLOBAL rpl_semi_sync_master_timeout = 10000; \
-             CHANGE MASTER TO MASTER_HOST='192.0.2.11', MASTER_USER='repl', MASTER_PASSWORD='repl-lab-password', \
-             MASTER_USE_GTID=slave_pos; START SLAVE;",
-        );
-        assert!(
-            wait_for(Duration::from_secs(30), || {
-                self.try_sql("db2", "SELECT COUNT(*) FROM lab.writes").is_some()
-            }),
-            "db2 did not replicate from db1: {}",
-            self.try_sql("db2", "SHOW SLAVE STATUS\\G").unwrap_or_default()
-        );
+        let script = provision("mariadb-setup.sh");
+        let secrets = self.dir.path().display().to_string();
+        let primary = self.host("db1").ip4.clone();
+        for (name, role) in [
+            ("db1", ["primary", "--demo-schema"]),
+            ("db2", ["replica", "--primary"]),
+        ] {
+            let socket = self.mysql_socket(name).display().to_string();
+            let mut args = vec!["ip", "netns", "exec", &self.host(name).ns, "bash", &script];
+            args.extend(role);
+            if name == "db2" {
+                args.push(&primary);
+            }
+            args.extend(["--secrets", &secrets, "--socket", &socket, "--timeout", "30"]);
+            sh(&args);
+        }
     }
 
     /// Kills `name`'s MariaDB (SIGKILL) and reaps it.
@@ -1200,6 +1230,28 @@ impl Lab {
             .is_ok_and(|s| s.success())
     }
 
+    /// Runs `bash script args…` in the client's namespace with `HOME` set to the lab's
+    /// directory.
+    pub fn client_script(&self, script: &str, args: &[&str]) -> ClientScript {
+        let output = self
+            .dir
+            .path()
+            .join(format!("{}.out", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let file = std::fs::File::create(&output).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.client.ns, "bash", script])
+            .args(args)
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .process_group(0);
+        ClientScript {
+            child: Some(die_with_parent(&mut cmd).spawn().expect("start a client script")),
+            output,
+        }
+    }
+
     /// Starts a ping from the client to `ip` every 5 ms.
     pub fn pinger(&self, ip: &str) -> Pinger {
         let mut cmd = Command::new("ip");
@@ -1412,6 +1464,11 @@ fn remove_abandoned_labs() {
 
 /// Children die with the thread that started them, even if the test process is killed
 /// without unwinding (the setting survives the exec in `ip netns exec`).
+/// A script of the repository's `provision/` folder, shared with the Vagrant lab.
+pub fn provision(script: &str) -> String {
+    format!("{}/provision/{script}", env!("CARGO_MANIFEST_DIR"))
+}
+
 fn die_with_parent(cmd: &mut Command) -> &mut Command {
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
