@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the lab (tests, demo, benchmarks) needs, if any is missing.
-# Needs root to install; does nothing when everything is present.
+# Installs the Debian packages the lab (tests, demo, benchmarks) needs, and any named as
+# arguments, if one is missing. Needs root to install; does nothing when all are present.
+# Usage: bash scripts/setup.sh [PACKAGE…]
 set -euo pipefail
 
-packages=(iproute2 nftables iputils-ping procps mariadb-server mariadb-client bind9-dnsutils bind9 systemd util-linux)
+packages=(iproute2 nftables iputils-ping procps mariadb-server mariadb-client bind9-dnsutils bind9 systemd util-linux "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,7 +5,8 @@
 # VIPGATE_SIM_SEEDS=N runs N simulator seeds (default 10000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# vagrant validates the Vagrant lab's Vagrantfile; shellcheck checks every shell script.
+bash scripts/setup.sh vagrant shellcheck
 # The packaging test builds a .deb with cargo-deb (from crates.io, pinned).
 if ! command -v cargo-deb >/dev/null 2>&1; then
     echo "installing cargo-deb" >&2

@@ -500,6 +500,41 @@ fn after_an_automatic_failover_the_next_one_waits_for_an_operator_but_planned_mo
 }
 
 #[test]
+fn the_vagrant_labs_client_writes_through_a_failover_and_finds_every_acknowledged_row() {
+    let mut lab = promoting(10_000);
+    // As the Vagrant lab's client provisioning puts it, for the app account.
+    let password = lab.dir.path().join(".lab-app-password");
+    std::fs::copy(lab.dir.path().join("app-password"), &password).unwrap();
+    let script = format!("{}/vagrant/lab-writes.sh", env!("CARGO_MANIFEST_DIR"));
+    let writes = lab.client_script(&script, &[lab::VIP4]);
+    std::thread::sleep(Duration::from_secs(3));
+    lab.kill_mariadb("db1");
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, out) = writes.interrupt(Duration::from_secs(10));
+    println!("{out}");
+    // "14:02:11  9 acknowledged by <host>", then the check: "<n> rows acknowledged, 0 of them
+    // missing on <host>".
+    let summary = out.lines().last().unwrap_or_default();
+    let acknowledged: usize = summary
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        code == Some(0) && summary.contains(" rows acknowledged, 0 of them missing on "),
+        "exit {code:?}: {out}"
+    );
+    assert!(acknowledged > 20, "only {acknowledged} rows: {out}");
+    assert!(
+        out.lines().filter(|l| l.contains(" acknowledged by ")).count() >= 4,
+        "{out}"
+    );
+    // Rows from both sides of the failover reached db2.
+    assert!(lab.rows("db2").len() >= acknowledged);
+}
+
+#[test]
 fn a_pre_promote_hook_can_veto_a_promotion_until_it_agrees() {
     let mut lab = Lab::new(
         Path::new(env!("CARGO_BIN_EXE_vipgate")),

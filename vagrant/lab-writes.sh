@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The Vagrant lab's client (installed as /usr/local/bin/lab-writes on the client machine):
+# inserts a row through the VIP every 0.1 s and prints, once a second, how many were
+# acknowledged and by which server. Ctrl-C stops it and checks that every acknowledged row is
+# on the server now behind the VIP.   Usage: lab-writes [VIP]   (default 192.0.2.50)
+set -uo pipefail
+vip=${1:-192.0.2.50}
+MYSQL_PWD=$(cat ~/.lab-app-password) || exit 1
+export MYSQL_PWD
+acked=$(mktemp)
+trap 'rm -f "$acked"' EXIT
+db() { mariadb --no-defaults -h "$vip" -uapp -N -B --connect-timeout=1 lab "$@"; }
+
+check() {
+    echo
+    local first last n missing
+    n=$(wc -l <"$acked")
+    if ((n == 0)); then
+        echo "no row was acknowledged"
+        exit 1
+    fi
+    first=$(head -1 "$acked")
+    last=$(tail -1 "$acked")
+    if ! present=$(db -e "SELECT id FROM writes WHERE id BETWEEN $first AND $last ORDER BY id"); then
+        echo "cannot read the rows back through $vip"
+        exit 1
+    fi
+    missing=$(comm -23 <(sort "$acked") <(sort <<<"$present") | wc -l)
+    echo "$n rows acknowledged, $missing of them missing on $(db -e 'SELECT @@hostname')"
+    exit $((missing > 0))
+}
+trap check INT TERM
+
+second=$(date +%s)
+ok=0
+failed=0
+server=""
+error=""
+while :; do
+    id=$(date +%s%N)
+    if out=$(db -e "INSERT INTO writes (id) VALUES ($id); SELECT @@hostname" 2>&1); then
+        echo "$id" >>"$acked"
+        ok=$((ok + 1))
+        server=$out
+    else
+        failed=$((failed + 1))
+        error=${out##*ERROR }
+    fi
+    now=$(date +%s)
+    if ((now != second)); then
+        line="$(date -d "@$second" +%T)  $ok acknowledged${server:+ by $server}"
+        ((failed)) && line+=", $failed failed (ERROR $error)"
+        echo "$line"
+        second=$now ok=0 failed=0 server=""
+    fi
+    sleep 0.1
+done
