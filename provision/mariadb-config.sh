@@ -32,6 +32,9 @@ rpl_semi_sync_master_enabled = ON
 rpl_semi_sync_slave_enabled = ON
 rpl_semi_sync_master_wait_no_slave = OFF
 rpl_semi_sync_master_timeout = 10000
+# Wait for the acknowledgement before the commit becomes visible: no other session reads a
+# row that a failover could then lose.
+rpl_semi_sync_master_wait_point = AFTER_SYNC
 # Clients connect through the VIP, which comes and goes: listen on every address.
 bind_address = 0.0.0.0
 skip_name_resolve = ON

@@ -4,6 +4,7 @@
 //! namespace lab (provision/, vagrant/lab-writes.sh) run for real in the lab tests.
 //! Needs vagrant and shellcheck (scripts/test.sh installs them).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -24,16 +25,20 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// Copies what the Vagrantfile refers to into a fresh directory, so that validating it leaves
-/// nothing (`.vagrant/`) in the repository.
+/// Copies the files the Vagrantfile refers to into a fresh directory, so that validating it
+/// leaves nothing (`.vagrant/`) in the repository, and a lab booted from this checkout (its
+/// `secrets/` and `.vagrant/`) does not change the test.
 fn lab_copy() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     for sub in ["vagrant", "provision"] {
-        let out = run(Command::new("cp")
-            .arg("-r")
-            .arg(Path::new(ROOT).join(sub))
-            .arg(dir.path()));
-        assert!(out.status.success(), "{}", text(&out));
+        let to = dir.path().join(sub);
+        std::fs::create_dir(&to).unwrap();
+        for entry in std::fs::read_dir(Path::new(ROOT).join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
     }
     let vagrant = dir.path().join("vagrant");
     (dir, vagrant)
@@ -77,20 +82,36 @@ fn the_vagrantfile_validates_and_a_mistake_in_it_does_not() {
     );
 }
 
+/// Runs the Vagrantfile's `make_secrets` (what its trigger does before `vagrant up`) with
+/// `dir` as the lab directory.
+fn make_secrets(dir: &Path) {
+    let script = format!(
+        "LAB = {dir:?}; SECRETS = File.join(LAB, 'secrets')\n\
+         src = File.read({file:?})\n\
+         eval(src[/^SECRET_FILES.*$/])\n\
+         eval(src[/^def make_secrets.*?^end$/m])\n\
+         make_secrets",
+        dir = dir.display().to_string(),
+        file = format!("{ROOT}/vagrant/Vagrantfile"),
+    );
+    let out = run(Command::new("ruby").args(["-e", &script]));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 #[test]
 fn every_machine_gets_a_configuration_that_check_config_accepts() {
-    let dir = tempfile::tempdir().unwrap();
-    for (file, value) in [
-        (
-            "secret",
-            "bm90LWEtcmVhbC1zZWNyZXQtYnV0LWxvbmctZW5vdWdoLWZvci10aGUtY2hlY2s=",
-        ),
-        ("mysql-password", "agent-password"),
-        ("repl-password", "repl-password"),
-    ] {
-        let path = dir.path().join(file);
-        std::fs::write(&path, format!("{value}\n")).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // The secrets as the Vagrantfile makes them: owner-only, and never replaced once made.
+    let lab = tempfile::tempdir().unwrap();
+    make_secrets(lab.path());
+    let dir = lab.path().join("secrets");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let first = read("secret");
+    make_secrets(lab.path());
+    assert_eq!(read("secret"), first);
+    for f in ["secret", "mysql-password", "repl-password", "app-password"] {
+        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+        assert!(read(f).trim().len() >= 32, "{f}");
     }
     for (node, kind) in [("db1", "database"), ("db2", "database"), ("witness", "witness")] {
         let out = run(Command::new("bash")
@@ -99,7 +120,7 @@ fn every_machine_gets_a_configuration_that_check_config_accepts() {
         assert!(out.status.success(), "{}", text(&out));
         let config = String::from_utf8(out.stdout).unwrap();
         assert_eq!(config.contains("[mysql]"), kind == "database", "{config}");
-        let path = dir.path().join(format!("{node}.toml"));
+        let path = dir.join(format!("{node}.toml"));
         std::fs::write(&path, &config).unwrap();
         let out = run(Command::new(env!("CARGO_BIN_EXE_vipgate"))
             .arg("check-config")
@@ -111,6 +132,10 @@ fn every_machine_gets_a_configuration_that_check_config_accepts() {
     // A missing or odd interface is refused by the script, not written into the file.
     let out = run(Command::new("bash").arg(Path::new(ROOT).join("vagrant/vipgate-config.sh")));
     assert!(!out.status.success() && text(&out).contains("usage: vipgate-config.sh INTERFACE"));
+    let out = run(Command::new("bash")
+        .arg(Path::new(ROOT).join("vagrant/vipgate-config.sh"))
+        .args(["eth1", "witnes"]));
+    assert!(!out.status.success() && text(&out).contains("database|witness"));
 }
 
 #[test]

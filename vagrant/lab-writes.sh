@@ -10,6 +10,7 @@ export MYSQL_PWD
 acked=$(mktemp)
 trap 'rm -f "$acked"' EXIT
 db() { mariadb --no-defaults -h "$vip" -uapp -N -B --connect-timeout=1 lab "$@"; }
+server="CONCAT(@@hostname, ' (server ', @@server_id, ')')"
 
 check() {
     echo
@@ -26,7 +27,7 @@ check() {
         exit 1
     fi
     missing=$(comm -23 <(sort "$acked") <(sort <<<"$present") | wc -l)
-    echo "$n rows acknowledged, $missing of them missing on $(db -e 'SELECT @@hostname')"
+    echo "$n rows acknowledged, $missing of them missing on $(db -e "SELECT $server")"
     exit $((missing > 0))
 }
 trap check INT TERM
@@ -34,24 +35,24 @@ trap check INT TERM
 second=$(date +%s)
 ok=0
 failed=0
-server=""
+by=""
 error=""
 while :; do
     id=$(date +%s%N)
-    if out=$(db -e "INSERT INTO writes (id) VALUES ($id); SELECT @@hostname" 2>&1); then
+    if out=$(db -e "INSERT INTO writes (id) VALUES ($id); SELECT $server" 2>&1); then
         echo "$id" >>"$acked"
         ok=$((ok + 1))
-        server=$out
+        by=$out
     else
         failed=$((failed + 1))
         error=${out##*ERROR }
     fi
     now=$(date +%s)
     if ((now != second)); then
-        line="$(date -d "@$second" +%T)  $ok acknowledged${server:+ by $server}"
+        line="$(date -d "@$second" +%T)  $ok acknowledged${by:+ by $by}"
         ((failed)) && line+=", $failed failed (ERROR $error)"
         echo "$line"
-        second=$now ok=0 failed=0 server=""
+        second=$now ok=0 failed=0 by=""
     fi
     sleep 0.1
 done

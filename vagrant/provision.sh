@@ -53,8 +53,13 @@ if [[ -n $server_id ]]; then
     new=$(bash "$share/provision/mariadb-config.sh" "$server_id")
     if [[ ! -e $cnf || $(cat "$cnf") != "$new" ]]; then
         printf '%s\n' "$new" >"$cnf"
-        say "MariaDB options in $cnf; restarting MariaDB"
-        systemctl restart mariadb
+        if systemctl is-active -q vipgate; then
+            # Restarting a primary's database is a failover: that is the operator's call.
+            say "MariaDB options changed in $cnf: they apply at MariaDB's next restart (replicas first; on the owner, 'vipgate switchover' before)"
+        else
+            say "MariaDB options in $cnf; restarting MariaDB"
+            systemctl restart mariadb
+        fi
     fi
     if [[ $name == db1 ]]; then
         bash "$share/provision/mariadb-setup.sh" primary --secrets "$secrets" --demo-schema
@@ -67,8 +72,20 @@ fi
 install_packages curl
 deb=$(find "$share/deb" -maxdepth 1 -name 'vipgate_*.deb' -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)
 [[ -n $deb ]] || die "no vipgate_*.deb in the host's target/debian: run 'bash scripts/package.sh' in the repository, then 'vagrant rsync $name && vagrant provision $name'"
-say "installing $(basename "$deb")"
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$deb" >/dev/null
+upgraded=false
+sum=$(sha256sum "$deb" | cut -d' ' -f1)
+stamp=/var/lib/vipgate-lab-package.sha256
+if [[ ! -e $stamp || $(cat "$stamp") != "$sum" ]]; then
+    arch=$(dpkg-deb -f "$deb" Architecture)
+    [[ $arch == "$(dpkg --print-architecture)" ]] ||
+        die "$(basename "$deb") is for $arch, this machine is $(dpkg --print-architecture)"
+    say "installing $(basename "$deb")"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --reinstall --allow-downgrades "$deb" >/dev/null
+    vipgate --version >/dev/null ||
+        die "the packaged vipgate does not run here (built against a newer C library than Debian bookworm's 2.36?): build the package on bookworm"
+    echo "$sum" >"$stamp"
+    upgraded=true
+fi
 
 # The VIP goes on the interface that holds this machine's lab address.
 interface=$(ip -o -4 addr show to "$address/32" | awk '{print $2; exit}')
@@ -84,15 +101,20 @@ files=(secret)
 for f in "${files[@]}"; do
     install -m 0600 -o vipgate -g vipgate "$secrets/$f" "/etc/vipgate/$f"
 done
-# As the unit's user: also proves that it can read what the agent will read.
+# As the unit's user: also proves that it can read what the agent will read. Database hosts
+# also check the agent's account and the server's GTID settings (--probe).
 if [[ -n $server_id ]]; then
     setpriv --reuid=vipgate --regid=vipgate --init-groups vipgate check-config $config --probe
 else
     setpriv --reuid=vipgate --regid=vipgate --init-groups vipgate check-config $config
 fi
 systemctl enable -q vipgate
-if systemctl is-active -q vipgate; then
-    # Never a restart, which would move the VIP: a reload takes what may change live.
+if systemctl is-active -q vipgate && $upgraded; then
+    # A new binary needs a restart; an owner hands ownership over first (a planned move).
+    say "restarting vipgate on the new package"
+    systemctl restart vipgate
+elif systemctl is-active -q vipgate; then
+    # Otherwise never a restart, which would move the VIP: a reload takes what may change live.
     systemctl reload vipgate || die "vipgate refused the new configuration (journalctl -u vipgate); restart it by hand when that is what you want"
 else
     systemctl start vipgate

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Prints /etc/vipgate/vipgate.toml for a machine of the Vagrant lab.
-# Usage: vipgate-config.sh INTERFACE [witness]
+# Usage: vipgate-config.sh INTERFACE database|witness
 #   INTERFACE: where the owner adds the VIP (the machine's interface on 192.0.2.0/24);
-#   witness: leave out [mysql] (a witness has no database and gets no database password).
+#   witness: without [mysql] (a witness has no database and gets no database password).
 # Every machine gets the same [cluster] and [[node]] sections; an agent finds its own [[node]]
 # by its host name (db1, db2, witness).
 set -euo pipefail
 interface=${1:-}
-if [[ ! $interface =~ ^[A-Za-z0-9_.:-]{1,15}$ ]]; then
-    echo "usage: vipgate-config.sh INTERFACE [witness]  (got interface '$interface')" >&2
+kind=${2:-}
+if [[ ! $interface =~ ^[A-Za-z0-9_.:-]{1,15}$ || ! $kind =~ ^(database|witness)$ ]]; then
+    echo "usage: vipgate-config.sh INTERFACE database|witness  (got '$interface' '$kind')" >&2
     exit 2
 fi
 cat <<TOML
@@ -51,7 +52,7 @@ zone = "db.example.test."
 record = "primary"
 ttl = 5
 TOML
-if [[ ${2:-} != witness ]]; then
+if [[ $kind == database ]]; then
     cat <<TOML
 
 [mysql]

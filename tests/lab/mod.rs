@@ -862,22 +862,42 @@ impl Lab {
         }
         self.start_mariadb("db1", 1);
         self.start_mariadb("db2", 2);
-        let script = provision("mariadb-setup.sh");
-        let secrets = self.dir.path().display().to_string();
+        // In gate mode making the primary writable is the operator's part, not the agent's.
+        let writable = if self.spec.mysql == Some("gate") {
+            "--writable"
+        } else {
+            ""
+        };
         let primary = self.host("db1").ip4.clone();
         for (name, role) in [
-            ("db1", ["primary", "--demo-schema"]),
-            ("db2", ["replica", "--primary"]),
+            ("db1", ["primary", "--demo-schema", writable]),
+            ("db2", ["replica", "--primary", &primary]),
         ] {
-            let socket = self.mysql_socket(name).display().to_string();
-            let mut args = vec!["ip", "netns", "exec", &self.host(name).ns, "bash", &script];
-            args.extend(role);
-            if name == "db2" {
-                args.push(&primary);
-            }
-            args.extend(["--secrets", &secrets, "--socket", &socket, "--timeout", "30"]);
-            sh(&args);
+            let (ok, out) = self.mariadb_setup(name, &role);
+            assert!(ok, "provision/mariadb-setup.sh on {name}: {out}");
         }
+    }
+
+    /// Runs `provision/mariadb-setup.sh args…` for `name`'s MariaDB, in its namespace, with
+    /// the lab's passwords; whether it succeeded, and what it printed.
+    pub fn mariadb_setup(&self, name: &str, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.host(name).ns, "bash"])
+            .arg(provision("mariadb-setup.sh"))
+            .args(args.iter().filter(|a| !a.is_empty()))
+            .arg("--secrets")
+            .arg(self.dir.path())
+            .arg("--socket")
+            .arg(self.mysql_socket(name))
+            .args(["--timeout", "30"])
+            .output()
+            .expect("run provision/mariadb-setup.sh");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
     /// Kills `name`'s MariaDB (SIGKILL) and reaps it.
@@ -1462,13 +1482,13 @@ fn remove_abandoned_labs() {
     }
 }
 
-/// Children die with the thread that started them, even if the test process is killed
-/// without unwinding (the setting survives the exec in `ip netns exec`).
 /// A script of the repository's `provision/` folder, shared with the Vagrant lab.
 pub fn provision(script: &str) -> String {
     format!("{}/provision/{script}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Children die with the thread that started them, even if the test process is killed
+/// without unwinding (the setting survives the exec in `ip netns exec`).
 fn die_with_parent(cmd: &mut Command) -> &mut Command {
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
