@@ -37,6 +37,8 @@ fn the_deb_holds_everything_an_operator_installs() {
         "./usr/bin/vipgate",
         "./lib/systemd/system/vipgate.service",
         "./usr/share/doc/vipgate/examples/vipgate.toml",
+        "./usr/share/doc/vipgate/examples/provision/mariadb-config.sh",
+        "./usr/share/doc/vipgate/examples/provision/mariadb-setup.sh",
         "./usr/share/doc/vipgate/README.md",
         "./usr/share/doc/vipgate/operations.md",
         "./usr/share/man/man8/vipgate.8.gz",
