@@ -862,17 +862,13 @@ impl Lab {
         }
         self.start_mariadb("db1", 1);
         self.start_mariadb("db2", 2);
+        let mut db1 = vec!["primary", "--demo-schema"];
         // In gate mode making the primary writable is the operator's part, not the agent's.
-        let writable = if self.spec.mysql == Some("gate") {
-            "--writable"
-        } else {
-            ""
-        };
+        if self.spec.mysql == Some("gate") {
+            db1.push("--writable");
+        }
         let primary = self.host("db1").ip4.clone();
-        for (name, role) in [
-            ("db1", ["primary", "--demo-schema", writable]),
-            ("db2", ["replica", "--primary", &primary]),
-        ] {
+        for (name, role) in [("db1", db1), ("db2", vec!["replica", "--primary", &primary])] {
             let (ok, out) = self.mariadb_setup(name, &role);
             assert!(ok, "provision/mariadb-setup.sh on {name}: {out}");
         }
@@ -884,7 +880,7 @@ impl Lab {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.host(name).ns, "bash"])
             .arg(provision("mariadb-setup.sh"))
-            .args(args.iter().filter(|a| !a.is_empty()))
+            .args(args)
             .arg("--secrets")
             .arg(self.dir.path())
             .arg("--socket")
