@@ -310,7 +310,8 @@ fn forged_and_replayed_datagrams_from_a_rogue_host_change_nothing_and_are_counte
     // Forged: well-formed, claiming db2 owns a much later term, under the wrong key.
     let config = lab.config();
     let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();
-    let forger = vipgate::net::Codec::new("lab", &[7u8; 32], config.fingerprint(), ids, 1);
+    let timing = config.core_settings(1, 0).timing();
+    let forger = vipgate::net::Codec::new("lab", &[7u8; 32], config.fingerprint(), timing, ids, 1);
     let claim = vipgate::core::Message::Heartbeat(vipgate::core::Heartbeat {
         term: term + 100,
         seq: 1,
@@ -325,7 +326,7 @@ fn forged_and_replayed_datagrams_from_a_rogue_host_change_nothing_and_are_counte
     let mut forged = Vec::new();
     for (i, n) in config.nodes.iter().enumerate() {
         if n.id != "db2" {
-            forged.push((n.address, forger.encode(u64::MAX, i as u64 + 1, &claim)));
+            forged.push((n.address, forger.encode(i as u8, u64::MAX, i as u64 + 1, &claim)));
         }
     }
     lab.send_from(lab::ROGUE, forged);

@@ -271,6 +271,7 @@ impl Agent {
             &config.cluster.name,
             secret.bytes(),
             config.fingerprint(),
+            config.core_settings(me, 0).timing(),
             ids.clone(),
             me,
         );
@@ -533,34 +534,8 @@ impl Agent {
             }
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => {
-                    let now = clock::now();
                     match received {
-                        Ok((n, _from)) => {
-                            match self.receiver.accept(&buf[..n]) {
-                                Some((from, Message::DbReport(report))) => {
-                                    self.received += 1;
-                                    self.follow_failover_block(now, from, &report);
-                                    self.peer_db[usize::from(from)] = Some((now, report));
-                                    self.update_dns(now);
-                                }
-                                Some((from, message)) => {
-                                    self.received += 1;
-                                    if let Message::Ack(a) = &message {
-                                        self.note_rtt(now, from, a.echo_seq);
-                                    }
-                                    // Whoever wins next waits for the released database's
-                                    // final position (named successor or not).
-                                    if let Message::Release(r) = &message
-                                        && r.term >= self.core.term()
-                                        && let Some(p) = r.final_position
-                                    {
-                                        self.handover_position = Some((p, r.final_gtid.clone(), now));
-                                    }
-                                    self.step(now, Event::Received { from, message })?;
-                                }
-                                None => {}
-                            }
-                        }
+                        Ok((n, _from)) => self.on_datagram(clock::now(), &buf[..n])?,
                         Err(e) => tracing::debug!("receiving: {e}"),
                     }
                 }
@@ -621,6 +596,40 @@ impl Agent {
                     );
                 }
             }
+        }
+    }
+
+    /// A datagram arrived: authenticated, de-duplicated messages go to the core (database
+    /// reports to the shell); everything else is dropped and counted.
+    fn on_datagram(&mut self, now: Instant, bytes: &[u8]) -> Result<(), String> {
+        let accepted = self.receiver.accept(bytes);
+        for notice in self.receiver.take_notices() {
+            tracing::error!(peer = %notice.peer, "{}", notice.message);
+        }
+        match accepted {
+            Some((from, Message::DbReport(report))) => {
+                self.received += 1;
+                self.follow_failover_block(now, from, &report);
+                self.peer_db[usize::from(from)] = Some((now, report));
+                self.update_dns(now);
+                Ok(())
+            }
+            Some((from, message)) => {
+                self.received += 1;
+                if let Message::Ack(a) = &message {
+                    self.note_rtt(now, from, a.echo_seq);
+                }
+                // Whoever wins next waits for the released database's final position (named
+                // successor or not).
+                if let Message::Release(r) = &message
+                    && r.term >= self.core.term()
+                    && let Some(p) = r.final_position
+                {
+                    self.handover_position = Some((p, r.final_gtid.clone(), now));
+                }
+                self.step(now, Event::Received { from, message })
+            }
+            None => Ok(()),
         }
     }
 
@@ -914,7 +923,7 @@ impl Agent {
 
     fn send(&mut self, to: NodeIdx, message: &Message) {
         self.counter += 1;
-        let bytes = self.codec.encode(self.boot, self.counter, message);
+        let bytes = self.codec.encode(to, self.boot, self.counter, message);
         let addr = self.peers[usize::from(to)];
         // Never wait for the socket: a full buffer or an unreachable peer is a lost datagram,
         // which the protocol tolerates.

@@ -25,6 +25,9 @@ pub struct StateError {
 struct OnDisk {
     term: Term,
     voted_for: Option<String>,
+    /// The lease (ms) the persisted grant ran for: a restart keeps quiet at least this long.
+    #[serde(default)]
+    lease_ms: u64,
     boot: u64,
     /// Set by `vipgate maintenance on`: the node stays ineligible, also across restarts.
     #[serde(default)]
@@ -100,6 +103,7 @@ impl StateFile {
                 .as_ref()
                 .and_then(|id| self.ids.iter().position(|i| i == id))
                 .map(|i| i as NodeIdx),
+            lease_ms: self.disk.lease_ms,
         }
     }
 
@@ -187,6 +191,7 @@ impl StateFile {
     pub fn save(&mut self, state: PersistentState) -> Result<(), StateError> {
         self.disk.term = state.term;
         self.disk.voted_for = state.voted_for.map(|i| self.ids[usize::from(i)].clone());
+        self.disk.lease_ms = state.lease_ms;
         self.write()
     }
 
@@ -234,11 +239,13 @@ mod tests {
         s.save(PersistentState {
             term: 7,
             voted_for: Some(1),
+            lease_ms: 3000,
         })
         .unwrap();
         let mut s = StateFile::open(dir.path(), ids()).unwrap();
         assert_eq!(s.persistent().term, 7);
         assert_eq!(s.persistent().voted_for, Some(1));
+        assert_eq!(s.persistent().lease_ms, 3000, "a restart keeps quiet this long");
         // A wall clock that went backwards still yields a greater boot id.
         assert_eq!(s.next_boot(10).unwrap(), 1001);
         assert_eq!(s.boot(), 1001);
@@ -268,6 +275,7 @@ mod tests {
         s.save(PersistentState {
             term: 3,
             voted_for: Some(2),
+            lease_ms: 1000,
         })
         .unwrap();
         let renumbered = ["a0", "db1", "db2", "w1"].map(String::from).to_vec();
@@ -279,7 +287,8 @@ mod tests {
             s.persistent(),
             PersistentState {
                 term: 3,
-                voted_for: None
+                voted_for: None,
+                lease_ms: 1000,
             }
         );
     }

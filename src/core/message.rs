@@ -55,6 +55,9 @@ pub struct Heartbeat {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ack {
     pub term: Term,
+    /// The owner this ack renews. An ack copied to another node (by a relay on the path) names
+    /// someone else there, and is ignored: it must never renew a lease it was not meant for.
+    pub owner: NodeIdx,
     pub echo_seq: u64,
 }
 
@@ -70,6 +73,9 @@ pub struct VoteRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vote {
     pub term: Term,
+    /// The candidate this vote answers: a copy delivered to another candidate of the same term
+    /// must not count there (that would elect two owners in one term).
+    pub candidate: NodeIdx,
     pub granted: bool,
 }
 

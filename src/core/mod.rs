@@ -23,7 +23,7 @@ pub use message::{
 };
 pub use ownership::{
     Action, Core, Event, Grant, MAX_MEMBERS, Member, PeerView, PersistentState, ReleaseReason, RoleKind,
-    Settings, SettingsError,
+    Settings, SettingsError, Timing,
 };
 #[cfg(test)]
 pub(crate) use ownership::{Fault, splitmix64};

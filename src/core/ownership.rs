@@ -95,6 +95,25 @@ impl Settings {
         Ok(())
     }
 
+    /// L in whole milliseconds, rounded up.
+    pub fn lease_ms(&self) -> u64 {
+        u64::try_from(self.lease.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
+    }
+
+    /// What the wire carries so that mixed timing is refused.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            lease_ms: u32::try_from(self.lease_ms()).unwrap_or(u32::MAX),
+            drift_ppm: self.drift_ppm,
+        }
+    }
+
+    /// How long a (re)started agent neither votes nor acknowledges: the longest lease it may
+    /// have granted before, under this or its previous configuration.
+    pub fn quiet_period(&self, persisted: &PersistentState) -> Duration {
+        self.lease.max(Duration::from_millis(persisted.lease_ms))
+    }
+
     /// Votes (or acks) needed: a majority of all configured members.
     pub fn majority(&self) -> usize {
         self.members.len() / 2 + 1
@@ -127,6 +146,18 @@ pub struct PersistentState {
     pub term: Term,
     /// Whom it voted for (or acknowledged as owner) in `term`.
     pub voted_for: Option<NodeIdx>,
+    /// The lease (L, in ms) its grants ran for. A restart with another `lease_ms` keeps quiet
+    /// for the longer of the two: grants made before the restart may still be live.
+    pub lease_ms: u64,
+}
+
+/// The values two agents' safety arithmetic must agree on (`docs/protocol.md` §7). Every
+/// datagram carries them, and a peer whose values differ is refused: an owner counting a longer
+/// lease than its voters grant could overlap its successor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub lease_ms: u32,
+    pub drift_ppm: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -294,6 +325,8 @@ pub(crate) enum Fault {
     AckFromReceiveTime,
     /// A restarted agent votes and acknowledges at once, forgetting grants it made before.
     NoQuietAfterRestart,
+    /// Votes and acks count wherever they arrive, not only at the node they name.
+    UnboundReplies,
 }
 
 pub struct Core {
@@ -354,7 +387,7 @@ impl Core {
         debug_assert!(settings.check().is_ok(), "settings must be checked by the caller");
         let n = settings.members.len();
         let mut core = Core {
-            quiet_until: now + settings.lease,
+            quiet_until: now + settings.quiet_period(&persisted),
             rng: settings.seed ^ 0x9e37_79b9_7f4a_7c15,
             s: settings,
             persisted,
@@ -645,13 +678,7 @@ impl Core {
             _ => {}
         }
         if self.may_ack(now, from, hb.term) {
-            if self.persisted.term != hb.term || self.persisted.voted_for != Some(from) {
-                self.persisted = PersistentState {
-                    term: hb.term,
-                    voted_for: Some(from),
-                };
-                out.push(Action::Persist(self.persisted));
-            }
+            self.persist_grant(hb.term, from, out);
             self.grant = Some(Grant {
                 to: from,
                 term: hb.term,
@@ -661,6 +688,7 @@ impl Core {
                 to: from,
                 message: Message::Ack(Ack {
                     term: hb.term,
+                    owner: from,
                     echo_seq: hb.seq,
                 }),
             });
@@ -687,6 +715,9 @@ impl Core {
         let owner_lease = self.s.owner_lease();
         #[cfg(test)]
         let from_receive = self.fault == Some(Fault::AckFromReceiveTime);
+        if !self.addressed_to_me(ack.owner) {
+            return;
+        }
         let Role::Owner {
             term,
             lease_end,
@@ -723,6 +754,30 @@ impl Core {
         // Older heartbeats can no longer extend the lease beyond this one.
         let seq = ack.echo_seq;
         pending.retain(|p| p.seq > seq);
+    }
+
+    /// Records a grant to `to` in `term` (a vote, an ack, or a candidacy) on disk before the
+    /// message that relies on it, together with the lease it runs for.
+    fn persist_grant(&mut self, term: Term, to: NodeIdx, out: &mut Vec<Action>) {
+        let state = PersistentState {
+            term,
+            voted_for: Some(to),
+            lease_ms: self.s.lease_ms(),
+        };
+        if self.persisted != state {
+            self.persisted = state;
+            out.push(Action::Persist(state));
+        }
+    }
+
+    /// Whether a vote or ack naming `node` is meant for this agent. One meant for another
+    /// (copied there by a relay) must never count here.
+    fn addressed_to_me(&self, node: NodeIdx) -> bool {
+        #[cfg(test)]
+        if self.fault == Some(Fault::UnboundReplies) {
+            return true;
+        }
+        node == self.s.me
     }
 
     // ---- elections ---------------------------------------------------------------------------
@@ -828,11 +883,7 @@ impl Core {
     fn start_election(&mut self, now: Instant, out: &mut Vec<Action>) {
         let named = self.named_successor(now);
         let term = self.persisted.term.max(self.max_term_seen) + 1;
-        self.persisted = PersistentState {
-            term,
-            voted_for: Some(self.s.me),
-        };
-        out.push(Action::Persist(self.persisted));
+        self.persist_grant(term, self.s.me, out);
         self.grant = Some(Grant {
             to: self.s.me,
             term,
@@ -872,18 +923,7 @@ impl Core {
         }
         let granted = self.may_vote(now, requester, req.term);
         if granted {
-            if self.persisted
-                != (PersistentState {
-                    term: req.term,
-                    voted_for: Some(from),
-                })
-            {
-                self.persisted = PersistentState {
-                    term: req.term,
-                    voted_for: Some(from),
-                };
-                out.push(Action::Persist(self.persisted));
-            }
+            self.persist_grant(req.term, from, out);
             let until = now + self.s.lease;
             self.grant = Some(Grant {
                 to: from,
@@ -895,6 +935,7 @@ impl Core {
             to: from,
             message: Message::Vote(Vote {
                 term: req.term,
+                candidate: from,
                 granted,
             }),
         });
@@ -926,6 +967,9 @@ impl Core {
     }
 
     fn on_vote(&mut self, now: Instant, from: NodeIdx, vote: Vote, out: &mut Vec<Action>) {
+        if !self.addressed_to_me(vote.candidate) {
+            return;
+        }
         let Role::Candidate {
             term,
             granted,
@@ -1230,6 +1274,7 @@ mod tests {
             *a == Action::Persist(PersistentState {
                 term: 4,
                 voted_for: Some(0),
+                lease_ms: 1000,
             })
         });
         let vote = out.iter().position(|a| {
@@ -1304,7 +1349,11 @@ mod tests {
             t(now + vote_delay),
             Event::Received {
                 from: 2,
-                message: Message::Vote(Vote { term, granted: true }),
+                message: Message::Vote(Vote {
+                    term,
+                    candidate: 0,
+                    granted: true,
+                }),
             },
         );
         assert!(
@@ -1395,6 +1444,7 @@ mod tests {
                 from: 2,
                 message: Message::Vote(Vote {
                     term: c.term(),
+                    candidate: 1,
                     granted: true,
                 }),
             },
@@ -1470,7 +1520,11 @@ mod tests {
             t(hb_at + 400),
             Event::Received {
                 from: 2,
-                message: Message::Ack(Ack { term, echo_seq: seq }),
+                message: Message::Ack(Ack {
+                    term,
+                    owner: 0,
+                    echo_seq: seq,
+                }),
             },
         );
         assert_eq!(c.lease_end(), Some(t(hb_at) + c.settings().owner_lease()));

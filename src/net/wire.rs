@@ -3,11 +3,14 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "VG"
-//! 2       1     version (1)
-//! 3       1     kind: 1 heartbeat, 2 ack, 3 vote request, 4 vote, 5 release
+//! 2       1     version (2)
+//! 3       1     kind: 1 heartbeat, 2 ack, 3 vote request, 4 vote, 5 release, 6 db report
 //! 4       1+n   cluster name (length-prefixed, 1..=64 bytes)
 //! ..      1+n   sender node id (length-prefixed, 1..=64 bytes)
+//! ..      1+n   recipient node id (length-prefixed, 1..=64 bytes)
 //! ..      8     membership fingerprint (both sides must have the same member list)
+//! ..      4     lease_ms (both sides must count the same lease)
+//! ..      4     clock drift bound, parts per million (likewise)
 //! ..      8     sender boot id (grows with every start of the sender)
 //! ..      8     counter (grows with every datagram within one boot)
 //! ..      ..    payload, by kind (below)
@@ -15,31 +18,40 @@
 //! ```
 //! Integers are big-endian. A node reference is a length-prefixed id, length 0 meaning none.
 //! Payloads: heartbeat `term u64, seq u64, owner ref, flags u8 (1 lease claim, 2 eligible,
-//! 4 blocked, 8 preferred),
-//! position u64, priority u8`; ack `term u64, echo_seq u64`; vote request `term u64, position
-//! u64, priority u8`; vote `term u64, granted u8`; release `term u64, to ref, has_position u8,
-//! position u64, final gtid (length-prefixed, ≤ 200 bytes)`; db report `flags u8 (1 healthy, 2 writable, 4 replicating, 8 lag known),
-//! lag_s u32, failover_block_ms u32, gtid (length-prefixed, ≤ 200 bytes of UTF-8)`. Anything left over, or any flag
-//! outside its set, makes the datagram malformed.
+//! 4 blocked, 8 preferred), position u64, priority u8`; ack `term u64, owner ref, echo_seq u64`;
+//! vote request `term u64, position u64, priority u8`; vote `term u64, candidate ref, granted
+//! u8`; release `term u64, to ref, has_position u8, position u64, final gtid (length-prefixed,
+//! ≤ 200 bytes)`; db report `flags u8 (1 healthy, 2 writable, 4 replicating, 8 lag known), lag_s
+//! u32, failover_block_ms u32, gtid (length-prefixed, ≤ 200 bytes of UTF-8)`. Anything left
+//! over, any flag outside its set, or a missing node where one is required makes the datagram
+//! malformed.
+//!
+//! Every datagram names its recipient inside the MAC, and a receiver drops one that names
+//! another node (`misaddressed`): otherwise a relay on the path could deliver one voter's vote
+//! or ack to two candidates and make two owners. The first five fields (magic, version, kind,
+//! cluster, sender) keep their place in every version, so a peer on another version can be
+//! named in the log.
 //!
 //! The header is parsed (bounded, unauthenticated) only far enough to tell another cluster
 //! apart; nothing else is trusted before the MAC is verified in constant time.
 
-use crate::core::{Ack, DbReport, Heartbeat, MAX_REPORT_GTID, Message, NodeIdx, Release, Vote, VoteRequest};
+use crate::core::{
+    Ack, DbReport, Heartbeat, MAX_REPORT_GTID, Message, NodeIdx, Release, Timing, Vote, VoteRequest,
+};
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
 pub const MAGIC: [u8; 2] = *b"VG";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const MAC_LEN: usize = 32;
 /// Larger datagrams are dropped unread. The largest valid one (64-byte names, a db report with
-/// the longest GTID text) is 400 bytes.
+/// the longest GTID text) is 473 bytes.
 pub const MAX_DATAGRAM: usize = 512;
 /// Longest cluster name or node id.
 pub const MAX_NAME: usize = 64;
-const MIN_DATAGRAM: usize = 4 + 2 + 2 + 24 + MAC_LEN;
+const MIN_DATAGRAM: usize = 4 + 2 + 2 + 2 + 8 + 8 + 16 + MAC_LEN;
 
 const KIND_HEARTBEAT: u8 = 1;
 const KIND_ACK: u8 = 2;
@@ -66,12 +78,17 @@ pub enum DropReason {
     UnknownSender,
     /// The sender's member list differs from ours: majorities would not be comparable.
     MembershipMismatch,
+    /// The sender counts another lease or clock drift bound: its leases and ours would not
+    /// be comparable.
+    TimingMismatch,
+    /// Authentic, but addressed to another member (a copy made on the path, or a bug).
+    Misaddressed,
     /// Not newer than the last datagram accepted from that sender (a replay or duplicate).
     Replayed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Truncated,
         DropReason::Oversized,
         DropReason::NotVipgate,
@@ -81,6 +98,8 @@ impl DropReason {
         DropReason::Malformed,
         DropReason::UnknownSender,
         DropReason::MembershipMismatch,
+        DropReason::TimingMismatch,
+        DropReason::Misaddressed,
         DropReason::Replayed,
     ];
 
@@ -95,6 +114,8 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::UnknownSender => "unknown_sender",
             DropReason::MembershipMismatch => "membership_mismatch",
+            DropReason::TimingMismatch => "timing_mismatch",
+            DropReason::Misaddressed => "misaddressed",
             DropReason::Replayed => "replayed",
         }
     }
@@ -104,9 +125,18 @@ impl DropReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
     pub sender: NodeIdx,
+    /// Whom it was sent to; [`Codec::decode`] accepts only datagrams naming its own node.
+    pub recipient: NodeIdx,
     pub boot: u64,
     pub counter: u64,
     pub message: Message,
+}
+
+/// Why a member's datagrams keep being dropped, for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub peer: String,
+    pub message: String,
 }
 
 /// Encodes and decodes datagrams for one cluster, seen from one member.
@@ -115,6 +145,7 @@ pub struct Codec {
     cluster: Vec<u8>,
     mac: HmacSha256,
     fingerprint: u64,
+    timing: Timing,
     ids: Vec<String>,
     me: NodeIdx,
 }
@@ -131,7 +162,14 @@ impl std::fmt::Debug for Codec {
 impl Codec {
     /// `ids` are the members' ids indexed by [`NodeIdx`]; names longer than [`MAX_NAME`] bytes
     /// are refused by configuration validation before this is built.
-    pub fn new(cluster: &str, key: &[u8], fingerprint: u64, ids: Vec<String>, me: NodeIdx) -> Codec {
+    pub fn new(
+        cluster: &str,
+        key: &[u8],
+        fingerprint: u64,
+        timing: Timing,
+        ids: Vec<String>,
+        me: NodeIdx,
+    ) -> Codec {
         assert!(cluster.len() <= MAX_NAME && ids.iter().all(|id| id.len() <= MAX_NAME));
         assert!(usize::from(me) < ids.len());
         let mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
@@ -139,9 +177,15 @@ impl Codec {
             cluster: cluster.as_bytes().to_vec(),
             mac,
             fingerprint,
+            timing,
             ids,
             me,
         }
+    }
+
+    /// The lease and drift bound this codec stamps on datagrams and requires of peers.
+    pub fn timing(&self) -> Timing {
+        self.timing
     }
 
     /// Whether this codec authenticates with `key` (a reload checks the secret is unchanged).
@@ -155,14 +199,18 @@ impl Codec {
         ours.finalize().into_bytes() == theirs.finalize().into_bytes()
     }
 
-    pub fn encode(&self, boot: u64, counter: u64, message: &Message) -> Vec<u8> {
+    /// The datagram carrying `message` to member `to`.
+    pub fn encode(&self, to: NodeIdx, boot: u64, counter: u64, message: &Message) -> Vec<u8> {
         let mut w = Vec::with_capacity(128);
         w.extend_from_slice(&MAGIC);
         w.push(VERSION);
         w.push(kind_of(message));
         put_name(&mut w, &self.cluster);
         put_name(&mut w, self.ids[usize::from(self.me)].as_bytes());
+        put_name(&mut w, self.ids[usize::from(to)].as_bytes());
         w.extend_from_slice(&self.fingerprint.to_be_bytes());
+        w.extend_from_slice(&self.timing.lease_ms.to_be_bytes());
+        w.extend_from_slice(&self.timing.drift_ppm.to_be_bytes());
         w.extend_from_slice(&boot.to_be_bytes());
         w.extend_from_slice(&counter.to_be_bytes());
         self.put_payload(&mut w, message);
@@ -179,11 +227,11 @@ impl Codec {
         if bytes.len() >= 2 && bytes[..2] != MAGIC {
             return Err(DropReason::NotVipgate);
         }
+        if bytes.len() >= 3 && bytes[2] != VERSION {
+            return Err(DropReason::UnknownVersion);
+        }
         if bytes.len() < MIN_DATAGRAM {
             return Err(DropReason::Truncated);
-        }
-        if bytes[2] != VERSION {
-            return Err(DropReason::UnknownVersion);
         }
         let (body, tag) = bytes.split_at(bytes.len() - MAC_LEN);
         let mut r = Reader { buf: body, pos: 4 };
@@ -198,8 +246,15 @@ impl Codec {
         if sender == self.me {
             return Err(DropReason::UnknownSender);
         }
+        let recipient = self.node(r.name()?)?.ok_or(DropReason::Malformed)?;
+        if recipient != self.me {
+            return Err(DropReason::Misaddressed);
+        }
         if r.u64()? != self.fingerprint {
             return Err(DropReason::MembershipMismatch);
+        }
+        if r.timing()? != self.timing {
+            return Err(DropReason::TimingMismatch);
         }
         let boot = r.u64()?;
         let counter = r.u64()?;
@@ -209,6 +264,7 @@ impl Codec {
         }
         Ok(Envelope {
             sender,
+            recipient,
             boot,
             counter,
             message,
@@ -232,6 +288,49 @@ impl Codec {
         }
     }
 
+    /// For a datagram dropped because its sender runs another wire version or other timing
+    /// (so it will keep being dropped until an operator acts): which member sent it and what to
+    /// do. `None` for other reasons, other clusters and non-members.
+    pub fn explain(&self, bytes: &[u8], reason: DropReason) -> Option<Notice> {
+        // Magic, version, kind, cluster and sender keep their place in every version.
+        let mut r = Reader {
+            buf: bytes.get(..bytes.len().checked_sub(MAC_LEN)?)?,
+            pos: 4,
+        };
+        if r.name().ok()? != self.cluster.as_slice() {
+            return None;
+        }
+        let sender = self.node(r.name().ok()?).ok()??;
+        let peer = self.ids[usize::from(sender)].clone();
+        let message = match reason {
+            DropReason::UnknownVersion => format!(
+                "{peer} speaks wire version {}, this agent {VERSION}: their datagrams are dropped \
+                 (a majority of one version owns); upgrade every agent to the same vipgate release \
+                 (docs/operations.md, \"Upgrades\")",
+                bytes[2]
+            ),
+            DropReason::TimingMismatch => {
+                r.name().ok()?;
+                r.u64().ok()?;
+                let theirs = r.timing().ok()?;
+                format!(
+                    "{peer} uses lease_ms {} and clock_drift {} ppm, this agent {} and {} ppm: their \
+                     datagrams are dropped, since leases counted differently could overlap; give \
+                     every agent the same [cluster] lease_ms and clock_drift (docs/operations.md, \
+                     \"Changing lease_ms or clock_drift\")",
+                    theirs.lease_ms, theirs.drift_ppm, self.timing.lease_ms, self.timing.drift_ppm
+                )
+            }
+            _ => return None,
+        };
+        Some(Notice { peer, message })
+    }
+
+    /// A node reference that must name a member.
+    fn required_node(&self, r: &mut Reader<'_>) -> Result<NodeIdx, DropReason> {
+        self.node(r.name()?)?.ok_or(DropReason::Malformed)
+    }
+
     fn put_payload(&self, w: &mut Vec<u8>, message: &Message) {
         match message {
             Message::Heartbeat(h) => {
@@ -249,6 +348,7 @@ impl Codec {
             }
             Message::Ack(a) => {
                 w.extend_from_slice(&a.term.to_be_bytes());
+                self.put_node(w, Some(a.owner));
                 w.extend_from_slice(&a.echo_seq.to_be_bytes());
             }
             Message::VoteRequest(v) => {
@@ -258,6 +358,7 @@ impl Codec {
             }
             Message::Vote(v) => {
                 w.extend_from_slice(&v.term.to_be_bytes());
+                self.put_node(w, Some(v.candidate));
                 w.push(u8::from(v.granted));
             }
             Message::Release(r) => {
@@ -304,6 +405,7 @@ impl Codec {
             }
             KIND_ACK => Message::Ack(Ack {
                 term: r.u64()?,
+                owner: self.required_node(r)?,
                 echo_seq: r.u64()?,
             }),
             KIND_VOTE_REQUEST => Message::VoteRequest(VoteRequest {
@@ -313,6 +415,7 @@ impl Codec {
             }),
             KIND_VOTE => Message::Vote(Vote {
                 term: r.u64()?,
+                candidate: self.required_node(r)?,
                 granted: r.bool()?,
             }),
             KIND_RELEASE => {
@@ -418,6 +521,13 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes(b.try_into().expect("took 4 bytes")))
     }
 
+    fn timing(&mut self) -> Result<Timing, DropReason> {
+        Ok(Timing {
+            lease_ms: self.u32()?,
+            drift_ppm: self.u32()?,
+        })
+    }
+
     fn name(&mut self) -> Result<&'a [u8], DropReason> {
         self.text(MAX_NAME)
     }
@@ -439,11 +549,17 @@ mod tests {
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
+    const TIMING: Timing = Timing {
+        lease_ms: 1000,
+        drift_ppm: 10_000,
+    };
+
     fn codec(me: NodeIdx) -> Codec {
         Codec::new(
             "prod-eu",
             KEY,
             0x1122_3344_5566_7788,
+            TIMING,
             vec!["db1".into(), "db2".into(), "w1".into()],
             me,
         )
@@ -479,17 +595,21 @@ mod tests {
 
     #[test]
     fn heartbeat_encodes_to_the_documented_layout() {
-        let bytes = codec(0).encode(3, 9, &heartbeat());
+        let bytes = codec(0).encode(1, 3, 9, &heartbeat());
         let body = &bytes[..bytes.len() - MAC_LEN];
         let expected = concat!(
             "5647",
-            "01",
+            "02",
             "01", // magic, version, kind
             "07",
             "70726f642d6575", // cluster "prod-eu"
             "03",
-            "646231",           // sender "db1"
+            "646231", // sender "db1"
+            "03",
+            "646232",           // recipient "db2"
             "1122334455667788", // membership fingerprint
+            "000003e8",         // lease_ms 1000
+            "00002710",         // clock drift 10000 ppm
             "0000000000000003", // boot id
             "0000000000000009", // counter
             "0000000000000007", // term
@@ -504,14 +624,18 @@ mod tests {
         let mut mac = <HmacSha256 as KeyInit>::new_from_slice(KEY).unwrap();
         mac.update(body);
         assert_eq!(&bytes[body.len()..], mac.finalize().into_bytes().as_slice());
-        assert_eq!(bytes.len(), 102);
+        assert_eq!(bytes.len(), 114);
     }
 
     #[test]
     fn every_kind_round_trips_between_members() {
         let msgs = [
             heartbeat(),
-            Message::Ack(Ack { term: 1, echo_seq: 2 }),
+            Message::Ack(Ack {
+                term: 1,
+                owner: 0,
+                echo_seq: 2,
+            }),
             Message::VoteRequest(VoteRequest {
                 term: 3,
                 position: 4,
@@ -519,6 +643,7 @@ mod tests {
             }),
             Message::Vote(Vote {
                 term: 6,
+                candidate: 0,
                 granted: true,
             }),
             Message::Release(Release {
@@ -535,11 +660,12 @@ mod tests {
             }),
         ];
         for (i, m) in msgs.iter().enumerate() {
-            let env = codec(1).decode(&codec(0).encode(11, i as u64, m)).unwrap();
+            let env = codec(1).decode(&codec(0).encode(1, 11, i as u64, m)).unwrap();
             assert_eq!(
                 env,
                 Envelope {
                     sender: 0,
+                    recipient: 1,
                     boot: 11,
                     counter: i as u64,
                     message: m.clone()
@@ -550,25 +676,34 @@ mod tests {
 
     #[test]
     fn each_kind_of_bad_datagram_is_dropped_with_its_reason() {
-        let good = codec(0).encode(1, 1, &heartbeat());
+        let good = codec(0).encode(1, 1, 1, &heartbeat());
         let rx = codec(1);
         assert_eq!(rx.decode(&good[..20]), Err(DropReason::Truncated));
+        assert_eq!(codec(2).decode(&good), Err(DropReason::Misaddressed));
         assert_eq!(rx.decode(&[0u8; MAX_DATAGRAM + 1]), Err(DropReason::Oversized));
         assert_eq!(rx.decode(b"GET / HTTP/1.1\r\n\r\n"), Err(DropReason::NotVipgate));
 
-        let mut v = good.clone();
-        v[2] = 2;
-        assert_eq!(rx.decode(&v), Err(DropReason::UnknownVersion));
+        for version in [1, 3] {
+            let mut v = good.clone();
+            v[2] = version;
+            assert_eq!(rx.decode(&v), Err(DropReason::UnknownVersion));
+            assert_eq!(
+                rx.decode(&v[..10]),
+                Err(DropReason::UnknownVersion),
+                "a short old datagram"
+            );
+        }
 
         let other = Codec::new(
             "prod-us",
             KEY,
             0x1122_3344_5566_7788,
+            TIMING,
             vec!["db1".into(), "db2".into()],
             0,
         );
         assert_eq!(
-            rx.decode(&other.encode(1, 1, &heartbeat())),
+            rx.decode(&other.encode(1, 1, 1, &heartbeat())),
             Err(DropReason::WrongCluster)
         );
 
@@ -576,11 +711,12 @@ mod tests {
             "prod-eu",
             b"not the cluster key, but long enough",
             0x1122_3344_5566_7788,
+            TIMING,
             vec!["db1".into(), "db2".into(), "w1".into()],
             0,
         );
         assert_eq!(
-            rx.decode(&forged.encode(1, 1, &heartbeat())),
+            rx.decode(&forged.encode(1, 1, 1, &heartbeat())),
             Err(DropReason::BadMac)
         );
 
@@ -596,17 +732,48 @@ mod tests {
             "prod-eu",
             KEY,
             1,
+            TIMING,
             vec!["db1".into(), "db2".into(), "w1".into()],
             0,
         );
         assert_eq!(
-            rx.decode(&mismatched.encode(1, 1, &heartbeat())),
+            rx.decode(&mismatched.encode(1, 1, 1, &heartbeat())),
             Err(DropReason::MembershipMismatch)
         );
+        for timing in [
+            Timing {
+                lease_ms: 3000,
+                ..TIMING
+            },
+            Timing {
+                drift_ppm: 1,
+                ..TIMING
+            },
+        ] {
+            let mixed = Codec::new(
+                "prod-eu",
+                KEY,
+                0x1122_3344_5566_7788,
+                timing,
+                vec!["db1".into(), "db2".into(), "w1".into()],
+                0,
+            );
+            assert_eq!(
+                rx.decode(&mixed.encode(1, 1, 1, &heartbeat())),
+                Err(DropReason::TimingMismatch)
+            );
+        }
 
-        let stranger = Codec::new("prod-eu", KEY, 0x1122_3344_5566_7788, vec!["db9".into()], 0);
+        let stranger = Codec::new(
+            "prod-eu",
+            KEY,
+            0x1122_3344_5566_7788,
+            TIMING,
+            vec!["db9".into(), "db2".into()],
+            0,
+        );
         assert_eq!(
-            rx.decode(&stranger.encode(1, 1, &heartbeat())),
+            rx.decode(&stranger.encode(1, 1, 1, &heartbeat())),
             Err(DropReason::UnknownSender)
         );
         assert_eq!(
@@ -622,8 +789,10 @@ mod tests {
         let mut body = tx.encode(
             1,
             1,
+            1,
             &Message::Vote(Vote {
                 term: 1,
+                candidate: 1,
                 granted: true,
             }),
         );
@@ -652,7 +821,7 @@ mod tests {
     fn the_largest_datagram_fits_and_long_gtids_are_cut() {
         let long = "x".repeat(MAX_NAME);
         let ids = vec![format!("a{}", &long[1..]), format!("b{}", &long[1..])];
-        let tx = Codec::new(&long, b"k", 7, ids.clone(), 0);
+        let tx = Codec::new(&long, b"k", 7, TIMING, ids.clone(), 0);
         let gtid = "0-1-1,".repeat(100);
         let report = Message::DbReport(DbReport {
             healthy: true,
@@ -662,10 +831,10 @@ mod tests {
             failover_block_ms: 1,
             gtid: gtid.clone(),
         });
-        let bytes = tx.encode(u64::MAX, u64::MAX, &report);
-        assert_eq!(bytes.len(), 4 + 2 * 65 + 24 + 10 + MAX_REPORT_GTID + MAC_LEN);
+        let bytes = tx.encode(1, u64::MAX, u64::MAX, &report);
+        assert_eq!(bytes.len(), 4 + 3 * 65 + 32 + 10 + MAX_REPORT_GTID + MAC_LEN);
         assert!(bytes.len() <= MAX_DATAGRAM);
-        let rx = Codec::new(&long, b"k", 7, ids, 1);
+        let rx = Codec::new(&long, b"k", 7, TIMING, ids, 1);
         let Message::DbReport(got) = rx.decode(&bytes).unwrap().message else {
             panic!("not a db report")
         };
@@ -703,7 +872,11 @@ mod tests {
                         })
                     }
                 ),
-            (any::<u64>(), any::<u64>()).prop_map(|(term, echo_seq)| Message::Ack(Ack { term, echo_seq })),
+            (any::<u64>(), 0u8..3, any::<u64>()).prop_map(|(term, owner, echo_seq)| Message::Ack(Ack {
+                term,
+                owner,
+                echo_seq
+            })),
             (any::<u64>(), any::<u64>(), any::<u8>()).prop_map(|(term, position, priority)| {
                 Message::VoteRequest(VoteRequest {
                     term,
@@ -711,7 +884,13 @@ mod tests {
                     priority,
                 })
             }),
-            (any::<u64>(), any::<bool>()).prop_map(|(term, granted)| Message::Vote(Vote { term, granted })),
+            (any::<u64>(), 0u8..3, any::<bool>()).prop_map(|(term, candidate, granted)| Message::Vote(
+                Vote {
+                    term,
+                    candidate,
+                    granted
+                }
+            )),
             (
                 any::<u64>(),
                 node(),
@@ -751,8 +930,8 @@ mod tests {
         #[test]
         fn decode_inverts_encode(m in message(), boot: u64, counter: u64, from in 0u8..3, to in 0u8..3) {
             prop_assume!(from != to);
-            let env = codec(to).decode(&codec(from).encode(boot, counter, &m)).unwrap();
-            prop_assert_eq!(env, Envelope { sender: from, boot, counter, message: m });
+            let env = codec(to).decode(&codec(from).encode(to, boot, counter, &m)).unwrap();
+            prop_assert_eq!(env, Envelope { sender: from, recipient: to, boot, counter, message: m });
         }
 
         #[test]
@@ -765,8 +944,8 @@ mod tests {
             kind: u8, payload in proptest::collection::vec(any::<u8>(), 0..120)
         ) {
             let tx = codec(0);
-            let mut b = tx.encode(1, 1, &Message::Ack(Ack { term: 0, echo_seq: 0 }));
-            b.truncate(4 + 8 + 4 + 24);
+            let mut b = tx.encode(1, 1, 1, &Message::Ack(Ack { term: 0, owner: 1, echo_seq: 0 }));
+            b.truncate(4 + 8 + 4 + 4 + 8 + 8 + 16);
             b[3] = kind;
             b.extend_from_slice(&payload);
             let mut mac = tx.mac.clone();

@@ -216,6 +216,8 @@ struct Network {
     slow: Vec<Vec<u64>>,
     loss_per_mille: u64,
     dup_per_mille: u64,
+    /// A copy of a datagram also reaches a member it was not sent to (a relay on the path).
+    misdeliver_per_mille: u64,
     delay: (u64, u64),
 }
 
@@ -307,6 +309,7 @@ impl Sim {
                 slow: vec![vec![0; n]; n],
                 loss_per_mille: 0,
                 dup_per_mille: 0,
+                misdeliver_per_mille: 0,
                 delay: (100, 2_000),
             },
             scenario,
@@ -636,6 +639,23 @@ impl Sim {
                 },
             );
         }
+        if self.rng.chance(self.net.misdeliver_per_mille) {
+            // The copy keeps what the sender addressed (the wire's recipient is authenticated);
+            // only the core's own checks stop it counting where it lands.
+            let n = self.agents.len() as u64;
+            let elsewhere = self.rng.range(0, n - 1) as NodeIdx;
+            if elsewhere != from && elsewhere != to {
+                let at = self.now + self.rng.range(self.net.delay.0, self.net.delay.1);
+                self.push(
+                    at,
+                    Ev::Deliver {
+                        to: elsewhere,
+                        from,
+                        message,
+                    },
+                );
+            }
+        }
     }
 
     fn inject_fault(&mut self) {
@@ -690,7 +710,10 @@ impl Sim {
                 };
                 self.net.delay = (self.rng.range(0, hi / 2), hi);
             }
-            7 => self.net.dup_per_mille = [0, 50, 300][self.rng.range(0, 2) as usize],
+            7 => {
+                self.net.dup_per_mille = [0, 50, 300][self.rng.range(0, 2) as usize];
+                self.net.misdeliver_per_mille = [0, 0, 200, 1000][self.rng.range(0, 3) as usize];
+            }
             8 | 9 => {
                 let a = pick(&mut self.rng);
                 if self.agents[usize::from(a)].core.is_some() {
@@ -764,6 +787,7 @@ impl Sim {
         }
         self.net.loss_per_mille = 0;
         self.net.dup_per_mille = 0;
+        self.net.misdeliver_per_mille = 0;
         self.net.delay = (100, 2_000);
         // Pending toggles of flapping links would undo the heal.
         self.queue

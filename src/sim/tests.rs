@@ -109,3 +109,9 @@ fn catches_a_restarted_agent_voting_at_once() {
         "{v}"
     );
 }
+
+#[test]
+fn catches_votes_and_acks_counted_where_they_were_not_sent() {
+    let v = first_violation(Fault::UnboundReplies, 5_000);
+    println!("caught: {v}");
+}
