@@ -22,7 +22,7 @@ use crate::control::{self, DnsStatus, GrantStatus, PeerDb, PeerStatus, Request, 
 use crate::core::{Action, Core, DbReport, Event, Instant, Message, NodeIdx, RoleKind, Term, Vote};
 use crate::mysql::DbStatus;
 use crate::net::{Codec, Receiver};
-use crate::vip::{self, Command, Report, VipStatus};
+use crate::vip::{self, Command, Report};
 use state::StateFile;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -90,8 +90,8 @@ pub fn run(config: Config, me: NodeIdx) -> Result<(), String> {
         let mut agent = Agent::start(config, me).await?;
         let result = agent.run().await;
         // Whatever ended the loop, no VIP stays behind.
-        agent.remove_vips().await;
-        result
+        let removed = agent.remove_vips().await;
+        result.and(removed)
     })
 }
 
@@ -129,9 +129,9 @@ struct Agent {
     /// Votes granted and leases acknowledged, and how long after start the first one was.
     grants_sent: u64,
     first_grant: Option<Duration>,
-    vip_commands: Option<mpsc::UnboundedSender<Command>>,
+    /// The VIP task (none without VIPs, and on witnesses), and what it reports.
+    vips: Option<vip::Vips>,
     vip_reports: mpsc::UnboundedReceiver<Report>,
-    vip_status: Arc<Mutex<VipStatus>>,
     /// Why the VIP interfaces cannot carry the VIP, if they cannot.
     links_down: Option<String>,
     /// A failed VIP add, and until when it keeps this node ineligible.
@@ -282,12 +282,19 @@ impl Agent {
         } else {
             config.vips_of(me)
         };
-        let (vip_commands, vip_reports, vip_status) = if config.vips.is_empty() {
+        let (vips, vip_reports) = if config.vips.is_empty() {
             let (_, rx) = mpsc::unbounded_channel();
-            (None, rx, Arc::new(Mutex::new(VipStatus::default())))
+            (None, rx)
         } else {
-            let (tx, rx, status) = vip::start(mine, &config.vips, config.announce).await?;
-            (Some(tx), rx, status)
+            let (vips, rx) = vip::start(vip::Setup {
+                mine,
+                all: config.vips.clone(),
+                announce: config.announce,
+                release_budget: config.core_settings(me, 0).release_budget,
+                kernel_fence: config.kernel_fence,
+            })
+            .await?;
+            (Some(vips), rx)
         };
 
         let (db, db_settings, mysql) = match (&config.mysql, node.witness) {
@@ -360,9 +367,8 @@ impl Agent {
             send_errors: 0,
             grants_sent: 0,
             first_grant: None,
-            vip_commands,
+            vips,
             vip_reports,
-            vip_status,
             links_down: None,
             vip_fault: None,
             control,
@@ -592,7 +598,8 @@ impl Agent {
                 }
                 if clock::now() >= stop {
                     return Err(
-                        "stopped before the VIP removal was confirmed; its kernel lifetime removes it".into(),
+                        "the release was not confirmed before the lease deadline; the kernel fence stops serving the VIPs"
+                            .into(),
                     );
                 }
             }
@@ -662,17 +669,17 @@ impl Agent {
         }
     }
 
-    /// Removes any VIP still on this host (the agent is exiting), bounded in time.
-    async fn remove_vips(&mut self) {
-        let Some(tx) = self.vip_commands.take() else {
-            return;
+    /// Removes every VIP of this node (the agent is exiting) — also one a failed removal left
+    /// behind — and then the fence's tables; bounded in time. An error says what stayed.
+    async fn remove_vips(&mut self) -> Result<(), String> {
+        let Some(vips) = self.vips.take() else {
+            return Ok(());
         };
-        let (done, wait) = tokio::sync::oneshot::channel();
-        if tx.send(Command::Shutdown { done }).is_ok()
-            && tokio::time::timeout(Duration::from_secs(2), wait).await.is_err()
-        {
-            tracing::error!("the VIP task did not confirm removal; the kernel lifetime removes the VIPs");
-        }
+        vips.shutdown(vip::OP_TIMEOUT * 2).await.map_err(|e| {
+            format!(
+                "stopping without confirmed VIP removal ({e}); the kernel fence keeps them from being served"
+            )
+        })
     }
 
     fn on_report(&mut self, now: Instant, report: Report) -> Result<(), String> {
@@ -686,13 +693,15 @@ impl Agent {
                 self.complete_release(now)
             }
             Report::Dropped { .. } => Ok(()),
-            Report::Expired { term } => {
+            Report::DropFailed { term, error, .. } => {
                 tracing::error!(
                     term,
-                    "the VIPs outlived the lease and were removed by the deadline timer"
+                    "the VIP removal was not confirmed ({error}): the release is not announced; the lease \
+                     runs out and the fence stops serving the VIPs first"
                 );
                 Ok(())
             }
+            Report::Expired { term } => self.step(now, Event::VipLost { term }),
             Report::Failed { term, error } => {
                 tracing::error!(term, "giving ownership up: {error}");
                 self.vip_fault = Some((error, now + VIP_FAULT_BACKOFF.max(self.config.cluster.lease)));
@@ -814,18 +823,14 @@ impl Agent {
                 // refuses writes; only then do peers hear of it.
                 self.pending_release = Some(PendingRelease {
                     term,
-                    vip_done: self.vip_commands.is_none(),
+                    vip_done: self.vips.is_none(),
                     fence_done: !self.promote_mode(),
                     final_position: None,
                     final_gtid: String::new(),
                 });
-                if self.vip_commands.is_some() {
+                if let Some(vips) = &self.vips {
                     self.drop_seq += 1;
-                    self.vip(Command::Drop {
-                        term,
-                        by: lease_end,
-                        seq: self.drop_seq,
-                    });
+                    vips.drop(term, lease_end, self.drop_seq);
                 }
                 if self.promote_mode() {
                     self.start_fence(Some(term), lease_end);
@@ -860,9 +865,8 @@ impl Agent {
     }
 
     fn vip(&self, command: Command) {
-        if let Some(tx) = &self.vip_commands {
-            // The VIP task only ends with the runtime.
-            let _ = tx.send(command);
+        if let Some(vips) = &self.vips {
+            vips.send(command);
         }
     }
 
@@ -1153,7 +1157,11 @@ impl Agent {
                 .filter(|_| !self.witness())
                 .map(|v| v.to_string())
                 .collect(),
-            vip: self.vip_status.lock().expect("status lock").clone(),
+            vip: self
+                .vips
+                .as_ref()
+                .map(|v| v.status.lock().expect("status lock").clone())
+                .unwrap_or_default(),
             database: self.db.as_ref().map(|db| db.borrow().clone()),
             diverged: self.diverged.as_ref().map(|(_, d)| d.clone()),
             maintenance: self.maintenance,

@@ -49,6 +49,25 @@ struct RawConfig {
     dns: Option<dns::RawDns>,
     #[serde(default)]
     hooks: hooks::RawHooks,
+    #[serde(default)]
+    fence: RawFence,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFence {
+    #[serde(default = "default_true")]
+    kernel: bool,
+}
+
+impl Default for RawFence {
+    fn default() -> RawFence {
+        RawFence { kernel: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +173,8 @@ pub struct Config {
     /// `None`: no DNS is served.
     pub dns: Option<Dns>,
     pub hooks: Hooks,
+    /// `[fence] kernel`: nftables drop the VIPs' traffic once the lease ends, agent or not.
+    pub kernel_fence: bool,
 }
 
 /// Collects problems while validating.
@@ -262,6 +283,7 @@ impl Config {
                 mysql,
                 dns,
                 hooks,
+                kernel_fence: raw.fence.kernel,
             };
             if let Err(e) = config.core_settings(0, 0).check() {
                 p.add(

@@ -181,6 +181,9 @@ pub enum Event {
     Release { to: Option<NodeIdx> },
     /// The shell finished an [`Action::Release`] (VIP removed, database fenced).
     Released { term: Term },
+    /// The shell's deadline removed the VIPs of `term` before the core released them (the
+    /// agent loop stalled): an owner of `term` gives it up, since it can no longer serve it.
+    VipLost { term: Term },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +198,8 @@ pub enum ReleaseReason {
     Preempted,
     /// Another agent claims a lease in a newer term.
     NewerOwner,
+    /// The shell's deadline removed the VIPs first (the agent loop stalled past it).
+    VipLost,
 }
 
 impl ReleaseReason {
@@ -206,6 +211,7 @@ impl ReleaseReason {
             ReleaseReason::Requested => "requested",
             ReleaseReason::Preempted => "preempted",
             ReleaseReason::NewerOwner => "newer_owner",
+            ReleaseReason::VipLost => "vip_lost",
         }
     }
 
@@ -216,6 +222,7 @@ impl ReleaseReason {
             ReleaseReason::Requested => "release requested",
             ReleaseReason::Preempted => "preempted by a higher-priority node",
             ReleaseReason::NewerOwner => "a newer owner exists",
+            ReleaseReason::VipLost => "the VIPs were removed at the lease deadline",
         }
     }
 }
@@ -327,6 +334,17 @@ pub(crate) enum Fault {
     NoQuietAfterRestart,
     /// Votes and acks count wherever they arrive, not only at the node they name.
     UnboundReplies,
+    /// A restart keeps quiet for half its lease.
+    HalfQuietAfterRestart,
+    /// A restart keeps quiet for its current lease only, forgetting a longer one its grants
+    /// ran for before a configuration change.
+    QuietNewLeaseOnly,
+    /// The owner's lease ignores clock drift: `L − margin`.
+    DriftIgnored,
+    /// The owner's lease allows for half the drift bound.
+    HalfDrift,
+    /// The owner's lease applies the drift the wrong way round: `L·(1+ρ)/(1−ρ)`.
+    DriftWrongWay,
 }
 
 pub struct Core {
@@ -436,8 +454,11 @@ impl Core {
     #[cfg(test)]
     pub(crate) fn inject(&mut self, fault: Fault, now: Instant) {
         self.fault = Some(fault);
-        if fault == Fault::NoQuietAfterRestart {
-            self.quiet_until = now;
+        match fault {
+            Fault::NoQuietAfterRestart => self.quiet_until = now,
+            Fault::HalfQuietAfterRestart => self.quiet_until = now + self.s.lease / 2,
+            Fault::QuietNewLeaseOnly => self.quiet_until = now + self.s.lease,
+            _ => {}
         }
     }
 
@@ -556,6 +577,11 @@ impl Core {
                     && t == term
                 {
                     self.finish_release(term, to, &mut out);
+                }
+            }
+            Event::VipLost { term } => {
+                if matches!(self.role, Role::Owner { term: t, .. } if t == term) {
+                    self.step_down(now, ReleaseReason::VipLost, None, &mut out);
                 }
             }
         }
@@ -710,9 +736,30 @@ impl Core {
         term >= self.persisted.term && term > self.released[usize::from(owner)]
     }
 
+    /// The lease an acknowledged message gives the owner ([`Settings::owner_lease`]).
+    fn owner_lease(&self) -> Duration {
+        #[cfg(test)]
+        if let Some(f) = self.fault {
+            let mut s = self.s.clone();
+            match f {
+                Fault::DriftIgnored => s.drift_ppm = 0,
+                Fault::HalfDrift => s.drift_ppm /= 2,
+                Fault::DriftWrongWay => {
+                    let l = self.s.lease.as_micros();
+                    let ppm = u128::from(self.s.drift_ppm);
+                    let longer = l * (1_000_000 + ppm) / (1_000_000 - ppm);
+                    return Duration::from_micros(longer as u64) - LEASE_MARGIN;
+                }
+                _ => {}
+            }
+            return s.owner_lease();
+        }
+        self.s.owner_lease()
+    }
+
     fn on_ack(&mut self, now: Instant, from: NodeIdx, ack: Ack, out: &mut Vec<Action>) {
         let majority = self.s.majority();
-        let owner_lease = self.s.owner_lease();
+        let owner_lease = self.owner_lease();
         #[cfg(test)]
         let from_receive = self.fault == Some(Fault::AckFromReceiveTime);
         if !self.addressed_to_me(ack.owner) {
@@ -1004,7 +1051,7 @@ impl Core {
         };
         let majority = self.s.majority();
         // Every voter set its grant on receiving our request, after `first_sent`.
-        let lease_end = first_sent + self.s.owner_lease();
+        let lease_end = first_sent + self.owner_lease();
         if count(granted) >= majority && self.eligible() && now < lease_end - self.s.release_budget {
             self.role = Role::Owner {
                 term,
