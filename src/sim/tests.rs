@@ -1,7 +1,8 @@
 //! The simulator's runs: many seeds against the real core, and deliberate bugs it must catch.
 
-use super::{Outcome, Sim, Violation};
+use super::{Mutation, Outcome, Sim, Violation};
 use crate::core::Fault;
+use crate::vip::lease::faults::Shell;
 use std::time::Duration;
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -13,7 +14,7 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Runs `seeds` on all cores; returns every outcome or the first violation (lowest seed).
-fn run_seeds(seeds: std::ops::Range<u64>, fault: Option<Fault>) -> Result<Vec<Outcome>, Violation> {
+fn run_seeds(seeds: std::ops::Range<u64>, mutation: Option<Mutation>) -> Result<Vec<Outcome>, Violation> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let results: Vec<Vec<(u64, Result<Outcome, Violation>)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -22,7 +23,7 @@ fn run_seeds(seeds: std::ops::Range<u64>, fault: Option<Fault>) -> Result<Vec<Ou
                 s.spawn(move || {
                     seeds
                         .filter(|seed| seed % threads == t)
-                        .map(|seed| (seed, Sim::new(seed, fault, false).run()))
+                        .map(|seed| (seed, Sim::new(seed, mutation, false).run()))
                         .collect::<Vec<_>>()
                 })
             })
@@ -77,41 +78,70 @@ fn the_same_seed_replays_exactly() {
     }
 }
 
-/// Returns the first safety violation the simulator finds in `seeds` with `fault` injected
-/// (a bug may also delay elections; only a broken safety invariant counts as caught).
-fn first_violation(fault: Fault, seeds: u64) -> Violation {
-    (0..seeds)
-        .find_map(|seed| {
-            Sim::new(seed, Some(fault), false)
-                .run()
-                .err()
-                .filter(|v| v.safety)
-        })
-        .unwrap_or_else(|| panic!("the simulator did not catch {fault:?} in {seeds} seeds"))
+/// The seeds CI runs: every deliberate bug must be caught within them.
+fn ci_seeds() -> u64 {
+    env_u64("VIPGATE_SIM_SEEDS").unwrap_or(10_000).min(10_000)
 }
 
-#[test]
-fn catches_a_lease_counted_from_ack_receipt() {
-    let v = first_violation(Fault::AckFromReceiveTime, 5_000);
-    println!("caught: {v}");
-    assert!(
-        v.what.contains("same instant") || v.what.contains("still holds"),
-        "{v}"
-    );
+/// Returns the first safety violation the simulator finds with `mutation` injected, scanning
+/// the CI seeds on every core (a bug may also delay elections; only a broken safety invariant
+/// counts as caught).
+fn first_violation(mutation: Mutation) -> Violation {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let seeds = ci_seeds();
+    let found = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let violations: Vec<Violation> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let found = &found;
+                s.spawn(move || {
+                    (0..seeds)
+                        .filter(|seed| seed % threads == t)
+                        .take_while(|seed| *seed < found.load(std::sync::atomic::Ordering::Relaxed))
+                        .find_map(|seed| {
+                            let v = Sim::new(seed, Some(mutation), false)
+                                .run()
+                                .err()
+                                .filter(|v| v.safety)?;
+                            found.fetch_min(seed, std::sync::atomic::Ordering::Relaxed);
+                            Some(v)
+                        })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().expect("simulator thread panicked"))
+            .collect()
+    });
+    let v = violations
+        .into_iter()
+        .min_by_key(|v| v.seed)
+        .unwrap_or_else(|| panic!("the simulator did not catch {mutation:?} in {seeds} seeds"));
+    println!("{mutation:?} caught: {v}");
+    v
 }
 
-#[test]
-fn catches_a_restarted_agent_voting_at_once() {
-    let v = first_violation(Fault::NoQuietAfterRestart, 5_000);
-    println!("caught: {v}");
-    assert!(
-        v.what.contains("same instant") || v.what.contains("still holds"),
-        "{v}"
-    );
+macro_rules! caught {
+    ($($name:ident: $mutation:expr,)*) => {$(
+        #[test]
+        fn $name() {
+            first_violation($mutation);
+        }
+    )*};
 }
 
-#[test]
-fn catches_votes_and_acks_counted_where_they_were_not_sent() {
-    let v = first_violation(Fault::UnboundReplies, 5_000);
-    println!("caught: {v}");
+caught! {
+    catches_a_lease_counted_from_ack_receipt: Mutation::Core(Fault::AckFromReceiveTime),
+    catches_a_restarted_agent_voting_at_once: Mutation::Core(Fault::NoQuietAfterRestart),
+    catches_a_restart_quiet_for_half_a_lease: Mutation::Core(Fault::HalfQuietAfterRestart),
+    catches_a_restart_quiet_for_the_new_lease_only: Mutation::Core(Fault::QuietNewLeaseOnly),
+    catches_votes_and_acks_counted_where_they_were_not_sent: Mutation::Core(Fault::UnboundReplies),
+    catches_an_owner_lease_that_ignores_drift: Mutation::Core(Fault::DriftIgnored),
+    catches_an_owner_lease_with_half_the_drift: Mutation::Core(Fault::HalfDrift),
+    catches_drift_applied_the_wrong_way: Mutation::Core(Fault::DriftWrongWay),
+    catches_a_backstop_that_fires_at_the_lease_end: Mutation::Shell(Shell::LateBackstop),
+    catches_a_failed_removal_reported_as_done: Mutation::Shell(Shell::DroppedAfterFailedRemoval),
+    catches_a_fence_open_past_the_lease: Mutation::Shell(Shell::FenceTooLong),
+    catches_mixed_lease_accepted_on_the_wire: Mutation::MixedTimingAccepted,
 }
