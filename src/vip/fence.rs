@@ -126,6 +126,14 @@ pub enum FenceError {
     KernelUnsupported { release: String, problem: String },
 }
 
+impl FenceError {
+    /// The fence's tables are gone (a firewall reload with `nft flush ruleset`, say): the
+    /// VIPs are unfenced until [`Fence::reinstall`].
+    pub fn tables_missing(&self) -> bool {
+        matches!(self, FenceError::Kernel { errno, .. } if *errno == libc::ENOENT)
+    }
+}
+
 /// One of the three sets of live VIPs.
 #[derive(Clone, Copy)]
 struct SetRef {
@@ -212,14 +220,19 @@ impl Fence {
         }
         check_kernel()?;
         let mut fence = Fence::with_vips("install", vips.to_vec())?;
-        let mut batch = fence.begin();
-        for table in [INET4, ARP4] {
-            fence.push_fresh_table(&mut batch, table);
-        }
-        fence.push_inet_body(&mut batch);
-        fence.push_arp_body(&mut batch);
-        fence.exchange("install", batch)?;
+        fence.reinstall()?;
         Ok(fence)
+    }
+
+    /// Creates the tables afresh again (closed), e.g. after someone deleted them.
+    pub fn reinstall(&mut self) -> Result<(), FenceError> {
+        let mut batch = self.begin();
+        for table in [INET4, ARP4] {
+            self.push_fresh_table(&mut batch, table);
+        }
+        self.push_inet_body(&mut batch);
+        self.push_arp_body(&mut batch);
+        self.exchange("install", batch)
     }
 
     /// Another socket on the same tables (e.g. for a second thread); installs nothing.
@@ -245,7 +258,7 @@ impl Fence {
         self.add_elements("open_for", ms)
     }
 
-    /// Re-adds every VIP's element with a timeout of `ms` milliseconds, unchecked.
+    /// Re-adds every VIP's element to expire (and time out) in `ms` milliseconds, unchecked.
     fn add_elements(&mut self, op: &'static str, ms: u64) -> Result<(), FenceError> {
         let mut batch = self.begin();
         for set in SETS {
@@ -253,7 +266,7 @@ impl Fence {
             if keys.is_empty() {
                 continue;
             }
-            let attrs = element_list(set, &keys, Some(ms));
+            let attrs = element_list(set, &keys, Some(Life::for_ms(ms)));
             let msg = NfTablesMessage::NewSetElement(SetElementMessage { attributes: attrs });
             let what = format!("add elements with timeout {ms} ms to {}", set.describe());
             self.push(&mut batch, set.family, NLM_F_CREATE, msg, what);
@@ -621,11 +634,16 @@ impl Fence {
         self.push_fresh_table(&mut batch, PROBE_SET);
         self.push_set(&mut batch, PROBE_SET);
         self.exchange(OP, batch)?;
-        for ms in [60_000, 1_000] {
+        // The same timeout, a shorter expiry: exactly what every renewal relies on.
+        for expires_ms in [60_000, 1_000] {
+            let life = Life {
+                timeout_ms: 60_000,
+                expires_ms,
+            };
             let mut batch = self.begin();
-            let attrs = element_list(PROBE_SET, std::slice::from_ref(&key), Some(ms));
+            let attrs = element_list(PROBE_SET, std::slice::from_ref(&key), Some(life));
             let msg = NfTablesMessage::NewSetElement(SetElementMessage { attributes: attrs });
-            let what = format!("add a probe element with timeout {ms} ms");
+            let what = format!("add a probe element expiring in {expires_ms} ms");
             self.push(&mut batch, PROBE_SET.family, NLM_F_CREATE, msg, what);
             self.exchange(OP, batch)?;
         }
@@ -635,7 +653,7 @@ impl Fence {
             kept => {
                 let kept = kept.map_or("no timeout".to_string(), |ms| format!("{ms} ms left"));
                 let problem = format!(
-                    "does not update set element timeouts when an element is re-added \
+                    "does not update a set element's expiry when it is added again \
                      (60 s, then 1 s: the kernel reports {kept})"
                 );
                 return Err(unsupported(problem));
@@ -862,12 +880,18 @@ fn chain_message(table: &str, chain: &str, hook: u32, prio: i32) -> ChainMessage
 }
 
 /// NFTA_SET_ELEM_LIST attributes naming `keys` in `set`, each with `timeout_ms` if given.
-fn element_list(set: SetRef, keys: &[Vec<u8>], timeout_ms: Option<u64>) -> Vec<SetElementList> {
+/// The expiry is given explicitly, not only the timeout: the kernel refreshes an existing
+/// element's expiry on a re-add only when asked for one, or when the timeout changes by at
+/// least a jiffy — a renewal with the same time left would otherwise not extend the fence.
+fn element_list(set: SetRef, keys: &[Vec<u8>], life: Option<Life>) -> Vec<SetElementList> {
     let elements = keys
         .iter()
         .map(|key| {
             let mut attrs = vec![SetElementAttribute::Key(DataAttribute::Value(key.clone()))];
-            attrs.extend(timeout_ms.map(SetElementAttribute::Timeout));
+            if let Some(l) = life {
+                attrs.push(SetElementAttribute::Timeout(l.timeout_ms));
+                attrs.push(SetElementAttribute::Expiration(l.expires_ms));
+            }
             ListAttribute::Element(attrs)
         })
         .collect();
@@ -876,6 +900,22 @@ fn element_list(set: SetRef, keys: &[Vec<u8>], timeout_ms: Option<u64>) -> Vec<S
         SetElementList::Set(set.name.to_string()),
         SetElementList::Elements(elements),
     ]
+}
+
+/// An element's timeout and the time left until it expires, in milliseconds.
+#[derive(Clone, Copy)]
+struct Life {
+    timeout_ms: u64,
+    expires_ms: u64,
+}
+
+impl Life {
+    fn for_ms(ms: u64) -> Life {
+        Life {
+            timeout_ms: ms,
+            expires_ms: ms,
+        }
+    }
 }
 
 /// NFT_MSG_DESTROYSETELEM is not modelled by the crate, so its attributes are passed raw.
