@@ -50,6 +50,11 @@ impl Lease {
         }
     }
 
+    /// How long before the lease end the deadline falls (half the release budget).
+    pub fn margin(&self) -> Duration {
+        self.margin
+    }
+
     /// By when the VIPs of a lease ending at `lease_end` must no longer be served.
     pub fn deadline(&self, lease_end: Instant) -> Instant {
         lease_end - self.margin

@@ -31,6 +31,7 @@ use crate::config::{Announce, Vip};
 use crate::core::{Instant, Term};
 use fence::Fence;
 use lease::{Lease, Plan};
+
 use netlink::{Change, Netlink, NetlinkError};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -151,7 +152,8 @@ struct Manager {
     lease: Arc<Mutex<Lease>>,
     /// The kernel fence, if `[fence] kernel` is on; shared with blocking threads.
     fence: Option<Arc<Mutex<Fence>>>,
-    /// How long a fence request may take: an answer within it keeps the fence inside the lease.
+    /// An answer to a fence request within this long (half the release budget) of its plan
+    /// keeps the fence inside the lease; a later one is corrected.
     fence_wait: Duration,
     refresh_failures: u32,
     /// When the next announcement is due, and whether it is the second burst.
@@ -215,7 +217,7 @@ pub async fn start(setup: Setup) -> Result<(Vips, mpsc::UnboundedReceiver<Report
         announce: setup.announce,
         lease: lease.clone(),
         fence: fence.map(|f| Arc::new(Mutex::new(f))),
-        fence_wait: (setup.release_budget / 2).min(OP_TIMEOUT),
+        fence_wait: Lease::new(setup.release_budget).margin(),
         refresh_failures: 0,
         next_announce: None,
         second_burst_pending: false,

@@ -78,10 +78,11 @@ impl Manager {
 
     /// Opens the fence and adds (or refreshes) every VIP, if the lease allows it now.
     async fn hold(&mut self, term: Term, until: Instant) {
-        let Some(plan) = self.lease().hold(clock::now(), term, until) else {
+        let planned = clock::now();
+        let Some(plan) = self.lease().hold(planned, term, until) else {
             return;
         };
-        match self.apply(&plan, until).await {
+        match self.apply(planned, &plan, until).await {
             Ok(()) => self.refresh_failures = 0,
             Err(error) if plan.acquiring => return self.fail(term, error).await,
             Err(error) => {
@@ -111,8 +112,8 @@ impl Manager {
     }
 
     /// The kernel side of a hold: the fence first (nothing passes before it), then addresses.
-    async fn apply(&mut self, plan: &Plan, until: Instant) -> Result<(), String> {
-        self.open_fence(plan.fence).await?;
+    async fn apply(&mut self, planned: Instant, plan: &Plan, until: Instant) -> Result<(), String> {
+        self.open_fence(planned, until).await?;
         for i in 0..self.slots.len() {
             // Re-checked per VIP: a slow request must not let the next one outlive the lease.
             let left = self.lease().deadline(until).saturating_since(clock::now());
@@ -130,22 +131,38 @@ impl Manager {
         Ok(())
     }
 
-    /// Lets the VIPs' traffic pass for `open` (closes the fence for `None`). The timeout was
-    /// computed for the deadline when the hold was planned; a request the kernel answers within
-    /// [`Manager::fence_wait`] (half the release budget) therefore ends by the lease end. One
-    /// not answered in time may still be applied later: the fence is closed behind it.
-    async fn open_fence(&mut self, open: Option<Duration>) -> Result<(), String> {
+    /// Lets the VIPs' traffic pass until the deadline of the lease ending at `until`, from a
+    /// plan made at `planned` (closes the fence when too little time is left). The kernel
+    /// counts the timeout from when it applies the request, so an answer that came more than
+    /// half a release budget after the plan may reach past the lease end: it is corrected at
+    /// once with the time left then (or the fence is closed).
+    async fn open_fence(&mut self, planned: Instant, until: Instant) -> Result<(), String> {
         let Some(fence) = self.fence.clone() else {
             return Ok(());
         };
-        let result = match open {
-            Some(d) => fence_call(&fence, self.fence_wait, move |f| f.open_for(d)).await,
-            None => fence_call(&fence, self.fence_wait, |f| f.close()).await,
-        };
-        if result.is_err() && open.is_some() {
-            let _ = fence_call(&fence, OP_TIMEOUT, |f| f.close()).await;
+        let deadline = self.lease().deadline(until);
+        let mut from = planned;
+        for _ in 0..2 {
+            let result = match lease::fence_timeout(from, deadline) {
+                Some(d) => fence_call(&fence, OP_TIMEOUT, move |f| open_or_reinstall(f, d)).await,
+                None => return fence_call(&fence, OP_TIMEOUT, |f| f.close()).await,
+            };
+            if let Err(e) = result {
+                let _ = fence_call(&fence, OP_TIMEOUT, |f| f.close()).await;
+                return Err(e);
+            }
+            let answered = clock::now();
+            if answered.saturating_since(from) <= self.fence_wait {
+                return Ok(());
+            }
+            tracing::warn!(
+                "the kernel took {:?} to open the VIP fence: shortening it to the time left",
+                answered.saturating_since(from)
+            );
+            from = answered;
         }
-        result
+        fence_call(&fence, OP_TIMEOUT, |f| f.close()).await?;
+        Err("the kernel answered the fence requests too slowly: closed it".into())
     }
 
     async fn close_fence(&mut self) {
@@ -374,6 +391,22 @@ impl Manager {
                 }
             });
         }
+    }
+}
+
+/// Opens the fence; if its tables were deleted meanwhile (`nft flush ruleset` in a firewall
+/// reload removes them), installs them again first.
+fn open_or_reinstall(f: &mut Fence, d: Duration) -> Result<(), fence::FenceError> {
+    match f.open_for(d) {
+        Err(e) if e.tables_missing() => {
+            tracing::error!(
+                "the VIP fence's tables were gone (a firewall reload with `nft flush ruleset`?): installing \
+                 them again; exclude table inet vipgate and arp vipgate from such reloads"
+            );
+            f.reinstall()?;
+            f.open_for(d)
+        }
+        other => other,
     }
 }
 
