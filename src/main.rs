@@ -116,7 +116,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { file, node, probe } => check_config(&file, node.as_deref())
             .map_err(|e| e.to_string())
-            .and_then(|()| if probe { probe_database(&file) } else { Ok(()) }),
+            .and_then(|()| {
+                if probe {
+                    probe_host(&file, node.as_deref())
+                } else {
+                    Ok(())
+                }
+            }),
         Command::Run {
             config,
             node,
@@ -221,18 +227,74 @@ fn run(file: &Path, node: Option<&str>, format: LogFormat) -> Result<(), String>
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
+    abort_on_panic();
     vipgate::agent::run(config, me)
 }
 
-/// `check-config --probe`: one bounded connection to the local database.
-fn probe_database(file: &Path) -> Result<(), String> {
+/// A panic anywhere in the agent ends the process at once instead of unwinding past the VIP
+/// clean-up or leaving a task dead inside a live process: the kernel fence stops serving the
+/// VIPs at the lease end, `Restart=on-failure` brings the agent back, and it fences its
+/// database and removes stale VIPs first.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!("panic: aborting; the kernel fence stops serving the VIPs at the lease end");
+        std::process::abort();
+    }));
+}
+
+/// `check-config --probe`: what this host's kernel and database will do for the agent.
+fn probe_host(file: &Path, node: Option<&str>) -> Result<(), String> {
     let config = Config::load(file).map_err(|e| e.to_string())?;
-    let Some(mysql) = config.mysql.clone() else {
-        return Err(format!(
-            "{}: there is no [mysql] (or mode = \"none\") to probe",
-            file.display()
-        ));
+    let me = match node {
+        Some(id) => Some(config.node_index(id).map_err(|e| e.to_string())?),
+        None => host_name().and_then(|h| config.node_index(&h).ok()),
     };
+    let witness = me.is_some_and(|i| config.nodes[usize::from(i)].witness);
+    let fenced = !witness && config.kernel_fence && !config.vips.is_empty();
+    if fenced {
+        probe_fence()?;
+    }
+    match config.mysql.clone() {
+        Some(mysql) if !witness => probe_database(&config, &mysql),
+        _ if fenced => Ok(()),
+        _ => Err(format!(
+            "{}: there is nothing to probe on this node (no [mysql], or mode = \"none\", and no fenced VIP)",
+            file.display()
+        )),
+    }
+}
+
+/// Proves, in a table of its own that it removes again, that this kernel can run the fence.
+fn probe_fence() -> Result<(), String> {
+    if !vipgate::agent::has_capability(vipgate::agent::CAP_NET_ADMIN) {
+        println!(
+            "fence     not probed: checking the kernel needs CAP_NET_ADMIN (run as root, or as the unit runs \
+             the agent); the agent checks it at start"
+        );
+        return Ok(());
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    match vipgate::vip::fence::check_kernel() {
+        Ok(()) => {
+            println!(
+                "fence     OK: this kernel ({}) shortens and removes set elements as the fence needs",
+                release.trim()
+            );
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "fence problem: {e}\n  fix: run Linux 6.12 or later with nf_tables, or set [fence] kernel = false \
+             (a dead agent's VIPs are then served until their address lifetime ends, up to about two seconds \
+             past the lease)"
+        )),
+    }
+}
+
+/// One bounded connection to the local database: version, account, settings.
+fn probe_database(config: &Config, mysql: &vipgate::config::Mysql) -> Result<(), String> {
+    let mysql = mysql.clone();
     let password = config.read_mysql_password().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -388,11 +450,6 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<(), ConfigErrors> {
     };
     let secret = config.read_secret()?;
     let c = &config.cluster;
-    let settings = config.core_settings(me.unwrap_or(0), 0);
-    let n = config.nodes.len();
-    let majority = config.majority();
-    let witnesses = config.nodes.iter().filter(|n| n.witness).count();
-
     println!("{}: OK", file.display());
     println!(
         "cluster   {} — UDP port {}, secret {} ({} bytes)",
@@ -401,8 +458,38 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<(), ConfigErrors> {
         c.secret_file.display(),
         secret.bytes().len()
     );
+    print_timing(&config, me);
+    print_members(&config, me);
+    print_vips(&config, me);
+    print_database(&config);
+    print_dns(&config);
     println!(
-        "timing    heartbeat {}, lease {}, clock drift {:.1} %",
+        "regions   {}",
+        if config.cluster.cross_region_failover {
+            "automatic failover into another region allowed (cross_region_failover)"
+        } else {
+            "no automatic failover into another region (cross_region_failover off)"
+        }
+    );
+    println!("control   {}", config.control.socket.display());
+    match me {
+        Some(i) => println!("this node: {}", config.nodes[usize::from(i)].id),
+        None => println!(
+            "this node: not chosen (host name {:?} is not a member; pass --node ID to check one)",
+            host_name().unwrap_or_default()
+        ),
+    }
+    if config.nodes.len() == 1 {
+        println!("note: a single member owns whenever its database is healthy; there is no failover");
+    }
+    Ok(())
+}
+
+fn print_timing(config: &Config, me: Option<u8>) {
+    let c = &config.cluster;
+    let settings = config.core_settings(me.unwrap_or(0), 0);
+    println!(
+        "timing    heartbeat {}, lease {}, clock drift {:.1} % (lease and drift must be the same on every agent)",
         ms(c.interval),
         ms(c.lease),
         c.clock_drift * 100.0
@@ -421,6 +508,12 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<(), ConfigErrors> {
         None => println!("preempt   off (a healthy owner keeps the VIP)"),
     }
     println!("state     {}", c.state_dir.display());
+}
+
+fn print_members(config: &Config, me: Option<u8>) {
+    let n = config.nodes.len();
+    let majority = config.majority();
+    let witnesses = config.nodes.iter().filter(|n| n.witness).count();
     println!(
         "members   {n} ({} database, {witnesses} witness); majority {majority}, survives {} failure(s)",
         n - witnesses,
@@ -445,6 +538,9 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<(), ConfigErrors> {
             node.region
         );
     }
+}
+
+fn print_vips(config: &Config, me: Option<u8>) {
     for vip in &config.vips {
         let region = if vip.region.is_empty() { "any" } else { &vip.region };
         let label = vip
@@ -456,99 +552,97 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<(), ConfigErrors> {
     }
     if config.vips.is_empty() {
         println!("vip       none configured (ownership is still elected and shown by status)");
-    } else {
-        let a = &config.announce;
-        let opt = |d: Option<std::time::Duration>| d.map_or("never".to_string(), ms);
-        println!(
-            "announce  {} frames per burst; second burst after {}; refresh every {}",
-            a.repeat,
-            opt(a.delay),
-            opt(a.refresh)
-        );
-        // The kernel lifetime is whole seconds, set at each renewal to cover the lease left.
-        let lease = settings.owner_lease();
-        let lifetime = std::time::Duration::from_secs(lease.as_secs() + u64::from(lease.subsec_nanos() > 0));
-        println!(
-            "frozen    a frozen or killed owner's VIP is removed by the kernel at most ≈ {} after its lease ends \
-             (lifetime rounding, plus ≤ 250 ms kernel timer slack and one round trip)",
-            ms(lifetime - lease + std::time::Duration::from_millis(250))
-        );
+        return;
     }
-    match &config.mysql {
-        Some(m) => println!(
-            "database  {}: {} as {}; checks every {} (timeout {}), failing after {} in a row, healthy after {}; \
-             a dead or hung database is noticed within {}",
-            match m.mode {
-                vipgate::config::MysqlMode::Promote => format!(
-                    "promote (replicas at most {} behind; catch-up within {}; clients killed {} after fencing; {})",
-                    ms(m.max_lag),
-                    ms(m.catchup_timeout),
-                    ms(m.kill_grace),
-                    if m.failover_block.is_zero() {
-                        "no anti-flap window".to_string()
-                    } else {
-                        format!(
-                            "no second automatic failover within {} s",
-                            m.failover_block.as_secs()
-                        )
-                    }
-                ),
-                vipgate::config::MysqlMode::Gate => "gate".to_string(),
-            },
-            m.endpoint,
-            m.user,
-            ms(m.check_interval),
-            ms(m.check_timeout),
-            m.fall,
-            m.rise,
-            ms(m.detection_bound())
-        ),
-        None => println!("database  not consulted (no [mysql], or mode = \"none\")"),
-    }
-    if let Some(dns) = &config.dns {
-        let servers: Vec<String> = config
-            .nodes
-            .iter()
-            .filter(|n| !n.dns.is_empty())
-            .map(|n| n.id.clone())
-            .collect();
-        println!(
-            "dns       zone {} (primary record {}.{}, TTL {} s) served by {}",
-            dns.zone,
-            dns.record,
-            dns.zone,
-            dns.ttl,
-            if servers.is_empty() {
-                "no agent".to_string()
-            } else {
-                servers.join(", ")
-            }
-        );
-        if let Some(u) = &dns.update {
-            println!(
-                "dns       the owner updates {} on {} (zone {}, TSIG key {})",
-                u.record, u.server, u.zone, u.key_name
-            );
-        }
-    }
+    let a = &config.announce;
+    let opt = |d: Option<std::time::Duration>| d.map_or("never".to_string(), ms);
     println!(
-        "regions   {}",
-        if config.cluster.cross_region_failover {
-            "automatic failover into another region allowed (cross_region_failover)"
+        "announce  {} frames per burst; second burst after {}; refresh every {}",
+        a.repeat,
+        opt(a.delay),
+        opt(a.refresh)
+    );
+    let settings = config.core_settings(me.unwrap_or(0), 0);
+    // The kernel lifetime is whole seconds, set at each renewal to cover the lease left; the
+    // kernel's lifetime check may run up to about a second late.
+    let lease = settings.owner_lease();
+    let lifetime = std::time::Duration::from_secs(lease.as_secs() + u64::from(lease.subsec_nanos() > 0));
+    let linger = ms(lifetime - lease + std::time::Duration::from_secs(1));
+    if config.kernel_fence {
+        println!(
+            "fence     kernel (nftables tables inet/arp vipgate; Linux 6.12+, checked at start and by --probe): a \
+             frozen or killed owner stops serving its VIPs {} before its lease ends; the addresses \
+             themselves linger up to ≈ {linger} longer, dropped",
+            ms(settings.release_budget / 2)
+        );
+    } else {
+        println!(
+            "fence     OFF: a frozen or killed owner's VIPs are served until the kernel removes them, up to \
+             ≈ {linger} after the lease ends (set [fence] kernel = true on Linux 6.12+)"
+        );
+    }
+}
+
+fn print_database(config: &Config) {
+    let Some(m) = &config.mysql else {
+        println!("database  not consulted (no [mysql], or mode = \"none\")");
+        return;
+    };
+    let mode = match m.mode {
+        vipgate::config::MysqlMode::Promote => format!(
+            "promote (replicas at most {} behind; catch-up within {}; clients killed {} after fencing; {}; fenced \
+             at every agent start)",
+            ms(m.max_lag),
+            ms(m.catchup_timeout),
+            ms(m.kill_grace),
+            if m.failover_block.is_zero() {
+                "no anti-flap window".to_string()
+            } else {
+                format!(
+                    "no second automatic failover within {} s",
+                    m.failover_block.as_secs()
+                )
+            }
+        ),
+        vipgate::config::MysqlMode::Gate => "gate".to_string(),
+    };
+    println!(
+        "database  {mode}: {} as {}; checks every {} (timeout {}), failing after {} in a row, healthy after {}; \
+         a dead or hung database is noticed within {}",
+        m.endpoint,
+        m.user,
+        ms(m.check_interval),
+        ms(m.check_timeout),
+        m.fall,
+        m.rise,
+        ms(m.detection_bound())
+    );
+}
+
+fn print_dns(config: &Config) {
+    let Some(dns) = &config.dns else { return };
+    let servers: Vec<String> = config
+        .nodes
+        .iter()
+        .filter(|n| !n.dns.is_empty())
+        .map(|n| n.id.clone())
+        .collect();
+    println!(
+        "dns       zone {} (primary record {}.{}, TTL {} s) served by {}",
+        dns.zone,
+        dns.record,
+        dns.zone,
+        dns.ttl,
+        if servers.is_empty() {
+            "no agent".to_string()
         } else {
-            "no automatic failover into another region (cross_region_failover off)"
+            servers.join(", ")
         }
     );
-    println!("control   {}", config.control.socket.display());
-    match me {
-        Some(i) => println!("this node: {}", config.nodes[usize::from(i)].id),
-        None => println!(
-            "this node: not chosen (host name {:?} is not a member; pass --node ID to check one)",
-            host_name().unwrap_or_default()
-        ),
+    if let Some(u) = &dns.update {
+        println!(
+            "dns       the owner updates {} on {} (zone {}, TSIG key {})",
+            u.record, u.server, u.zone, u.key_name
+        );
     }
-    if n == 1 {
-        println!("note: a single member owns whenever its database is healthy; there is no failover");
-    }
-    Ok(())
 }

@@ -56,6 +56,37 @@ const REJOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed rejoin attempt, the next one waits this long.
 const REJOIN_RETRY: Duration = Duration::from_secs(5);
 
+/// Bound on fencing the local database at start.
+const START_FENCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Promote mode, before anything else at start: a (re)started agent holds no lease, so its
+/// database must not accept writes — whatever a killed predecessor left (`Restart=on-failure`
+/// makes this the way back from a crash). An unreachable database is fenced by the first
+/// health check that finds it writable instead.
+pub(super) async fn fence_at_start(
+    config: &crate::config::Config,
+    me: crate::core::NodeIdx,
+) -> Result<(), String> {
+    let Some(mysql) = config.mysql.as_ref().filter(|m| m.mode == MysqlMode::Promote) else {
+        return Ok(());
+    };
+    if config.nodes[usize::from(me)].witness {
+        return Ok(());
+    }
+    let password = config.read_mysql_password().map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + START_FENCE_TIMEOUT;
+    match actions::fence_at_start(mysql, &password, deadline).await {
+        Ok(killed) => tracing::info!(
+            "database fenced at start (read_only ON, {killed} client connection(s) killed): this agent holds \
+             no lease until it wins one"
+        ),
+        Err(e) => tracing::warn!(
+            "could not fence the database at start ({e}); the first health check that finds it writable fences it"
+        ),
+    }
+    Ok(())
+}
+
 /// Runs database jobs in order and reports each outcome.
 pub(super) fn start_worker(
     mysql: Mysql,

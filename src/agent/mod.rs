@@ -96,7 +96,7 @@ pub fn run(config: Config, me: NodeIdx) -> Result<(), String> {
 }
 
 /// Whether the effective capability set holds capability number `cap`.
-fn has_capability(cap: u32) -> bool {
+pub fn has_capability(cap: u32) -> bool {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return false;
     };
@@ -107,8 +107,8 @@ fn has_capability(cap: u32) -> bool {
         .is_some_and(|caps| caps & (1 << cap) != 0)
 }
 
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_NET_RAW: u32 = 13;
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_NET_RAW: u32 = 13;
 
 struct Agent {
     config: Config,
@@ -247,6 +247,7 @@ impl Agent {
             }
         }
         let secret = config.read_secret().map_err(|e| e.to_string())?;
+        database::fence_at_start(&config, me).await?;
         let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();
         let mut state = StateFile::open(&config.cluster.state_dir, ids.clone()).map_err(|e| e.to_string())?;
         let unix = SystemTime::now()

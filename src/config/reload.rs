@@ -65,6 +65,11 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         "a held VIP must not be dropped or re-added",
     );
     check(
+        old.kernel_fence != new.kernel_fence,
+        "fence.kernel",
+        "the fence is installed at start, before the agent may own",
+    );
+    check(
         old.control.socket != new.control.socket,
         "control.socket",
         "the agent listens on it",
@@ -167,6 +172,7 @@ ttl = 5
                 "[dns]",
             ),
             ("name = \"lab\"", "name = \"lab2\"", "cluster.name"),
+            ("[dns]", "[fence]\nkernel = false\n[dns]", "fence.kernel"),
         ] {
             let changed = restart_needed(&old, &parse(&BASE.replace(from, to)));
             assert_eq!(changed.len(), 1, "{to}: {changed:?}");

@@ -211,6 +211,18 @@ pub fn render(s: &Status) -> String {
         "Failed VIP operations.",
         s.vip.errors as f64,
     );
+    o.one(
+        "vipgate_vip_fence_installed",
+        "gauge",
+        "1 while the kernel fence (nftables) keeps the VIPs from being served past the lease.",
+        flag(s.vip.fenced),
+    );
+    o.one(
+        "vipgate_vip_backstop_fired_total",
+        "counter",
+        "Times the backstop removed the VIPs at the lease deadline because no renewal or release came.",
+        s.vip.backstop_fired as f64,
+    );
     if let Some(db) = &s.database {
         o.one(
             "vipgate_db_healthy",

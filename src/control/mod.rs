@@ -279,6 +279,21 @@ pub fn render(s: &Status) -> String {
         "VIPs held: {held}  (announced {} frames, re-added {}, errors {})",
         s.vip.announced, s.vip.readded, s.vip.errors
     );
+    if !s.vips.is_empty() {
+        let fence = if s.vip.fenced {
+            "kernel (nftables inet/arp vipgate): the VIPs are served only within the lease, agent or not"
+        } else {
+            "OFF ([fence] kernel = false): a dead agent's VIPs are served until their lifetime ends"
+        };
+        let _ = writeln!(out, "fence: {fence}");
+    }
+    if s.vip.backstop_fired > 0 {
+        let _ = writeln!(
+            out,
+            "backstop: removed the VIPs at the lease deadline {} time(s) (the agent loop had stalled)",
+            s.vip.backstop_fired
+        );
+    }
     if let Some(db) = &s.database {
         let _ = writeln!(out, "database: {}", describe_db(db));
     }

@@ -102,6 +102,21 @@ async fn has_applied(
     Ok(covered.map(|v| v == 1))
 }
 
+/// What a (re)starting agent does before anything else: it holds no lease, so its database
+/// must not take writes — read_only ON, then every client connection killed, so that clients
+/// reconnect through the VIP to whoever owns it. Returns the number of connections killed.
+pub async fn fence_at_start(
+    config: &Mysql,
+    password: &Option<Secret>,
+    deadline: Instant,
+) -> Result<u32, String> {
+    // Clients first: a commit waiting for a replica that has moved on would hold read_only
+    // back. Then again, for any that connected in between.
+    let first = kill_clients(config, password, deadline).await?;
+    fence_only(config, password, deadline).await?;
+    Ok(first + kill_clients(config, password, deadline).await?)
+}
+
 async fn fence_only(config: &Mysql, password: &Option<Secret>, deadline: Instant) -> Result<(), String> {
     let mut c = connect(config, password, deadline).await?;
     let mariadb = is_mariadb(&mut c, deadline).await?;

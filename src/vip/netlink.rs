@@ -161,6 +161,12 @@ impl Netlink {
 
     /// Removes `address` from link `index`; `Ok(false)` if it was not there.
     pub async fn remove(&self, index: u32, address: IpAddr) -> Result<bool, NetlinkError> {
+        #[cfg(debug_assertions)]
+        if removal_denied() {
+            return Err(NetlinkError::Failed(format!(
+                "removing {address}: Operation not permitted (lab fault: VIPGATE_LAB_DENY_REMOVAL)"
+            )));
+        }
         let Some(msg) = self.find(index, address).await? else {
             return Ok(false);
         };
@@ -170,6 +176,14 @@ impl Netlink {
             Err(e) => Err(NetlinkError::Failed(format!("removing {address}: {e}"))),
         }
     }
+}
+
+/// Lab fault, compiled into debug builds only (the tests' and the demo's, never a package):
+/// while the file named by `VIPGATE_LAB_DENY_REMOVAL` exists, every address removal fails as
+/// if netlink refused it, so a test can show what a failed removal does.
+#[cfg(debug_assertions)]
+fn removal_denied() -> bool {
+    std::env::var_os("VIPGATE_LAB_DENY_REMOVAL").is_some_and(|f| std::path::Path::new(&f).exists())
 }
 
 /// Subscribes to link and address changes. The returned receiver yields them as they come.
