@@ -121,11 +121,12 @@ fn check_config_probe_reports_the_server_and_the_privileges_a_mode_lacks() {
             "db1".as_ref(),
             "--probe".as_ref(),
         ];
-        lab.vipgate(&[&["check-config".as_ref()], &args[..]].concat())
+        lab.vipgate_in("db1", &[&["check-config".as_ref()], &args[..]].concat())
     };
     // The documented GRANT is exactly enough.
     let (ok, text) = probe(&lab.config_path("db1"));
     assert!(ok, "{text}");
+    assert!(text.contains("fence     OK: this kernel"), "{text}");
     assert!(text.contains("MariaDB 10."), "{text}");
     assert!(text.contains("privileges all that promote mode needs"), "{text}");
     assert!(text.contains("strict mode ON"), "{text}");

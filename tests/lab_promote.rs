@@ -23,20 +23,15 @@ fn promoting(max_lag_ms: u64) -> Lab {
     lab
 }
 
-fn read_only(lab: &Lab, node: &str) -> Option<bool> {
-    lab.try_sql(node, "SELECT @@global.read_only")
-        .map(|v| v.trim() == "1")
-}
-
 /// Writes through the VIP, breaks db1's database with `fault`, and checks that db2 is promoted,
 /// writes resume, and no acknowledged row is missing on db2. Returns the write downtime.
 fn failover_under_writes(lab: &mut Lab, fault: impl FnOnce(&mut Lab)) -> Duration {
     assert_eq!(
-        read_only(lab, "db1"),
+        lab.read_only("db1"),
         Some(false),
         "the owner's database must be writable"
     );
-    assert_eq!(read_only(lab, "db2"), Some(true), "the replica must be fenced");
+    assert_eq!(lab.read_only("db2"), Some(true), "the replica must be fenced");
     let writer = lab.writer();
     std::thread::sleep(Duration::from_millis(800));
     let broken = Instant::now();
@@ -73,7 +68,7 @@ fn failover_under_writes(lab: &mut Lab, fault: impl FnOnce(&mut Lab)) -> Duratio
         "acknowledged rows missing on the new primary: {lost:?}\n{}",
         lab.logs()
     );
-    assert_eq!(read_only(lab, "db2"), Some(false));
+    assert_eq!(lab.read_only("db2"), Some(false));
     let replica = lab.status("db2").unwrap().database.unwrap().replication.unwrap();
     assert!(
         !replica.io_running && !replica.sql_running,
@@ -104,7 +99,7 @@ fn primary_database_frozen_the_replica_takes_over_and_the_old_one_is_fenced_when
     lab.signal_mariadb("db1", Signal::SIGCONT);
     // db1's database comes back writable; its agent does not own and fences it.
     assert!(
-        wait_for(Duration::from_secs(5), || read_only(&lab, "db1") == Some(true)),
+        wait_for(Duration::from_secs(5), || lab.read_only("db1") == Some(true)),
         "the thawed old primary stayed writable\n{}\nprocesslist:\n{}",
         lab.log("db1"),
         lab.try_sql("db1", "SHOW FULL PROCESSLIST").unwrap_or_default()
@@ -143,7 +138,7 @@ fn a_replica_lagging_beyond_max_lag_is_not_promoted_until_it_catches_up() {
             "a lagging replica took the VIP\n{}",
             lab.logs()
         );
-        assert_eq!(read_only(&lab, "db2"), Some(true));
+        assert_eq!(lab.read_only("db2"), Some(true));
         std::thread::sleep(Duration::from_millis(100));
     }
     // Once it has applied everything it received, it is promoted.
@@ -152,7 +147,7 @@ fn a_replica_lagging_beyond_max_lag_is_not_promoted_until_it_catches_up() {
         lab.rows("db2").contains(&1_000_000),
         "promoted before applying what it received"
     );
-    assert_eq!(read_only(&lab, "db2"), Some(false));
+    assert_eq!(lab.read_only("db2"), Some(false));
     lab.assert_never_two_holders(VIP4);
 }
 
@@ -165,7 +160,7 @@ fn isolate_and_return(lab: &mut Lab, while_isolated: impl FnOnce(&Lab)) {
     let end = Instant::now() + Duration::from_secs(10);
     let mut samples = 0;
     while !lab.observer().sole_holder(VIP4, "db2") && Instant::now() < end {
-        let (a, b) = (read_only(lab, "db1"), read_only(lab, "db2"));
+        let (a, b) = (lab.read_only("db1"), lab.read_only("db2"));
         assert!(
             !(a == Some(false) && b == Some(false)),
             "both databases writable at once\n{}",
@@ -176,7 +171,7 @@ fn isolate_and_return(lab: &mut Lab, while_isolated: impl FnOnce(&Lab)) {
     println!("{samples} samples of both databases' read_only during the failover");
     lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(10));
     assert!(
-        wait_for(Duration::from_secs(3), || read_only(lab, "db1") == Some(true)),
+        wait_for(Duration::from_secs(3), || lab.read_only("db1") == Some(true)),
         "db1 did not fence itself"
     );
     while_isolated(lab);
@@ -205,7 +200,7 @@ fn a_former_primary_rejoins_as_a_replica_of_the_new_owner() {
     );
     let s = lab.status("db1").unwrap();
     assert_eq!(s.diverged, None);
-    assert_eq!(read_only(&lab, "db1"), Some(true));
+    assert_eq!(lab.read_only("db1"), Some(true));
     // Semi-sync followed the roles: db2's commits now wait for db1's acknowledgement.
     let status = |name: &str| {
         lab.sql("db2", &format!("SHOW GLOBAL STATUS LIKE '{name}'"))
@@ -236,8 +231,8 @@ fn a_former_primary_rejoins_as_a_replica_of_the_new_owner() {
     let (ok, out) = lab.mariadb_setup("db1", &["replica", "--primary", "192.0.2.12"]);
     assert!(ok && out.contains("already replicating from 192.0.2.12"), "{out}");
     assert_eq!((gtid("db1"), gtid("db2")), before);
-    assert_eq!(read_only(&lab, "db1"), Some(true));
-    assert_eq!(read_only(&lab, "db2"), Some(false));
+    assert_eq!(lab.read_only("db1"), Some(true));
+    assert_eq!(lab.read_only("db2"), Some(false));
     // But a server that replicates and lacks the accounts is refused as a primary.
     lab.sql("db1", "SET sql_log_bin = 0; DROP USER app@'%'");
     let (ok, out) = lab.mariadb_setup("db1", &["primary", "--demo-schema"]);
@@ -278,7 +273,7 @@ fn a_diverged_former_primary_refuses_to_rejoin_and_reports_it() {
         replica.is_none_or(|r| !r.io_running),
         "db1 replicates despite diverging"
     );
-    assert_eq!(read_only(&lab, "db1"), Some(true));
+    assert_eq!(lab.read_only("db1"), Some(true));
     assert!(!lab.rows("db2").contains(&666));
     // The status table makes it impossible to miss.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
@@ -288,16 +283,18 @@ fn a_diverged_former_primary_refuses_to_rejoin_and_reports_it() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("DIVERGED:"));
     // And check-config --probe fails on it.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
-        .args(["check-config", "--node", "db1", "--probe"])
-        .arg(lab.config_path("db1"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && text.contains("DIVERGED: 1 transaction(s)"),
-        "{text}"
+    let config = lab.config_path("db1");
+    let (ok, text) = lab.vipgate_in(
+        "db1",
+        &[
+            "check-config".as_ref(),
+            "--node".as_ref(),
+            "db1".as_ref(),
+            "--probe".as_ref(),
+            config.as_os_str(),
+        ],
     );
+    assert!(!ok && text.contains("DIVERGED: 1 transaction(s)"), "{text}");
     lab.assert_never_two_holders(VIP4);
 }
 
@@ -348,7 +345,7 @@ fn switchover_under_writes_loses_no_acknowledged_row_and_the_old_primary_follows
         lab.log("db2")
     );
     // The old primary was fenced, and follows the new one.
-    assert_eq!(read_only(&lab, "db1"), Some(true));
+    assert_eq!(lab.read_only("db1"), Some(true));
     assert!(
         wait_for(Duration::from_secs(10), || {
             lab.status("db1")
@@ -423,7 +420,7 @@ fn a_former_primary_that_has_not_rejoined_is_never_handed_ownership() {
         lab.logs()
     );
     assert!(!lab.observer().holders(VIP4).contains(&"db1".to_string()));
-    assert_eq!(read_only(&lab, "db1"), Some(true));
+    assert_eq!(lab.read_only("db1"), Some(true));
     lab.assert_never_two_holders(VIP4);
 }
 
@@ -479,7 +476,7 @@ fn after_an_automatic_failover_the_next_one_waits_for_an_operator_but_planned_mo
     assert!(ok, "{text}");
     lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(10));
     assert!(lab.rows("db1").contains(&7));
-    assert_eq!(read_only(&lab, "db1"), Some(false));
+    assert_eq!(lab.read_only("db1"), Some(false));
     // It was a failover too: the window opens again.
     assert!(
         lab.status("db1")
@@ -608,10 +605,10 @@ fn a_pre_promote_hook_can_veto_a_promotion_until_it_agrees() {
         lab.observer().holders(VIP4).is_empty(),
         "promoted despite the veto"
     );
-    assert_eq!(read_only(&lab, "db2"), Some(true));
+    assert_eq!(lab.read_only("db2"), Some(true));
     // The check agrees: the next attempt promotes.
     std::fs::remove_file(&flag).unwrap();
     lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(20));
-    assert_eq!(read_only(&lab, "db2"), Some(false));
+    assert_eq!(lab.read_only("db2"), Some(false));
     lab.assert_never_two_holders(VIP4);
 }

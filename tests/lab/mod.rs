@@ -14,6 +14,9 @@
 // Shared by several test binaries and the examples; each uses only part of it.
 #![allow(dead_code)]
 
+mod probes;
+pub use probes::ServeProbes;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -292,15 +295,45 @@ impl VipObserver {
     }
 }
 
+/// A row the primary acknowledged through the VIP: its id, when, and the `server_id` of the
+/// database that acknowledged it (asked once per connection: a TCP connection stays with the
+/// host it reached).
+#[derive(Clone, Copy, Debug)]
+pub struct Ack {
+    pub id: u64,
+    pub at: Instant,
+    pub server: u32,
+}
+
+/// A connection through the VIP and the `server_id` of the database it reached.
+async fn connect_to_server(opts: &mysql_async::OptsBuilder) -> Option<(mysql_async::Conn, u32)> {
+    use mysql_async::prelude::Queryable;
+    let mut c = mysql_async::Conn::new(opts.clone()).await.ok()?;
+    let id: Option<u32> = c.query_first("SELECT @@server_id").await.ok()?;
+    Some((c, id?))
+}
+
 /// Rows acknowledged by the primary through the VIP, in order, with when.
 pub struct Writer {
     stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Vec<(u64, Instant)>>>,
+    /// The `server_id` of the latest acknowledgement, as it happens.
+    last_server: Arc<AtomicUsize>,
+    handle: Option<JoinHandle<Vec<Ack>>>,
 }
 
 impl Writer {
     /// Stops the writer; returns every acknowledged row id and when it was acknowledged.
-    pub fn finish(mut self) -> Vec<(u64, Instant)> {
+    pub fn finish(self) -> Vec<(u64, Instant)> {
+        self.finish_tagged().into_iter().map(|a| (a.id, a.at)).collect()
+    }
+
+    /// The `server_id` of the database that acknowledged the latest row (0: none yet).
+    pub fn last_server(&self) -> u32 {
+        self.last_server.load(Ordering::Relaxed) as u32
+    }
+
+    /// Stops the writer; returns every acknowledged row with the server that acknowledged it.
+    pub fn finish_tagged(mut self) -> Vec<Ack> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().unwrap().join().expect("writer thread")
     }
@@ -325,10 +358,14 @@ impl Drop for Writer {
     }
 }
 
-async fn write_loop(stop: Arc<AtomicBool>) -> Vec<(u64, Instant)> {
+async fn write_loop(stop: Arc<AtomicBool>, last_server: Arc<AtomicUsize>) -> Vec<Ack> {
     use mysql_async::prelude::Queryable;
+    // prefer_socket(false): mysql_async would otherwise reconnect through the server's Unix
+    // socket (@@socket), which the lab's shared file system lets it open — past the VIP and
+    // every network fault.
     let opts = mysql_async::OptsBuilder::default()
         .ip_or_hostname(VIP4)
+        .prefer_socket(false)
         .user(Some("app"))
         .pass(Some("app-lab-password"))
         .db_name(Some("lab"));
@@ -338,11 +375,12 @@ async fn write_loop(stop: Arc<AtomicBool>) -> Vec<(u64, Instant)> {
     let limit = Duration::from_millis(500);
     let mut acked = Vec::new();
     let mut conn: Option<mysql_async::Conn> = None;
+    let mut server: u32 = 0;
     let mut next: u64 = 1;
     while !stop.load(Ordering::Relaxed) {
         if conn.is_none() {
-            match tokio::time::timeout(connect_limit, mysql_async::Conn::new(opts.clone())).await {
-                Ok(Ok(c)) => conn = Some(c),
+            match tokio::time::timeout(connect_limit, connect_to_server(&opts)).await {
+                Ok(Some((c, id))) => (conn, server) = (Some(c), id),
                 _ => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
@@ -353,7 +391,14 @@ async fn write_loop(stop: Arc<AtomicBool>) -> Vec<(u64, Instant)> {
         let id = next;
         next += 1;
         match tokio::time::timeout(limit, c.exec_drop("INSERT INTO writes (id) VALUES (?)", (id,))).await {
-            Ok(Ok(())) => acked.push((id, Instant::now())),
+            Ok(Ok(())) => {
+                last_server.store(server as usize, Ordering::Relaxed);
+                acked.push(Ack {
+                    id,
+                    at: Instant::now(),
+                    server,
+                })
+            }
             // A hung or failed connection is abandoned (never closed politely: the server may
             // be gone).
             _ => {
@@ -802,6 +847,12 @@ impl Lab {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `name`'s database's `read_only`, or `None` if it does not answer.
+    pub fn read_only(&self, name: &str) -> Option<bool> {
+        self.try_sql(name, "SELECT @@global.read_only")
+            .map(|v| v.trim() == "1")
+    }
+
     /// Initialises and starts MariaDB in `name`'s namespace, listening on its address.
     pub fn start_mariadb(&mut self, name: &str, server_id: u32) {
         let h = self.host(name).clone();
@@ -908,7 +959,8 @@ impl Lab {
     /// reconnecting after any error; every acknowledged row is recorded.
     pub fn writer(&self) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let last_server = Arc::new(AtomicUsize::new(0));
+        let (flag, last) = (stop.clone(), last_server.clone());
         let ns = self.client.ns.clone();
         let handle = std::thread::spawn(move || {
             enter_netns(&ns);
@@ -916,10 +968,11 @@ impl Lab {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(write_loop(flag))
+            rt.block_on(write_loop(flag, last))
         });
         Writer {
             stop,
+            last_server,
             handle: Some(handle),
         }
     }
@@ -1438,6 +1491,37 @@ impl Lab {
         })
     }
 
+    /// A relay on the path of `via`'s datagrams, as anyone on its network (or the L2 segment,
+    /// with ARP spoofing) could run without the cluster key: every agent datagram `via` sends
+    /// to one of `pair` is also delivered, unchanged, to the other. Runs until dropped.
+    pub fn relay(&self, via: &str, pair: [&str; 2]) -> Relay {
+        let stop = Arc::new(AtomicBool::new(false));
+        let copied = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = std::sync::mpsc::channel::<(std::net::Ipv4Addr, Vec<u8>)>();
+        let ips: Vec<std::net::Ipv4Addr> = pair.iter().map(|h| self.host(h).ip4.parse().unwrap()).collect();
+        let (source, port_name, flag) = (self.host(via).ip4.parse().unwrap(), via.to_string(), stop.clone());
+        let sw = self.sw();
+        let capture = std::thread::spawn(move || {
+            enter_netns(&sw);
+            relay_capture(&port_name, source, &ips, &flag, &tx);
+        });
+        let (h, count) = (self.host(via).clone(), copied.clone());
+        let send = std::thread::spawn(move || {
+            enter_netns(&h.ns);
+            let socket = std::net::UdpSocket::bind((h.ip4.parse::<std::net::IpAddr>().unwrap(), 0)).unwrap();
+            for (to, bytes) in rx {
+                if socket.send_to(&bytes, (to, PORT)).is_ok() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Relay {
+            stop,
+            copied,
+            threads: vec![capture, send],
+        }
+    }
+
     /// Sends each datagram from host `from` to its destination's agent port.
     pub fn send_from(&self, from: &str, datagrams: Vec<(std::net::IpAddr, Vec<u8>)>) {
         let h = self.host(from).clone();
@@ -1450,9 +1534,131 @@ impl Lab {
         });
     }
 
+    /// Starts one pinned probe per database host ([`ServeProbes`]), on the first call adding
+    /// their namespaces (`p<host>`, at 192.0.2.1xx) to the switch.
+    pub fn serve_probes(&mut self) -> ServeProbes {
+        let mut pairs = Vec::new();
+        for h in self.hosts.clone().into_iter().filter(|h| !h.witness) {
+            let name = format!("p{}", h.name);
+            let n: u8 = h.ip4.rsplit('.').next().unwrap().parse().unwrap();
+            let probe = match self.extra.iter().find(|e| e.name == name) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = self.add_host(&name, 100 + n);
+                    sh(&[
+                        "ip",
+                        "-n",
+                        &p.ns,
+                        "neigh",
+                        "replace",
+                        VIP4,
+                        "lladdr",
+                        &h.mac,
+                        "dev",
+                        "eth0",
+                        "nud",
+                        "permanent",
+                    ]);
+                    p
+                }
+            };
+            pairs.push((h, probe));
+        }
+        ServeProbes::start(pairs, VIP4.parse().unwrap())
+    }
+
+    /// Runs `vipgate ARGS` inside host `name`'s namespace (what the kernel there can do).
+    pub fn vipgate_in<S: AsRef<std::ffi::OsStr>>(&self, name: &str, args: &[S]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.host(name).ns])
+            .arg(&self.bin)
+            .args(args)
+            .output()
+            .expect("run vipgate");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// Reads the cluster configuration the agents use.
     pub fn config(&self) -> vipgate::config::Config {
         vipgate::config::Config::load(&self.config_path("db1")).expect("lab config")
+    }
+}
+
+/// A running relay (see [`Lab::relay`]).
+pub struct Relay {
+    stop: Arc<AtomicBool>,
+    copied: Arc<AtomicUsize>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Datagrams delivered to the host they were not sent to.
+    pub fn copied(&self) -> usize {
+        self.copied.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Watches switch port `port` for agent datagrams from `source` to one of `pair` and passes
+/// each to `out`, addressed to the other one.
+fn relay_capture(
+    port: &str,
+    source: std::net::Ipv4Addr,
+    pair: &[std::net::Ipv4Addr],
+    stop: &AtomicBool,
+    out: &std::sync::mpsc::Sender<(std::net::Ipv4Addr, Vec<u8>)>,
+) {
+    use pnet::datalink::{self, Channel};
+    use pnet::packet::Packet;
+    use pnet::packet::ethernet::{EtherTypes, EthernetPacket};
+    use pnet::packet::ipv4::Ipv4Packet;
+    use pnet::packet::udp::UdpPacket;
+    let iface = datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == port)
+        .expect("switch port");
+    let config = datalink::Config {
+        read_timeout: Some(Duration::from_millis(20)),
+        promiscuous: false,
+        ..Default::default()
+    };
+    let Ok(Channel::Ethernet(_, mut rx)) = datalink::channel(&iface, config) else {
+        panic!("cannot capture on {port}");
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(frame) = rx.next() else { continue };
+        let Some(eth) = EthernetPacket::new(frame).filter(|e| e.get_ethertype() == EtherTypes::Ipv4) else {
+            continue;
+        };
+        let Some(ip) = Ipv4Packet::new(eth.payload()).filter(|ip| ip.get_source() == source) else {
+            continue;
+        };
+        // Agents send from their port; the relay's own copies do not, and are not copied again.
+        let Some(udp) =
+            UdpPacket::new(ip.payload()).filter(|u| u.get_destination() == PORT && u.get_source() == PORT)
+        else {
+            continue;
+        };
+        if let Some(other) = pair
+            .iter()
+            .find(|a| **a != ip.get_destination())
+            .filter(|_| pair.contains(&ip.get_destination()))
+        {
+            let _ = out.send((*other, udp.payload().to_vec()));
+        }
     }
 }
 
