@@ -42,6 +42,13 @@ witness = true
 address = "192.0.2.50/24"
 interface = "$interface"
 
+# The box runs Debian 12, whose kernel (6.1) cannot shorten an nftables set element's expiry,
+# which the kernel fence needs (Linux 6.12+). Without it a killed or frozen agent's VIP is
+# served until its address lifetime ends (about a second past the lease). On a Debian 13 box,
+# or with bookworm-backports' 6.12 kernel, remove these two lines.
+[fence]
+kernel = false
+
 [control]
 socket = "/run/vipgate/vipgate.sock"
 http = "127.0.0.1:9808"
