@@ -161,8 +161,8 @@ fn summary(name: &str, mut values: Vec<f64>) -> Option<String> {
     ))
 }
 
-/// SIGKILLs the owner's agent, host and database up: the kernel fence alone must stop db1
-/// serving before db2 starts. Prints, per profile, when each happened after the kill and the gap
+/// SIGKILLs the owner's agent, host and database up: the kernel fence alone must stop the old
+/// owner serving before the new one starts. Prints, per profile, when each happened after the kill and the gap
 /// between them, from pinned probes (kernel-stamped replies), and the acknowledged rows lost.
 fn killed_agent_runs(bin: &std::path::Path, runs: usize) {
     let mut table = Vec::new();
@@ -202,8 +202,9 @@ fn killed_agent_runs(bin: &std::path::Path, runs: usize) {
     }
 }
 
-/// One run: (db1 stopped serving after the kill, gap until db2 served, pairs of replies from both
-/// within 10 ms, acknowledged rows missing on db2), or `None` if no takeover was seen.
+/// One run: (the owner stopped serving after the kill, gap until its successor served, pairs of
+/// replies from both within 10 ms, acknowledged rows missing on the successor), or `None` if no
+/// takeover was seen.
 fn kill_agent_once(bin: &std::path::Path, spec: Spec) -> Option<(f64, f64, usize, usize)> {
     let mut lab = Lab::new(bin, spec);
     lab.start_all();

@@ -32,50 +32,69 @@ fn ms(seconds: f64) -> String {
     format!("{:.0} ms", seconds * 1000.0)
 }
 
-/// Kills db1's agent (host and database stay up) under pings and writes, waits for db2 to
-/// serve, and checks from the client side: never two hosts serving, no write acknowledged by
-/// db1 once db2 acknowledged one, no acknowledged row lost. Returns when db1 stopped serving
-/// and db2 started, after the kill (seconds).
-fn kill_owner_agent(lab: &mut Lab, probes: &ServeProbes) -> (f64, f64) {
+/// A lab with every agent started and one database host owning (see [`Lab::wait_owner`]):
+/// the lab, the owner and the other database host.
+fn owned(spec: Spec) -> (Lab, &'static str, &'static str) {
+    let mut lab = Lab::new(bin(), spec);
+    lab.start_all();
+    let (old, new) = lab
+        .wait_owner(Duration::from_secs(8))
+        .unwrap_or_else(|| panic!("no database host owns\n{}", lab.logs()));
+    (lab, old, new)
+}
+
+fn server_id(host: &str) -> u32 {
+    Lab::server_id(host)
+}
+
+/// Kills the owner's agent (host and database stay up) under pings and writes, waits for the
+/// other host to serve, and checks from the client side: never two hosts serving, no write
+/// acknowledged by the old primary once the new one acknowledged one, no acknowledged row lost.
+/// Returns when the old owner stopped serving and the new one started, after the kill (seconds).
+fn kill_owner_agent(lab: &mut Lab, probes: &ServeProbes, old: &str, new: &str) -> (f64, f64) {
     let writer = lab.writer();
     let warm = unix_now();
     assert!(
-        wait_for(Duration::from_secs(3), || probes.served("db1", warm).len() > 20),
-        "db1 does not serve the VIP\n{}",
+        wait_for(Duration::from_secs(3), || probes.served(old, warm).len() > 20),
+        "{old} does not serve the VIP\n{}",
         lab.logs()
     );
     // Clients take a gratuitous ARP only a second (Linux `locktime`) after the last one: let
-    // db1's bursts (the second 500 ms after the first, in the lab) age first, as a long-running
-    // owner's would have.
+    // the owner's bursts (the second 500 ms after the first, in the lab) age first, as a
+    // long-running owner's would have.
     std::thread::sleep(Duration::from_millis(1600));
     let killed = unix_now();
-    lab.kill("db1");
+    lab.kill(old);
     assert!(
         wait_for(Duration::from_secs(10), || probes
-            .first_after("db2", killed)
+            .first_after(new, killed)
             .is_some()),
-        "db2 never served the VIP\n{}",
+        "{new} never served the VIP\n{}",
         lab.logs()
     );
     assert!(
-        wait_for(Duration::from_secs(5), || writer.last_server() == 2),
-        "no write went through db2\n{}",
+        wait_for(Duration::from_secs(5), || writer.last_server() == server_id(new)),
+        "no write went through {new}\n{}",
         lab.logs()
     );
     std::thread::sleep(Duration::from_millis(200));
     let acks = writer.finish_tagged();
     assert_one_server(probes, lab);
-    let stopped = probes.last("db1").expect("db1 served before") - killed;
-    let started = probes.first_after("db2", killed).unwrap() - killed;
-    let first_by_db2 = acks.iter().find(|a| a.server == 2).map(|a| a.at);
-    let late = first_by_db2.map_or(0, |t| acks.iter().filter(|a| a.server == 1 && a.at > t).count());
+    let stopped = probes.last(old).expect("the owner served before") - killed;
+    let started = probes.first_after(new, killed).unwrap() - killed;
+    let first_by_new = acks.iter().find(|a| a.server == server_id(new)).map(|a| a.at);
+    let late = first_by_new.map_or(0, |t| {
+        acks.iter()
+            .filter(|a| a.server == server_id(old) && a.at > t)
+            .count()
+    });
     assert_eq!(
         late, 0,
-        "db1 acknowledged {late} writes after db2 acknowledged one"
+        "{old} acknowledged {late} writes after {new} acknowledged one"
     );
     let acked: Vec<(u64, Instant)> = acks.iter().map(|a| (a.id, a.at)).collect();
     assert_eq!(
-        lab.missing_rows("db2", &acked),
+        lab.missing_rows(new, &acked),
         Vec::<u64>::new(),
         "acknowledged rows lost"
     );
@@ -84,34 +103,30 @@ fn kill_owner_agent(lab: &mut Lab, probes: &ServeProbes) -> (f64, f64) {
 
 #[test]
 fn a_killed_owner_agent_stops_serving_at_its_lease_end_and_its_restart_fences_its_database() {
-    let mut lab = Lab::running(
-        bin(),
-        Spec {
-            mysql: Some("promote"),
-            ..Spec::default()
-        },
-    );
-    assert!(wait_for(Duration::from_secs(5), || lab.read_only("db1") == Some(false)));
+    let (mut lab, old, new) = owned(Spec {
+        mysql: Some("promote"),
+        ..Spec::default()
+    });
     let probes = lab.serve_probes();
-    let (stopped, started) = kill_owner_agent(&mut lab, &probes);
+    let (stopped, started) = kill_owner_agent(&mut lab, &probes, old, new);
     // The database outlives its agent, writable; the VIP no longer reaches it.
-    assert_eq!(lab.read_only("db1"), Some(false));
+    assert_eq!(lab.read_only(old), Some(false));
     // systemd restarts it (Restart=on-failure); before anything else it fences its database.
     let restarted = Instant::now();
-    lab.start("db1");
+    lab.start(old);
     assert!(
-        wait_for(Duration::from_secs(10), || lab.read_only("db1") == Some(true)),
+        wait_for(Duration::from_secs(10), || lab.read_only(old) == Some(true)),
         "the restarted agent did not fence its database\n{}",
         lab.logs()
     );
     let fenced = restarted.elapsed();
     assert!(
-        lab.log("db1").contains("database fenced at start"),
+        lab.log(old).contains("database fenced at start"),
         "{}",
-        lab.log("db1")
+        lab.log(old)
     );
     println!(
-        "killed owner agent (lease 1000 ms): db1 stopped serving {} after the kill, db2 served {} after; \
+        "killed owner agent (lease 1000 ms): {old} stopped serving {} after the kill, {new} served {} after; \
          restart → read_only ON in {} ms",
         ms(stopped),
         ms(started),
@@ -123,25 +138,21 @@ fn a_killed_owner_agent_stops_serving_at_its_lease_end_and_its_restart_fences_it
 
 #[test]
 fn a_killed_owner_agent_at_aggressive_timings_never_serves_beside_its_successor() {
-    let mut lab = Lab::running(
-        bin(),
-        Spec {
-            interval_ms: 20,
-            lease_ms: 120,
-            mysql: Some("promote"),
-            ..Spec::default()
-        },
-    );
-    assert!(wait_for(Duration::from_secs(5), || lab.read_only("db1") == Some(false)));
+    let (mut lab, old, new) = owned(Spec {
+        interval_ms: 20,
+        lease_ms: 120,
+        mysql: Some("promote"),
+        ..Spec::default()
+    });
     let probes = lab.serve_probes();
-    let (stopped, started) = kill_owner_agent(&mut lab, &probes);
+    let (stopped, started) = kill_owner_agent(&mut lab, &probes, old, new);
     println!(
-        "killed owner agent (lease 120 ms): db1 stopped serving {} after the kill, db2 served {} after",
+        "killed owner agent (lease 120 ms): {old} stopped serving {} after the kill, {new} served {} after",
         ms(stopped),
         ms(started)
     );
-    // The address itself lingers up to its lifetime (≥ 1 s): only the fence stopped db1.
-    assert!(stopped < 0.5, "db1 served {} after its agent died", ms(stopped));
+    // The address itself lingers up to its lifetime (≥ 1 s): only the fence stopped the owner.
+    assert!(stopped < 0.5, "{old} served {} after its agent died", ms(stopped));
 }
 
 #[test]

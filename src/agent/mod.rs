@@ -247,7 +247,6 @@ impl Agent {
             }
         }
         let secret = config.read_secret().map_err(|e| e.to_string())?;
-        database::fence_at_start(&config, me).await?;
         let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();
         let mut state = StateFile::open(&config.cluster.state_dir, ids.clone()).map_err(|e| e.to_string())?;
         let unix = SystemTime::now()
@@ -263,6 +262,9 @@ impl Agent {
                 node.id, node.address
             )
         })?;
+        // Before anything else this run does — but only once the bind proved that this is the
+        // one agent of this node, on its host.
+        database::fence_at_start(&config, me).await?;
         let peers = config
             .nodes
             .iter()

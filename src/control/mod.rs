@@ -281,7 +281,7 @@ pub fn render(s: &Status) -> String {
     );
     if !s.vips.is_empty() {
         let fence = if s.vip.fenced {
-            "kernel (nftables inet/arp vipgate): the VIPs are served only within the lease, agent or not"
+            "kernel (nftables inet/arp vipgate): the VIPs stop being served at the lease deadline, agent or not"
         } else {
             "OFF ([fence] kernel = false): a dead agent's VIPs are served until their lifetime ends"
         };

@@ -76,6 +76,7 @@ impl Sim {
             frozen_until: 0,
             fsync_max: 0,
             fifo: [[0; 2]; 2],
+            fence_in_flight_until: 0,
             shell: Shell::new(scenario.interval),
             kernel: Kernel::default(),
             health: Health::default(),
@@ -298,6 +299,11 @@ impl Sim {
     pub(super) fn restart(&mut self, agent: NodeIdx, lease: Option<Duration>) -> Result<(), Violation> {
         let i = usize::from(agent);
         if let Some(l) = lease {
+            if self.fence_in_flight(agent) {
+                let at = self.agents[i].fence_in_flight_until;
+                self.push(at, Ev::Restart { agent, lease });
+                return Ok(());
+            }
             self.crash(agent);
             self.agents[i].lease = l;
         }

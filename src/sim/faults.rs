@@ -12,7 +12,7 @@ impl Sim {
             0..=7 => self.network_fault(),
             8 | 9 => {
                 let a = self.pick_agent();
-                if self.agents[usize::from(a)].core.is_some() {
+                if self.agents[usize::from(a)].core.is_some() && !self.fence_in_flight(a) {
                     self.crash(a);
                     let back = self.now + self.rng.range(0, 3_000_000);
                     self.push(
@@ -144,7 +144,7 @@ impl Sim {
                 a.stalled_until = a.stalled_until.max(until);
             }
             3 => self.agents[i].fsync_max = self.rng.pick(&[0, 2_000, interval, 2 * interval]),
-            4 => {
+            4 if !self.fence_in_flight(agent) => {
                 // SIGSTOP, resumed later: nothing of the process runs; the kernel goes on.
                 let until = self.now + self.rng.range(50_000, 3 * lease);
                 let a = &mut self.agents[i];
@@ -158,6 +158,11 @@ impl Sim {
             }
             _ => self.rolling_lease_change(),
         }
+    }
+
+    /// A fence opening of `agent`'s is on its way (see `Agent::fence_in_flight_until`).
+    pub(super) fn fence_in_flight(&self, agent: NodeIdx) -> bool {
+        self.now < self.agents[usize::from(agent)].fence_in_flight_until
     }
 
     /// An operator changes `lease_ms`, restarting one agent after another.

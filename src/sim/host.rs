@@ -109,17 +109,21 @@ pub struct Job {
     error: Option<String>,
 }
 
-/// As the VIP task does: a fence opening the kernel answered more than half a release budget
-/// after it was planned may reach past the lease end, so it is shortened to the time left
-/// (once; a second late answer closes the fence).
-fn late_fence(lease: &Lease, job: &mut Job, now: Instant, op: Op) -> Option<Op> {
-    let (Op::FenceOpen(_), Cmd::Hold { until, .. }) = (op, job.cmd) else {
+/// As the VIP task's `open_for_lease` does, through the same [`Lease`] decisions: a fence
+/// opening answered late may reach past the lease end, so it is shortened to the time left then
+/// (once; a second late answer closes the fence, and the hold fails). A failed opening closes
+/// the fence too.
+fn after_fence_open(lease: &Lease, job: &mut Job, now: Instant, op: Op, failed: bool) -> Option<Op> {
+    let (Op::FenceOpen(_), Cmd::Hold { term, .. }) = (op, job.cmd) else {
         return None;
     };
-    if now.saturating_since(job.issued) <= lease.margin() {
+    if failed {
+        return Some(Op::FenceClose);
+    }
+    if !lease.answered_late(job.issued, now) {
         return None;
     }
-    let fix = match lease::fence_timeout(now, lease.deadline(until)) {
+    let fix = match lease.fence_for(term, now) {
         _ if job.corrected => {
             job.doomed = true;
             Op::FenceClose
@@ -177,7 +181,11 @@ impl Shell {
                 Cmd::Hold { term, until } => match self.lease.hold(now, term, until) {
                     None => continue,
                     Some(plan) => {
-                        let fence = plan.fence.map_or(Op::FenceClose, Op::FenceOpen);
+                        // The time left is read as the request goes out (here: at once).
+                        let fence = self
+                            .lease
+                            .fence_for(term, now)
+                            .map_or(Op::FenceClose, Op::FenceOpen);
                         (
                             plan.acquiring,
                             VecDeque::from([fence, Op::AddrAdd(plan.lifetime_s)]),
@@ -222,6 +230,7 @@ impl Shell {
         };
         // The fence close of a removal is best effort: the address is what must go.
         let best_effort = op == Op::FenceClose && !matches!(job.cmd, Cmd::Hold { .. });
+        let open_failed = matches!(op, Op::FenceOpen(_)) && result.is_err();
         if let Err(e) = result
             && !best_effort
         {
@@ -230,8 +239,8 @@ impl Shell {
         if job.doomed && job.error.is_none() {
             job.error = Some("the kernel answered the fence requests too slowly: closed it".into());
         }
-        if job.error.is_none()
-            && let Some(fix) = late_fence(&self.lease, job, now, op)
+        if (job.error.is_none() || open_failed)
+            && let Some(fix) = after_fence_open(&self.lease, job, now, op, open_failed)
         {
             job.issued = now;
             return vec![Next::Issue(Worker::Task, fix)];

@@ -57,6 +57,8 @@ impl Sim {
         self.arm_backstop(agent);
     }
 
+    /// How a request turns out. A fence opening runs slow at most until the lease end: one the
+    /// kernel held past it is the residual risk this model leaves out (`docs/protocol.md` §8).
     fn draw(&mut self, agent: NodeIdx, op: Op, wait: u64) -> Outcome {
         let h = self.agents[usize::from(agent)].health;
         let fast = self.rng.range(20, 500);
@@ -85,6 +87,12 @@ impl Sim {
             (false, true) => self.rng.range(fast, h.slow_max.max(fast)).min(wait),
             (false, false) => fast,
         };
+        let latency = match (op, self.lease_end_real(agent)) {
+            (Op::FenceOpen(_), Some(end)) => {
+                latency.min(end.saturating_sub(self.now + 1).min(wait - 1)).max(1)
+            }
+            _ => latency,
+        };
         if latency >= wait {
             let result = Err(format!("netlink did not answer within {wait} µs"));
             return Outcome {
@@ -103,6 +111,12 @@ impl Sim {
         }
     }
 
+    /// The real instant the lease held by `agent`'s shell ends, at its clock's current rate.
+    fn lease_end_real(&self, agent: NodeIdx) -> Option<u64> {
+        let a = &self.agents[usize::from(agent)];
+        a.shell.lease.holding().map(|(_, end)| a.clock.real(end))
+    }
+
     /// Sends a request: the kernel applies it in order after the worker's earlier ones.
     fn issue(&mut self, agent: NodeIdx, worker: Worker, op: Op) {
         let local = self.local(agent);
@@ -113,6 +127,9 @@ impl Sim {
         let o = self.draw(agent, op, us(wait));
         let a = &mut self.agents[usize::from(agent)];
         a.exempt |= o.abnormal;
+        if matches!(op, Op::FenceOpen(_)) {
+            a.fence_in_flight_until = a.fence_in_flight_until.max(self.now + o.returns);
+        }
         let epoch = a.epoch;
         let (mut returns, mut result) = (self.now + o.returns, o.result);
         if let Some(d) = o.applies {

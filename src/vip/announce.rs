@@ -119,6 +119,9 @@ impl Announcer {
             // pnet's default is promiscuous; announcing must not change what the NIC accepts.
             promiscuous: false,
             read_timeout: Some(std::time::Duration::from_millis(1)),
+            // A round is sent holding the lease lock, which the backstop also takes: a send
+            // must not block for long.
+            write_timeout: Some(std::time::Duration::from_millis(100)),
             ..Default::default()
         };
         let tx = match datalink::channel(&iface, config) {

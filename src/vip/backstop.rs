@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 pub(super) struct Backstop {
     pub vips: Vec<Vip>,
     pub lease: Arc<Mutex<Lease>>,
+    /// Set when a removal failed: the VIP task retries it until the kernel confirms it.
+    pub unremoved: Arc<std::sync::atomic::AtomicBool>,
     pub fence: Option<Fence>,
     pub reports: tokio::sync::mpsc::UnboundedSender<Report>,
     pub status: Arc<Mutex<VipStatus>>,
@@ -68,11 +70,13 @@ impl Backstop {
             );
         }
         for vip in &self.vips {
-            match tokio::time::timeout(OP_TIMEOUT, remove_vip(nl, vip)).await {
-                Ok(Ok(_)) | Ok(Err(super::NetlinkError::NoInterface(_))) => {}
-                Ok(Err(e)) => tracing::error!(vip = %vip, "the backstop could not remove the VIP: {e}"),
-                Err(_) => tracing::error!(vip = %vip, "the backstop's removal got no answer"),
-            }
+            let failed = match tokio::time::timeout(OP_TIMEOUT, remove_vip(nl, vip)).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => format!("{e}"),
+                Err(_) => "no answer".into(),
+            };
+            tracing::error!(vip = %vip, "the backstop could not remove the VIP ({failed}); the VIP task retries");
+            self.unremoved.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         {
             let mut s = self.status.lock().expect("status lock");

@@ -23,9 +23,6 @@ pub struct Plan {
     pub term: Term,
     /// This hold starts holding (the VIPs are not up yet): announce once they are.
     pub acquiring: bool,
-    /// How long the fence lets the VIPs' traffic pass, from when the kernel takes the request;
-    /// `None`: too little time is left, close it.
-    pub fence: Option<Duration>,
     /// The addresses' valid lifetime in whole seconds (the kernel's unit), at least one.
     pub lifetime_s: u32,
 }
@@ -86,7 +83,6 @@ impl Lease {
         Some(Plan {
             term,
             acquiring,
-            fence: fence_timeout(now, self.deadline(end)),
             lifetime_s: lifetime_secs(now, end),
         })
     }
@@ -110,6 +106,25 @@ impl Lease {
     /// Whether the VIPs may be announced (or re-added) at `now`.
     pub fn serving(&self, now: Instant) -> bool {
         self.holding.is_some_and(|(_, end)| now < self.deadline(end))
+    }
+
+    /// How long to open the fence for `term` with a request that goes out at `now`: the time
+    /// left until the deadline of the lease held, or `None` to close it instead (the term was
+    /// given up meanwhile — by a release or the backstop — or too little time is left).
+    /// Decided right before the request is sent, never earlier: the kernel counts the time
+    /// from when it applies the request.
+    pub fn fence_for(&self, term: Term, now: Instant) -> Option<Duration> {
+        match self.holding {
+            Some((t, end)) if t == term => fence_timeout(now, self.deadline(end)),
+            _ => None,
+        }
+    }
+
+    /// Whether a fence opening sent at `sent` and answered at `answered` may reach past the
+    /// lease end: the kernel applied it somewhere in between, so an answer later than the margin
+    /// must be corrected with the time left then.
+    pub fn answered_late(&self, sent: Instant, answered: Instant) -> bool {
+        answered.saturating_since(sent) > self.margin
     }
 
     /// The term held, if any.
@@ -203,8 +218,10 @@ mod tests {
         let mut l = Lease::new(Duration::from_millis(200));
         let plan = l.hold(t(0), 3, t(1000)).unwrap();
         assert!(plan.acquiring);
-        assert_eq!(plan.fence, Some(Duration::from_millis(900)));
+        assert_eq!(l.fence_for(3, t(0)), Some(Duration::from_millis(900)));
+        assert_eq!(l.fence_for(2, t(0)), None, "another term closes");
         assert_eq!(plan.lifetime_s, 1);
+        assert!(!l.answered_late(t(0), t(100)) && l.answered_late(t(0), t(101)));
         assert_eq!(l.backstop_at(), Some(t(900)));
         assert!(l.serving(t(899)) && !l.serving(t(900)));
         assert_eq!(l.expire(t(899)), None);
@@ -220,13 +237,11 @@ mod tests {
     #[test]
     fn too_little_time_left_closes_the_fence_and_a_renewal_never_shortens() {
         let mut l = Lease::new(Duration::from_millis(20));
-        assert_eq!(
-            l.hold(t(0), 1, t(25)).unwrap().fence,
-            Some(Duration::from_millis(15))
-        );
-        assert_eq!(l.hold(t(6), 1, t(25)).unwrap().fence, None, "9 ms left: closed");
-        assert_eq!(l.hold(t(6), 1, t(22)).unwrap().fence, None, "kept the later end");
-        assert_eq!(l.holding(), Some((1, t(25))));
+        l.hold(t(0), 1, t(25)).unwrap();
+        assert_eq!(l.fence_for(1, t(0)), Some(Duration::from_millis(15)));
+        assert_eq!(l.fence_for(1, t(6)), None, "9 ms left: closed");
+        l.hold(t(6), 1, t(22)).unwrap();
+        assert_eq!(l.holding(), Some((1, t(25))), "kept the later end");
         assert_eq!(l.hold(t(15), 1, t(25)), None, "past the deadline");
         assert_eq!(lifetime_secs(t(0), t(1001)), 2);
     }

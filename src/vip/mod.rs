@@ -35,6 +35,7 @@ use lease::{Lease, Plan};
 use netlink::{Change, Netlink, NetlinkError};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -152,15 +153,13 @@ struct Manager {
     lease: Arc<Mutex<Lease>>,
     /// The kernel fence, if `[fence] kernel` is on; shared with blocking threads.
     fence: Option<Arc<Mutex<Fence>>>,
-    /// An answer to a fence request within this long (half the release budget) of its plan
-    /// keeps the fence inside the lease; a later one is corrected.
-    fence_wait: Duration,
     refresh_failures: u32,
     /// When the next announcement is due, and whether it is the second burst.
     next_announce: Option<Instant>,
     second_burst_pending: bool,
-    /// A removal failed: it is retried every [`RETRY`] until the kernel confirms it.
-    unremoved: bool,
+    /// A removal failed (here or in the backstop): it is retried every [`RETRY`] until the
+    /// kernel confirms it.
+    unremoved: Arc<AtomicBool>,
     status: Arc<Mutex<VipStatus>>,
     reports: mpsc::UnboundedSender<Report>,
     links_ready: Option<bool>,
@@ -195,10 +194,12 @@ pub async fn start(setup: Setup) -> Result<(Vips, mpsc::UnboundedReceiver<Report
         ..VipStatus::default()
     }));
     let lease = Arc::new(Mutex::new(Lease::new(setup.release_budget)));
+    let unremoved = Arc::new(AtomicBool::new(false));
     let backstop_fence = fence.as_ref().map(Fence::handle).transpose();
     backstop::start(backstop::Backstop {
         vips: setup.mine.clone(),
         lease: lease.clone(),
+        unremoved: unremoved.clone(),
         fence: backstop_fence.map_err(|e| format!("cannot open a second fence socket: {e}"))?,
         reports: rep_tx.clone(),
         status: status.clone(),
@@ -217,11 +218,10 @@ pub async fn start(setup: Setup) -> Result<(Vips, mpsc::UnboundedReceiver<Report
         announce: setup.announce,
         lease: lease.clone(),
         fence: fence.map(|f| Arc::new(Mutex::new(f))),
-        fence_wait: Lease::new(setup.release_budget).margin(),
         refresh_failures: 0,
         next_announce: None,
         second_burst_pending: false,
-        unremoved: false,
+        unremoved,
         status: status.clone(),
         reports: rep_tx,
         links_ready: None,
@@ -259,7 +259,7 @@ async fn remove_stale(nl: &Netlink, all: &[Vip]) -> Result<(), String> {
     for vip in all {
         match timeout(OP_TIMEOUT, remove_vip(nl, vip)).await {
             Ok(Ok(true)) => tracing::warn!(vip = %vip, "removed a VIP left behind by an earlier run"),
-            Ok(Ok(false)) | Ok(Err(NetlinkError::NoInterface(_))) => {}
+            Ok(Ok(false)) => {}
             Ok(Err(e)) => return Err(format!("cannot remove stale VIP {vip}: {e}")),
             Err(_) => {
                 return Err(format!(
@@ -271,21 +271,23 @@ async fn remove_stale(nl: &Netlink, all: &[Vip]) -> Result<(), String> {
     Ok(())
 }
 
+/// Removes `vip`'s address wherever it is on this host (whatever its interface is called now).
 async fn remove_vip(nl: &Netlink, vip: &Vip) -> Result<bool, NetlinkError> {
-    let (index, _) = nl.link(&vip.interface).await?;
-    nl.remove(index, vip.address).await
+    nl.remove(vip.address).await
 }
 
-/// Runs a fence request on a blocking thread, waiting at most `wait` for the kernel.
+/// Runs fence requests on a blocking thread, holding the fence, waiting at most `wait` for
+/// them. A call that outlives the wait goes on by itself; whatever it decided, it decided with
+/// the fence held and the lease read right before it sent.
 async fn fence_call(
     fence: &Arc<Mutex<Fence>>,
     wait: Duration,
-    call: impl FnOnce(&mut Fence) -> Result<(), fence::FenceError> + Send + 'static,
+    call: impl FnOnce(&mut Fence) -> Result<(), String> + Send + 'static,
 ) -> Result<(), String> {
     let fence = fence.clone();
     let job = tokio::task::spawn_blocking(move || call(&mut fence.lock().expect("fence lock")));
     match timeout(wait, job).await {
-        Ok(Ok(result)) => result.map_err(|e| e.to_string()),
+        Ok(Ok(result)) => result,
         Ok(Err(e)) => Err(format!("fence request: {e}")),
         Err(_) => Err(format!(
             "the kernel did not answer the fence request within {wait:?}"

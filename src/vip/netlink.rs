@@ -131,8 +131,8 @@ impl Netlink {
         }
     }
 
-    /// The kernel's record of `address` on link `index`, if present.
-    async fn find(&self, index: u32, address: IpAddr) -> Result<Option<AddressMessage>, NetlinkError> {
+    /// Whether `address` is on link `index` (the lab's observers ask this).
+    pub async fn holds(&self, index: u32, address: IpAddr) -> Result<bool, NetlinkError> {
         let mut list = self
             .handle
             .address()
@@ -140,41 +140,45 @@ impl Netlink {
             .set_link_index_filter(index)
             .set_address_filter(address)
             .execute();
-        let mut found = None;
+        let mut found = false;
         loop {
             match list.try_next().await {
-                Ok(Some(m)) => {
-                    if m.header.index == index && address_of(&m) == Some(address) {
-                        found = Some(m);
-                    }
-                }
+                Ok(Some(m)) => found |= m.header.index == index && address_of(&m) == Some(address),
                 Ok(None) => return Ok(found),
                 Err(e) => return Err(NetlinkError::Failed(format!("listing addresses: {e}"))),
             }
         }
     }
 
-    /// Whether `address` is on link `index`.
-    pub async fn holds(&self, index: u32, address: IpAddr) -> Result<bool, NetlinkError> {
-        Ok(self.find(index, address).await?.is_some())
-    }
-
-    /// Removes `address` from link `index`; `Ok(false)` if it was not there.
-    pub async fn remove(&self, index: u32, address: IpAddr) -> Result<bool, NetlinkError> {
+    /// Removes `address` from every link it is on — found by address, not by an interface
+    /// name that may have changed since it was added; `Ok(false)` if it was nowhere. `Ok` means
+    /// the kernel confirmed every instance gone.
+    pub async fn remove(&self, address: IpAddr) -> Result<bool, NetlinkError> {
         #[cfg(debug_assertions)]
         if removal_denied() {
             return Err(NetlinkError::Failed(format!(
                 "removing {address}: Operation not permitted (lab fault: VIPGATE_LAB_DENY_REMOVAL)"
             )));
         }
-        let Some(msg) = self.find(index, address).await? else {
-            return Ok(false);
-        };
-        match self.handle.address().del(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => Ok(false),
-            Err(e) => Err(NetlinkError::Failed(format!("removing {address}: {e}"))),
+        let mut list = self.handle.address().get().set_address_filter(address).execute();
+        let mut found = Vec::new();
+        loop {
+            match list.try_next().await {
+                Ok(Some(m)) if address_of(&m) == Some(address) => found.push(m),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => return Err(NetlinkError::Failed(format!("listing addresses: {e}"))),
+            }
         }
+        let removed = !found.is_empty();
+        for msg in found {
+            match self.handle.address().del(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => {}
+                Err(e) => return Err(NetlinkError::Failed(format!("removing {address}: {e}"))),
+            }
+        }
+        Ok(removed)
     }
 }
 

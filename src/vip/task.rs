@@ -3,6 +3,7 @@
 //! request is bounded in time.
 
 use super::*;
+use std::sync::atomic::Ordering;
 
 impl Manager {
     pub(super) async fn run(
@@ -40,7 +41,7 @@ impl Manager {
                         self.announce_now();
                     }
                 }
-                _ = retry.tick(), if self.unremoved => self.retry_removal().await,
+                _ = retry.tick(), if self.unremoved.load(Ordering::Relaxed) => self.retry_removal().await,
                 _ = link_poll.tick(), if self.watch_lost || self.links_ready != Some(true) => {
                     self.refresh_links().await;
                 }
@@ -53,7 +54,7 @@ impl Manager {
         let held = self.lease().held();
         if held.is_none() && self.remove_all(clock::now() + OP_TIMEOUT).await.is_ok() {
             tracing::info!("the VIPs a failed removal left are gone now");
-            self.unremoved = false;
+            self.unremoved.store(false, Ordering::Relaxed);
         }
     }
 
@@ -78,11 +79,10 @@ impl Manager {
 
     /// Opens the fence and adds (or refreshes) every VIP, if the lease allows it now.
     async fn hold(&mut self, term: Term, until: Instant) {
-        let planned = clock::now();
-        let Some(plan) = self.lease().hold(planned, term, until) else {
+        let Some(plan) = self.lease().hold(clock::now(), term, until) else {
             return;
         };
-        match self.apply(planned, &plan, until).await {
+        match self.apply(&plan, until).await {
             Ok(()) => self.refresh_failures = 0,
             Err(error) if plan.acquiring => return self.fail(term, error).await,
             Err(error) => {
@@ -99,8 +99,8 @@ impl Manager {
         }
         let held = self.lease().held();
         if held != Some(term) {
-            // Dropped while the requests were on their way: take down what they added.
-            let _ = self.remove_all(clock::now() + OP_TIMEOUT).await;
+            // Given up while the requests were on their way: take down what they added.
+            self.take_down().await;
             return;
         }
         if plan.acquiring {
@@ -112,8 +112,8 @@ impl Manager {
     }
 
     /// The kernel side of a hold: the fence first (nothing passes before it), then addresses.
-    async fn apply(&mut self, planned: Instant, plan: &Plan, until: Instant) -> Result<(), String> {
-        self.open_fence(planned, until).await?;
+    async fn apply(&mut self, plan: &Plan, until: Instant) -> Result<(), String> {
+        self.open_fence(plan.term).await?;
         for i in 0..self.slots.len() {
             // Re-checked per VIP: a slow request must not let the next one outlive the lease.
             let left = self.lease().deadline(until).saturating_since(clock::now());
@@ -131,43 +131,20 @@ impl Manager {
         Ok(())
     }
 
-    /// Lets the VIPs' traffic pass until the deadline of the lease ending at `until`, from a
-    /// plan made at `planned` (closes the fence when too little time is left). The kernel
-    /// counts the timeout from when it applies the request, so an answer that came more than
-    /// half a release budget after the plan may reach past the lease end: it is corrected at
-    /// once with the time left then (or the fence is closed).
-    async fn open_fence(&mut self, planned: Instant, until: Instant) -> Result<(), String> {
+    /// Lets the VIPs' traffic pass until the deadline of the lease held for `term`. The time
+    /// left is read from the shared lease on the blocking thread, with the fence held, right
+    /// before the request goes out (see [`open_for_lease`]).
+    async fn open_fence(&mut self, term: Term) -> Result<(), String> {
         let Some(fence) = self.fence.clone() else {
             return Ok(());
         };
-        let deadline = self.lease().deadline(until);
-        let mut from = planned;
-        for _ in 0..2 {
-            let result = match lease::fence_timeout(from, deadline) {
-                Some(d) => fence_call(&fence, OP_TIMEOUT, move |f| open_or_reinstall(f, d)).await,
-                None => return fence_call(&fence, OP_TIMEOUT, |f| f.close()).await,
-            };
-            if let Err(e) = result {
-                let _ = fence_call(&fence, OP_TIMEOUT, |f| f.close()).await;
-                return Err(e);
-            }
-            let answered = clock::now();
-            if answered.saturating_since(from) <= self.fence_wait {
-                return Ok(());
-            }
-            tracing::warn!(
-                "the kernel took {:?} to open the VIP fence: shortening it to the time left",
-                answered.saturating_since(from)
-            );
-            from = answered;
-        }
-        fence_call(&fence, OP_TIMEOUT, |f| f.close()).await?;
-        Err("the kernel answered the fence requests too slowly: closed it".into())
+        let lease = self.lease.clone();
+        fence_call(&fence, OP_TIMEOUT, move |f| open_for_lease(f, &lease, term)).await
     }
 
     async fn close_fence(&mut self) {
         if let Some(fence) = self.fence.clone()
-            && let Err(e) = fence_call(&fence, OP_TIMEOUT, |f| f.close()).await
+            && let Err(e) = fence_call(&fence, OP_TIMEOUT, |f| f.close().map_err(|e| e.to_string())).await
         {
             self.error(format!(
                 "cannot close the VIP fence: {e} (its elements expire by themselves)"
@@ -179,14 +156,20 @@ impl Manager {
     async fn fail(&mut self, term: Term, error: String) {
         self.error(error.clone());
         self.lease().give_up(term);
+        self.take_down().await;
+        let _ = self.reports.send(Report::Failed { term, error });
+    }
+
+    /// Closes the fence and removes every VIP of a term no longer held; a removal that fails
+    /// is retried every [`RETRY`].
+    async fn take_down(&mut self) {
         self.next_announce = None;
         self.set_held(false);
         self.close_fence().await;
         if let Err(e) = self.remove_all(clock::now() + OP_TIMEOUT).await {
-            self.error(format!("removing the VIPs after a failure: {e}"));
-            self.unremoved = true;
+            self.error(format!("could not remove the VIPs: {e}; retrying"));
+            self.unremoved.store(true, Ordering::Relaxed);
         }
-        let _ = self.reports.send(Report::Failed { term, error });
     }
 
     async fn add(&mut self, i: usize, lifetime_s: u32) -> Result<(), NetlinkError> {
@@ -220,7 +203,7 @@ impl Manager {
                     "could not remove the VIPs of term {term} before the lease deadline ({e}); the release is \
                      not announced, the fence stops serving them, and removal is retried"
                 ));
-                self.unremoved = true;
+                self.unremoved.store(true, Ordering::Relaxed);
             }
         }
         let _ = self.reports.send(lease::drop_report(term, seq, removal));
@@ -233,7 +216,7 @@ impl Manager {
             for slot in &self.slots {
                 let budget = clock::until(by).clamp(RETRY, OP_TIMEOUT);
                 match timeout(budget, remove_vip(&self.nl, &slot.vip)).await {
-                    Ok(Ok(_)) | Ok(Err(NetlinkError::NoInterface(_))) => {}
+                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => left.push(format!("{}: {e}", slot.vip)),
                     Err(_) => left.push(format!("{}: netlink did not answer", slot.vip)),
                 }
@@ -260,7 +243,7 @@ impl Manager {
         self.close_fence().await;
         self.remove_all(clock::now() + OP_TIMEOUT).await?;
         if let Some(fence) = self.fence.clone() {
-            fence_call(&fence, OP_TIMEOUT, |f| f.remove())
+            fence_call(&fence, OP_TIMEOUT, |f| f.remove().map_err(|e| e.to_string()))
                 .await
                 .map_err(|e| format!("the VIPs are gone, but the fence's tables stay: {e}"))?;
         }
@@ -392,6 +375,36 @@ impl Manager {
             });
         }
     }
+}
+
+/// On a blocking thread, holding the fence: opens it until the deadline of the lease held for
+/// `term`, the time left read right before the request goes out (the kernel counts it from
+/// when it applies the request). A term given up meanwhile, or too little time left, closes it
+/// instead. An answer later than half a release budget may reach past the lease end: it is
+/// corrected at once with the time left then, in this same call, so no other fence request can
+/// come in between; a second late answer closes the fence. A failed opening closes it too.
+fn open_for_lease(f: &mut Fence, lease: &Mutex<Lease>, term: Term) -> Result<(), String> {
+    let lease = || lease.lock().expect("lease lock");
+    for _ in 0..2 {
+        let sent = clock::now();
+        let Some(d) = lease().fence_for(term, sent) else {
+            return f.close().map_err(|e| e.to_string());
+        };
+        if let Err(e) = open_or_reinstall(f, d) {
+            let _ = f.close();
+            return Err(e.to_string());
+        }
+        let answered = clock::now();
+        if !lease().answered_late(sent, answered) {
+            return Ok(());
+        }
+        tracing::warn!(
+            "the kernel took {:?} to open the VIP fence: shortening it to the time left",
+            answered.saturating_since(sent)
+        );
+    }
+    f.close().map_err(|e| e.to_string())?;
+    Err("the kernel answered the fence requests too slowly: closed it".into())
 }
 
 /// Opens the fence; if its tables were deleted meanwhile (`nft flush ruleset` in a firewall

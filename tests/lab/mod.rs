@@ -847,6 +847,28 @@ impl Lab {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Waits until one database host owns the VIP alone (with a writable database, in a lab
+    /// with MariaDB): db1 usually, but the first host whose database answers may win a fresh
+    /// cluster's first election. Returns (owner, the other database host).
+    pub fn wait_owner(&self, limit: Duration) -> Option<(&'static str, &'static str)> {
+        let mut owner = None;
+        let mysql = self.spec.mysql.is_some();
+        wait_for(limit, || {
+            owner = ["db1", "db2"]
+                .into_iter()
+                .find(|h| self.observer().sole_holder(VIP4, h));
+            owner.is_some_and(|o| !mysql || self.read_only(o) == Some(false))
+        })
+        .then_some(())?;
+        let owner = owner?;
+        Some((owner, if owner == "db1" { "db2" } else { "db1" }))
+    }
+
+    /// The `server_id` of a lab database host (db1 is 1, db2 is 2).
+    pub fn server_id(host: &str) -> u32 {
+        host.trim_start_matches("db").parse().expect("a database host")
+    }
+
     /// `name`'s database's `read_only`, or `None` if it does not answer.
     pub fn read_only(&self, name: &str) -> Option<bool> {
         self.try_sql(name, "SELECT @@global.read_only")
