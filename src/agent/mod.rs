@@ -15,6 +15,7 @@ mod failover_block;
 mod hooks;
 mod reload;
 mod service;
+mod start;
 pub mod state;
 
 use crate::config::{Config, Mysql, Secret};
@@ -232,20 +233,7 @@ async fn db_changed(db: &mut Option<watch::Receiver<DbStatus>>) -> Result<(), wa
 
 impl Agent {
     async fn start(config: Config, me: NodeIdx) -> Result<Agent, String> {
-        if !config.vips.is_empty() {
-            let missing: Vec<&str> = [(CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_NET_RAW, "CAP_NET_RAW")]
-                .into_iter()
-                .filter(|(cap, _)| !has_capability(*cap))
-                .map(|(_, name)| name)
-                .collect();
-            if !missing.is_empty() {
-                return Err(format!(
-                    "vipgate run lacks {}: it adds and removes VIPs (CAP_NET_ADMIN) and announces them \
-                     (CAP_NET_RAW)\n  fix: run it as root, or grant both (systemd: AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW)",
-                    missing.join(" and ")
-                ));
-            }
-        }
+        start::check_capabilities(&config)?;
         let secret = config.read_secret().map_err(|e| e.to_string())?;
         let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();
         let mut state = StateFile::open(&config.cluster.state_dir, ids.clone()).map_err(|e| e.to_string())?;
@@ -254,14 +242,7 @@ impl Agent {
             .map_or(0, |d| d.as_secs());
         let boot = state.next_boot(unix).map_err(|e| e.to_string())?;
         let node = &config.nodes[usize::from(me)];
-        let bind = SocketAddr::new(node.address, config.cluster.port);
-        let socket = UdpSocket::bind(bind).await.map_err(|e| {
-            format!(
-                "cannot listen on UDP {bind}: {e}\n  fix: node {:?} must run on the host that has address {} \
-                 (check [[node]] address, or --node), and only one agent may run per node",
-                node.id, node.address
-            )
-        })?;
+        let (socket, bind) = start::bind(&config, me).await?;
         // Before anything else this run does — but only once the bind proved that this is the
         // one agent of this node, on its host.
         database::fence_at_start(&config, me).await?;
@@ -280,25 +261,7 @@ impl Agent {
         );
         let receiver = Receiver::new(codec.clone(), ids.len());
 
-        let mine = if node.witness {
-            Vec::new()
-        } else {
-            config.vips_of(me)
-        };
-        let (vips, vip_reports) = if config.vips.is_empty() {
-            let (_, rx) = mpsc::unbounded_channel();
-            (None, rx)
-        } else {
-            let (vips, rx) = vip::start(vip::Setup {
-                mine,
-                all: config.vips.clone(),
-                announce: config.announce,
-                release_budget: config.core_settings(me, 0).release_budget,
-                kernel_fence: config.kernel_fence,
-            })
-            .await?;
-            (Some(vips), rx)
-        };
+        let (vips, vip_reports) = start::vips(&config, me).await?;
 
         let (db, db_settings, mysql) = match (&config.mysql, node.witness) {
             (Some(mysql), false) => {
@@ -315,16 +278,7 @@ impl Agent {
         let diverged = state.diverged().map(|d| (0, d.to_string()));
         let replication_password = config.read_replication_password().map_err(|e| e.to_string())?;
 
-        let (dns_view, dns_zone, dns_counters) = match crate::dns::zone::Zone::new(&config) {
-            Some(zone) if !node.dns.is_empty() => {
-                let (tx, rx) = watch::channel(crate::dns::View::default());
-                let (zone_tx, zone_rx) = watch::channel(Arc::new(zone));
-                let port = config.dns.as_ref().map_or(53, |d| d.port);
-                let counters = crate::dns::start(zone_rx, &node.dns, port, rx).await?;
-                (Some(tx), Some(zone_tx), Some(counters))
-            }
-            _ => (None, None, None),
-        };
+        let (dns_view, dns_zone, dns_counters) = start::dns(&config, me).await?;
 
         let dns_push = match (config.dns.as_ref().and_then(|d| d.update.as_ref()), node.witness) {
             (Some(update), false) => {
