@@ -20,6 +20,7 @@ fn promoting(max_lag_ms: u64) -> Lab {
     );
     lab.start_all();
     lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    lab.expect_followed("db1", Duration::from_secs(3));
     lab
 }
 

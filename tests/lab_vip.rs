@@ -66,6 +66,7 @@ fn db1_owns_after_start_and_the_client_learns_its_mac_and_a_stale_vip_is_cleaned
     assert_eq!(s.owner.as_deref(), Some("db1"));
     assert!(s.lease_remaining_ms.is_some_and(|ms| ms > 0));
     assert_eq!(s.vip.held, [format!("{VIP4}/24 on eth0")]);
+    lab.expect_followed("db1", Duration::from_secs(3));
     for other in ["db2", "w1"] {
         let s = lab.status(other).expect("status");
         assert_eq!(s.owner.as_deref(), Some("db1"), "{other} sees {:?}", s.owner);

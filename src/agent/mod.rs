@@ -683,7 +683,11 @@ impl Agent {
     /// Feeds one event to the core and carries out what it asks, in order.
     fn step(&mut self, now: Instant, event: Event) -> Result<(), String> {
         let owner_before = self.core.owner(now);
+        let role_before = self.core.role();
         let actions = self.core.handle(now, event);
+        if self.core.role() == RoleKind::Candidate && role_before != RoleKind::Candidate {
+            tracing::debug!(term = self.core.term(), "standing for election");
+        }
         for action in actions {
             self.execute(now, action)?;
         }

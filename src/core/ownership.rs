@@ -345,6 +345,12 @@ pub(crate) enum Fault {
     HalfDrift,
     /// The owner's lease applies the drift the wrong way round: `L·(1+ρ)/(1−ρ)`.
     DriftWrongWay,
+    /// A voter acknowledges no owner whose term is below its own (a liveness bug).
+    NoAckBelowOwnTerm,
+    /// A voter acknowledges an older term of the owner it grants a newer one.
+    AckOlderTermOfGrantee,
+    /// An ack for a term below the voter's own keeps the vote it cast in its own term.
+    VoteKeptAfterOlderAck,
 }
 
 pub struct Core {
@@ -704,7 +710,7 @@ impl Core {
             _ => {}
         }
         if self.may_ack(now, from, hb.term) {
-            self.persist_grant(hb.term, from, out);
+            self.persist_ack(hb.term, from, out);
             self.grant = Some(Grant {
                 to: from,
                 term: hb.term,
@@ -722,18 +728,32 @@ impl Core {
     }
 
     /// A voter renews `owner`'s lease for `term` only if that cannot contradict a grant it made:
-    /// not while quiet after a restart, not while granting someone else, not for a term older
-    /// than its own, not for a term `owner` has released.
+    /// not while quiet after a restart, not while granting someone else (or `owner` in a newer
+    /// term), not for a term `owner` has released.
+    ///
+    /// A claim for any term comes from the one agent that won it. Leases exclude each other
+    /// through live grants, not terms, so a voter whose own term is higher — raised by a
+    /// candidacy that failed while it was cut off, say — still supports the owner it hears:
+    /// refusing would leave it outside the cluster until that owner's lease ended.
     fn may_ack(&self, now: Instant, owner: NodeIdx, term: Term) -> bool {
         if self.quiet(now) || self.s.is_witness(owner) {
             return false;
         }
-        if self.live_grant(now).is_some_and(|g| g.to != owner) {
+        #[cfg(test)]
+        if self.fault == Some(Fault::NoAckBelowOwnTerm) && term < self.persisted.term {
             return false;
         }
-        // A claim for our own term comes from the one agent that won it, even if we voted for a
-        // losing candidate; without a live grant elsewhere, supporting the winner is safe.
-        term >= self.persisted.term && term > self.released[usize::from(owner)]
+        #[cfg(test)]
+        let older_than_grant = |g: Grant| g.term > term && self.fault != Some(Fault::AckOlderTermOfGrantee);
+        #[cfg(not(test))]
+        let older_than_grant = |g: Grant| g.term > term;
+        if self
+            .live_grant(now)
+            .is_some_and(|g| g.to != owner || older_than_grant(g))
+        {
+            return false;
+        }
+        term > self.released[usize::from(owner)]
     }
 
     /// The lease an acknowledged message gives the owner ([`Settings::owner_lease`]).
@@ -806,14 +826,33 @@ impl Core {
     /// Records a grant to `to` in `term` (a vote, an ack, or a candidacy) on disk before the
     /// message that relies on it, together with the lease it runs for.
     fn persist_grant(&mut self, term: Term, to: NodeIdx, out: &mut Vec<Action>) {
+        self.persist(term, Some(to), out);
+    }
+
+    fn persist(&mut self, term: Term, voted_for: Option<NodeIdx>, out: &mut Vec<Action>) {
         let state = PersistentState {
             term,
-            voted_for: Some(to),
+            voted_for,
             lease_ms: self.s.lease_ms(),
         };
         if self.persisted != state {
             self.persisted = state;
             out.push(Action::Persist(state));
+        }
+    }
+
+    /// Records an ack to `owner` in `term`. For a term below its own the agent keeps its term
+    /// (terms never go down) and forgets whom it voted for in it, so that no repeated vote
+    /// request of that term can be granted beside the live grant to `owner`.
+    fn persist_ack(&mut self, term: Term, owner: NodeIdx, out: &mut Vec<Action>) {
+        #[cfg(test)]
+        if self.fault == Some(Fault::VoteKeptAfterOlderAck) && term < self.persisted.term {
+            return;
+        }
+        if term >= self.persisted.term {
+            self.persist(term, Some(owner), out);
+        } else {
+            self.persist(self.persisted.term, None, out);
         }
     }
 
@@ -1651,5 +1690,101 @@ mod tests {
         s.lease = Duration::from_millis(400);
         assert!(matches!(s.check(), Err(SettingsError::LeaseTooShort { .. })));
         assert_eq!(settings(0).majority(), 2);
+    }
+
+    fn acked(actions: &[Action]) -> bool {
+        actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    message: Message::Ack(_),
+                    ..
+                }
+            )
+        })
+    }
+
+    fn from(c: &mut Core, ms: u64, node: NodeIdx, message: Message) -> Vec<Action> {
+        c.handle(t(ms), Event::Received { from: node, message })
+    }
+
+    /// Node 1, cut off, stands for election until its term is above the owner's; then hears
+    /// node 0's claim for term 1. Returns whether it acknowledged it and names node 0 owner.
+    fn rejoins_and_follows(fault: Option<Fault>) -> bool {
+        let mut c = healthy(1, t(0));
+        if let Some(f) = fault {
+            c.inject(f, t(0));
+        }
+        let mut ms = 0;
+        while !(c.term() >= 3 && c.role() == RoleKind::Follower) {
+            ms += 10;
+            c.handle(t(ms), Event::Tick);
+            assert!(ms < 20_000, "no candidacy");
+        }
+        let term = c.term();
+        let out = from(&mut c, ms + 10, 0, claim(1, 1));
+        assert_eq!(c.term(), term, "terms never go down");
+        acked(&out) && c.owner(t(ms + 10)) == Some(0)
+    }
+
+    #[test]
+    fn a_node_whose_failed_candidacies_raised_its_term_follows_the_owner_it_hears() {
+        assert!(rejoins_and_follows(None));
+        assert!(!rejoins_and_follows(Some(Fault::NoAckBelowOwnTerm)));
+    }
+
+    /// A request from a candidate better placed than node 0 (more data, higher priority).
+    fn better_request(term: Term) -> Message {
+        Message::VoteRequest(VoteRequest {
+            term,
+            position: 100,
+            priority: 200,
+        })
+    }
+
+    /// Voter 2 votes for node 1 in term 5; that grant lapses; it acks node 0's claim for the
+    /// older term 3; node 1's request for term 5 comes again. Returns whether it was granted
+    /// while the grant to node 0 is live.
+    fn repeated_vote_beside_an_ack(fault: Option<Fault>) -> bool {
+        let mut v = healthy(2, t(0));
+        if let Some(f) = fault {
+            v.inject(f, t(0));
+        }
+        assert_eq!(sent_vote(&from(&mut v, 1500, 1, better_request(5))), Some(true));
+        assert!(acked(&from(&mut v, 2600, 0, claim(3, 1))));
+        assert_eq!(v.persisted().term, 5);
+        sent_vote(&from(&mut v, 2700, 1, better_request(5))) == Some(true)
+    }
+
+    #[test]
+    fn an_ack_for_an_older_term_withdraws_the_vote_of_the_voters_own_term() {
+        assert!(!repeated_vote_beside_an_ack(None));
+        assert!(repeated_vote_beside_an_ack(Some(Fault::VoteKeptAfterOlderAck)));
+    }
+
+    /// Voter 2 acks node 0 in term 4; a stale claim and then a stale release of node 0's term 2
+    /// arrive; node 1 asks for votes in term 5. Returns whether it got one while node 0's
+    /// lease, counted from the term-4 ack, is live.
+    fn vote_after_a_stale_release(fault: Option<Fault>) -> bool {
+        let mut v = healthy(2, t(0));
+        if let Some(f) = fault {
+            v.inject(f, t(0));
+        }
+        assert!(acked(&from(&mut v, 1500, 0, claim(4, 1))));
+        from(&mut v, 1600, 0, claim(2, 1));
+        let release = Message::Release(Release {
+            term: 2,
+            to: None,
+            final_position: None,
+            final_gtid: String::new(),
+        });
+        from(&mut v, 1700, 0, release);
+        sent_vote(&from(&mut v, 1800, 1, better_request(5))) == Some(true)
+    }
+
+    #[test]
+    fn a_stale_claim_of_an_older_term_cannot_shorten_a_live_grant() {
+        assert!(!vote_after_a_stale_release(None));
+        assert!(vote_after_a_stale_release(Some(Fault::AckOlderTermOfGrantee)));
     }
 }

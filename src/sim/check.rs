@@ -131,7 +131,11 @@ impl Sim {
         let lease_ok = Duration::from_millis(d.lease_ms) >= a.lease;
         let backed = match message {
             Message::Vote(v) if v.granted => d.term == v.term && d.voted_for == to && lease_ok,
-            Message::Ack(x) => d.term == x.term && d.voted_for == to && lease_ok,
+            // An ack for a term below the agent's own leaves no vote of its own term standing.
+            Message::Ack(x) => {
+                lease_ok
+                    && ((d.term == x.term && d.voted_for == to) || (d.term > x.term && d.voted_for.is_none()))
+            }
             Message::VoteRequest(r) => d.term == r.term && d.voted_for == Some(agent),
             _ => true,
         };

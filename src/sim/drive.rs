@@ -150,16 +150,30 @@ impl Sim {
         Err(self.stalled("the event queue ran dry".into()))
     }
 
-    /// After healing: done once an owner has held for two leases; an error past the bound.
+    /// After healing: done once an owner has held for two leases and every agent follows it;
+    /// an error past the bound.
     fn liveness(&mut self, owner_since: &mut Option<u64>) -> Result<Option<Outcome>, Violation> {
         let Some(clean) = self.healed_at.filter(|&h| self.now >= h) else {
             return Ok(None);
         };
         let longest = self.agents.iter().map(|a| a.lease).max().unwrap_or_default();
-        if self.owner().is_some() {
+        let bound = self.scenario.liveness_bound(longest);
+        if let Some(owner) = self.owner() {
             let since = *owner_since.get_or_insert(self.now);
             self.outcome.time_to_owner = Duration::from_micros(since - clean);
-            return Ok((self.now >= since + 2 * us(longest)).then_some(self.outcome));
+            if self.now < since + 2 * us(longest) {
+                return Ok(None);
+            }
+            let Some(stray) = self.not_following(owner) else {
+                return Ok(Some(self.outcome));
+            };
+            if self.now > since + 2 * us(longest) + us(bound) {
+                return Err(self.stalled(format!(
+                    "agent {stray} does not follow the owner {owner}: {}",
+                    self.view(stray)
+                )));
+            }
+            return Ok(None);
         }
         if let Some(since) = owner_since.filter(|_| self.scenario.preempt_delay.is_none()) {
             return Err(self.stalled(format!(
@@ -167,7 +181,6 @@ impl Sim {
                 Duration::from_micros(self.now - since)
             )));
         }
-        let bound = self.scenario.liveness_bound(longest);
         if self.now > clean + us(bound) {
             return Err(self.stalled(format!(
                 "no owner {:?} after the network healed (bound {bound:?}); eligible: {:?}",
@@ -176,6 +189,22 @@ impl Sim {
             )));
         }
         Ok(None)
+    }
+
+    /// An agent that does not name `owner` as the owner (it would neither acknowledge it nor
+    /// follow it as a replica).
+    fn not_following(&self, owner: NodeIdx) -> Option<NodeIdx> {
+        (0..self.agents.len() as NodeIdx).find(|&i| {
+            let core = self.agents[usize::from(i)].core.as_ref();
+            core.is_none_or(|c| c.owner(self.local(i)) != Some(owner))
+        })
+    }
+
+    fn view(&self, agent: NodeIdx) -> String {
+        match &self.agents[usize::from(agent)].core {
+            Some(c) => format!("term {}, role {:?}, grant {:?}", c.term(), c.role(), c.grant()),
+            None => "not running".into(),
+        }
     }
 
     /// The agent that holds a lease and whose host serves the VIP.
@@ -278,6 +307,10 @@ impl Sim {
                 Ok(())
             }
             Ev::Heal => self.heal(),
+            Ev::Rejoin { agent } => {
+                self.set_links(agent, true);
+                Ok(())
+            }
         }
     }
 

@@ -226,10 +226,34 @@ impl Sim {
             self.agents[best].eligible = true;
             self.health_due(best as NodeIdx);
         }
-        // Messages sent under the old faults may still be in flight (slow link plus delay),
-        // and a stall or freeze may still run its course.
+        let mut clean_from = self.now;
+        if let Some((agent, after)) = self.scenario.late_rejoin {
+            self.set_links(agent, false);
+            clean_from += us(after);
+            self.push(clean_from, Ev::Rejoin { agent });
+        }
+        // Messages sent under the old faults may still be in flight (slow link plus delay), a
+        // stall or freeze may still run its course, and a netlink request hung before the heal
+        // may still hold up the requests queued behind it.
         let longest = self.agents.iter().map(|a| a.lease).max().unwrap_or(lease);
-        self.healed_at = Some(self.now + 2 * us(self.scenario.max_delay).max(3 * us(longest)));
+        let hung = us(crate::vip::OP_TIMEOUT) + super::HANG_PAST_TIMEOUT;
+        let settle = (2 * us(self.scenario.max_delay).max(3 * us(longest))).max(hung);
+        self.healed_at = Some(clean_from + settle);
         Ok(())
+    }
+
+    /// Every link to and from `agent` up (or down).
+    pub(super) fn set_links(&mut self, agent: NodeIdx, up: bool) {
+        let a = usize::from(agent);
+        for (i, row) in self.net.up.iter_mut().enumerate() {
+            if i != a {
+                row[a] = up;
+            }
+        }
+        for (j, link) in self.net.up[a].iter_mut().enumerate() {
+            if j != a {
+                *link = up;
+            }
+        }
     }
 }

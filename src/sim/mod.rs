@@ -85,6 +85,9 @@ pub struct Scenario {
     pub chaos: Duration,
     /// Longest message delay the chaos may set.
     pub max_delay: Duration,
+    /// After the heal, this database agent stays cut off for this long — its failed
+    /// candidacies raise its term meanwhile — and must then follow the owner the others chose.
+    pub late_rejoin: Option<(NodeIdx, Duration)>,
 }
 
 impl Scenario {
@@ -108,6 +111,10 @@ impl Scenario {
             preempt_delay: rng.chance(300).then(|| Duration::from_millis(rng.range(0, 2000))),
             chaos: Duration::from_secs(rng.range(8, 20)),
             max_delay: lease * 2,
+            late_rejoin: rng.chance(500).then(|| {
+                let agent = rng.range(0, (n - witnesses - 1) as u64) as NodeIdx;
+                (agent, lease * rng.range(2, 5) as u32)
+            }),
         }
     }
 
@@ -205,6 +212,10 @@ enum Ev {
         to: NodeIdx,
     },
     Heal,
+    /// The agent cut off after the heal ([`Scenario::late_rejoin`]) is reachable again.
+    Rejoin {
+        agent: NodeIdx,
+    },
 }
 
 /// Who runs an event, and so what stops it: a dead process drops it, a frozen one delays it,
@@ -388,6 +399,9 @@ pub struct Sim {
     /// Who acquired each term: a term has at most one owner, ever.
     owners: std::collections::BTreeMap<Term, NodeIdx>,
 }
+
+/// How long past the task's timeout a hung netlink request may still apply (µs).
+const HANG_PAST_TIMEOUT: u64 = 3_000_000;
 
 fn us(d: Duration) -> u64 {
     d.as_micros() as u64

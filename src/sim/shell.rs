@@ -83,7 +83,7 @@ impl Sim {
         let late = !is_fence(op) && self.rng.chance(h.hang_per_mille);
         let slow = self.rng.chance(h.slow_per_mille);
         let latency = match (late, slow) {
-            (true, _) => wait + self.rng.range(0, 3_000_000),
+            (true, _) => wait + self.rng.range(0, super::HANG_PAST_TIMEOUT),
             (false, true) => self.rng.range(fast, h.slow_max.max(fast)).min(wait),
             (false, false) => fast,
         };

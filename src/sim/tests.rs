@@ -87,6 +87,11 @@ fn ci_seeds() -> u64 {
 /// the CI seeds on every core (a bug may also delay elections; only a broken safety invariant
 /// counts as caught).
 fn first_violation(mutation: Mutation) -> Violation {
+    first_matching(mutation, |v| v.safety)
+}
+
+/// Like [`first_violation`], for the first violation `wanted` accepts.
+fn first_matching(mutation: Mutation, wanted: impl Fn(&Violation) -> bool + Sync) -> Violation {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let seeds = ci_seeds();
     let found = std::sync::atomic::AtomicU64::new(u64::MAX);
@@ -94,6 +99,7 @@ fn first_violation(mutation: Mutation) -> Violation {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let found = &found;
+                let wanted = &wanted;
                 s.spawn(move || {
                     (0..seeds)
                         .filter(|seed| seed % threads == t)
@@ -102,7 +108,7 @@ fn first_violation(mutation: Mutation) -> Violation {
                             let v = Sim::new(seed, Some(mutation), false)
                                 .run()
                                 .err()
-                                .filter(|v| v.safety)?;
+                                .filter(|v| wanted(v))?;
                             found.fetch_min(seed, std::sync::atomic::Ordering::Relaxed);
                             Some(v)
                         })
@@ -144,4 +150,12 @@ caught! {
     catches_a_failed_removal_reported_as_done: Mutation::Shell(Shell::DroppedAfterFailedRemoval),
     catches_a_fence_open_past_the_lease: Mutation::Shell(Shell::FenceTooLong),
     catches_mixed_lease_accepted_on_the_wire: Mutation::MixedTimingAccepted,
+}
+
+#[test]
+fn catches_a_voter_that_never_follows_an_owner_of_an_older_term() {
+    let v = first_matching(Mutation::Core(Fault::NoAckBelowOwnTerm), |v| {
+        v.what.contains("does not follow the owner")
+    });
+    assert!(!v.safety);
 }

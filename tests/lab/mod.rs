@@ -113,6 +113,18 @@ pub fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs a command for a diagnostic: its output, or why there is none. Never panics.
+fn sh_out(args: &[&str]) -> String {
+    match Command::new(args[0]).args(&args[1..]).output() {
+        Ok(out) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("cannot run {args:?}: {e}\n"),
+    }
+}
+
 /// Checks that the lab can run here, with a clear message when it cannot.
 fn preflight(mysql: bool) {
     assert!(
@@ -611,6 +623,7 @@ impl Lab {
         let mut lab = Lab::new(bin, spec);
         lab.start_all();
         lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+        lab.expect_followed("db1", Duration::from_secs(3));
         lab
     }
 
@@ -1154,6 +1167,18 @@ impl Lab {
             self.logs()
         );
         t.elapsed()
+    }
+
+    /// Waits until every agent names `owner` as the owner (the others acknowledge it from the
+    /// first heartbeat after their post-restart quiet period); panics with the logs if not.
+    pub fn expect_followed(&self, owner: &str, limit: Duration) {
+        let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
+        let follows = |n: &String| self.status(n).and_then(|s| s.owner).as_deref() == Some(owner);
+        assert!(
+            wait_for(limit, || names.iter().all(follows)),
+            "not every agent names {owner} the owner within {limit:?}\n{}",
+            self.logs()
+        );
     }
 
     /// Asserts that no two hosts were ever seen holding `vip` at once.
@@ -1735,8 +1760,57 @@ fn sysctl(ns: &str, key: &str, value: &str) {
     ]);
 }
 
+impl Lab {
+    /// What each agent answers (or why it does not), what each host has and what each agent's
+    /// threads wait in: printed when a test fails, before anything is stopped.
+    fn failure_state(&self) -> String {
+        let mut all = String::new();
+        for h in &self.hosts {
+            let status = vipgate::control::request(&self.socket_path(&h.name), "status");
+            let status = status.unwrap_or_else(|e| format!("no answer: {e}"));
+            let addresses = sh_out(&["ip", "-n", &h.ns, "-br", "addr"]);
+            let neighbours = sh_out(&["ip", "-n", &h.ns, "neigh"]);
+            let _ = writeln!(
+                all,
+                "----- {} -----\nstatus: {status}\n{addresses}{neighbours}",
+                h.name
+            );
+            if let Some(c) = self.agents.get(&h.name) {
+                let _ = writeln!(all, "threads: {}", thread_states(c.id()));
+            }
+        }
+        all
+    }
+}
+
+/// Each thread of `pid` as name:state:wait-channel.
+fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "gone".into();
+    };
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let name = read(task.path().join("comm"));
+        let stat = read(task.path().join("stat"));
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("?");
+        let wchan = read(task.path().join("wchan"));
+        out.push(format!("{}:{state}:{wchan}", name.trim()));
+    }
+    out.join(" ")
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("lab {} failed; state:\n{}", self.prefix, self.failure_state());
+        }
         let agents = std::mem::take(&mut self.agents);
         let databases = std::mem::take(&mut self.databases);
         for (_, mut c) in agents.into_iter().chain(databases) {
