@@ -388,9 +388,16 @@ impl Sim {
     pub(super) fn refresh_health(&mut self, agent: NodeIdx) -> Result<(), Violation> {
         let local = self.local(agent);
         let a = &mut self.agents[usize::from(agent)];
-        if a.vip_fault_until.is_some_and(|u| local >= u) {
-            a.vip_fault_until = None;
+        match a.vip_fault_until {
+            Some(u) if local >= u => a.vip_fault_until = None,
+            // Its end was planned at the clock's rate then; the rate may have changed since.
+            Some(u) => {
+                let (epoch, at) = (a.epoch, a.clock.real(u));
+                self.push(at, Ev::HealthDue { agent, epoch });
+            }
+            None => {}
         }
+        let a = &mut self.agents[usize::from(agent)];
         a.told_eligible = a.eligible && a.vip_fault_until.is_none();
         let event = Event::Health {
             eligible: a.told_eligible,

@@ -322,8 +322,8 @@ struct Agent {
     /// request sent, so that later ones apply after it, as on one netlink socket.
     fifo: [[u64; 2]; 2],
     /// A fence opening is on its way until then (with its correction, if it comes back late).
-    /// A freeze or a kill waits for it: one landing inside it is the residual risk the model
-    /// leaves out (`docs/protocol.md` §8).
+    /// A freeze, a kill or a netlink denial waits for it: one landing inside it is the residual
+    /// risk the model leaves out (`docs/protocol.md` §8).
     fence_in_flight_until: u64,
     shell: Shell,
     kernel: Kernel,
