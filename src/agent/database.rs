@@ -290,7 +290,9 @@ impl Agent {
     pub(super) fn note_owner(&mut self) {
         let mut seen: Vec<(Term, crate::core::NodeIdx)> = Vec::new();
         let persisted = self.core.persisted();
-        if let Some(v) = persisted.voted_for {
+        // A vote for itself is a candidacy: whether it won shows in the role.
+        let voted = persisted.voted_for.filter(|v| *v != self.me);
+        if let Some(v) = voted {
             seen.push((persisted.term, v));
         }
         if self.core.role() == RoleKind::Owner {
@@ -307,7 +309,7 @@ impl Agent {
                 self.last_owner = Some(candidate);
             }
             // Every entry but a vote is a lease actually held.
-            let voted = i == 0 && persisted.voted_for.is_some();
+            let voted = i == 0 && voted.is_some();
             if !voted && self.last_holder.is_none_or(|(t, _)| candidate.0 > t) {
                 self.last_holder = Some(candidate);
                 // The region and anti-flap rules follow it, also after a restart.
@@ -316,6 +318,17 @@ impl Agent {
                 }
             }
         }
+        self.last_owner = newest_owner(self.last_owner, self.live_holder());
+    }
+
+    /// The lease held right now, as this node knows it: its own, or the one it acknowledges.
+    fn live_holder(&self) -> Option<(Term, crate::core::NodeIdx)> {
+        let now = clock::now();
+        if self.core.holds_lease(now) {
+            return Some((self.core.term(), self.me));
+        }
+        let grant = self.core.grant().filter(|g| now < g.until)?;
+        Some((grant.term, grant.to))
     }
 
     /// A new probe result: in promote mode, fence a writable database this node does not own.
@@ -686,5 +699,34 @@ impl Agent {
                 actions::kill_clients(&mysql, &password, deadline).await,
             ));
         });
+    }
+}
+
+/// The newest owner, given the one remembered (`last`, perhaps only voted for) and the lease
+/// held right now (`live`). Terms are won in increasing order, and no term is won while a lease
+/// is live, so a remembered vote for a term above the live lease's never won: the live holder
+/// is the newest owner whenever there is one — a node back from a partition follows the owner
+/// it acknowledges, not the candidate it once voted for.
+fn newest_owner(
+    last: Option<(Term, crate::core::NodeIdx)>,
+    live: Option<(Term, crate::core::NodeIdx)>,
+) -> Option<(Term, crate::core::NodeIdx)> {
+    live.or(last)
+}
+
+#[cfg(test)]
+mod newest_owner_tests {
+    use super::newest_owner;
+
+    #[test]
+    fn a_live_lease_older_than_a_remembered_vote_names_the_owner() {
+        // Voted for node 2 in term 5, now acknowledges node 1's lease of term 3.
+        assert_eq!(newest_owner(Some((5, 2)), Some((3, 1))), Some((3, 1)));
+        assert_eq!(newest_owner(Some((3, 1)), Some((3, 1))), Some((3, 1)));
+        assert_eq!(newest_owner(Some((2, 0)), Some((3, 1))), Some((3, 1)));
+        // No live lease: the remembered owner stands, even after it fell silent.
+        assert_eq!(newest_owner(Some((5, 2)), None), Some((5, 2)));
+        assert_eq!(newest_owner(None, Some((3, 1))), Some((3, 1)));
+        assert_eq!(newest_owner(None, None), None);
     }
 }

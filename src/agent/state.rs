@@ -25,6 +25,9 @@ pub struct StateError {
 struct OnDisk {
     term: Term,
     voted_for: Option<String>,
+    /// The highest owner term acknowledged (absent in files of earlier versions: none).
+    #[serde(default)]
+    acked: Term,
     /// The lease (ms) the persisted grant ran for: a restart keeps quiet at least this long.
     #[serde(default)]
     lease_ms: u64,
@@ -103,6 +106,7 @@ impl StateFile {
                 .as_ref()
                 .and_then(|id| self.ids.iter().position(|i| i == id))
                 .map(|i| i as NodeIdx),
+            acked: self.disk.acked,
             lease_ms: self.disk.lease_ms,
         }
     }
@@ -191,6 +195,7 @@ impl StateFile {
     pub fn save(&mut self, state: PersistentState) -> Result<(), StateError> {
         self.disk.term = state.term;
         self.disk.voted_for = state.voted_for.map(|i| self.ids[usize::from(i)].clone());
+        self.disk.acked = state.acked;
         self.disk.lease_ms = state.lease_ms;
         self.write()
     }
@@ -239,6 +244,7 @@ mod tests {
         s.save(PersistentState {
             term: 7,
             voted_for: Some(1),
+            acked: 6,
             lease_ms: 3000,
         })
         .unwrap();
@@ -246,6 +252,7 @@ mod tests {
         assert_eq!(s.persistent().term, 7);
         assert_eq!(s.persistent().voted_for, Some(1));
         assert_eq!(s.persistent().lease_ms, 3000, "a restart keeps quiet this long");
+        assert_eq!(s.persistent().acked, 6, "older claims stay refused");
         // A wall clock that went backwards still yields a greater boot id.
         assert_eq!(s.next_boot(10).unwrap(), 1001);
         assert_eq!(s.boot(), 1001);
@@ -275,6 +282,7 @@ mod tests {
         s.save(PersistentState {
             term: 3,
             voted_for: Some(2),
+            acked: 0,
             lease_ms: 1000,
         })
         .unwrap();
@@ -288,6 +296,7 @@ mod tests {
             PersistentState {
                 term: 3,
                 voted_for: None,
+                acked: 0,
                 lease_ms: 1000,
             }
         );

@@ -146,6 +146,10 @@ pub struct PersistentState {
     pub term: Term,
     /// Whom it voted for (or acknowledged as owner) in `term`.
     pub voted_for: Option<NodeIdx>,
+    /// Highest owner term it acknowledged a claim of (never decreases). A claim of an older
+    /// term is stale — that owner's lease ended before this one began — and is refused, also
+    /// after a restart, when the replay filter starts empty and a captured claim would pass it.
+    pub acked: Term,
     /// The lease (L, in ms) its grants ran for. A restart with another `lease_ms` keeps quiet
     /// for the longer of the two: grants made before the restart may still be live.
     pub lease_ms: u64,
@@ -351,6 +355,9 @@ pub(crate) enum Fault {
     AckOlderTermOfGrantee,
     /// An ack for a term below the voter's own keeps the vote it cast in its own term.
     VoteKeptAfterOlderAck,
+    /// A voter acknowledges a claim older than one it acknowledged before (after a restart,
+    /// a replayed claim of a dead owner).
+    AckedTermForgotten,
 }
 
 pub struct Core {
@@ -753,7 +760,15 @@ impl Core {
         {
             return false;
         }
-        term > self.released[usize::from(owner)]
+        term > self.released[usize::from(owner)] && !self.older_than_acked(term)
+    }
+
+    fn older_than_acked(&self, term: Term) -> bool {
+        #[cfg(test)]
+        if self.fault == Some(Fault::AckedTermForgotten) {
+            return false;
+        }
+        term < self.persisted.acked
     }
 
     /// The lease an acknowledged message gives the owner ([`Settings::owner_lease`]).
@@ -830,9 +845,14 @@ impl Core {
     }
 
     fn persist(&mut self, term: Term, voted_for: Option<NodeIdx>, out: &mut Vec<Action>) {
+        self.persist_with(term, voted_for, self.persisted.acked, out);
+    }
+
+    fn persist_with(&mut self, term: Term, voted_for: Option<NodeIdx>, acked: Term, out: &mut Vec<Action>) {
         let state = PersistentState {
             term,
             voted_for,
+            acked,
             lease_ms: self.s.lease_ms(),
         };
         if self.persisted != state {
@@ -849,10 +869,11 @@ impl Core {
         if self.fault == Some(Fault::VoteKeptAfterOlderAck) && term < self.persisted.term {
             return;
         }
+        let acked = self.persisted.acked.max(term);
         if term >= self.persisted.term {
-            self.persist(term, Some(owner), out);
+            self.persist_with(term, Some(owner), acked, out);
         } else {
-            self.persist(self.persisted.term, None, out);
+            self.persist_with(self.persisted.term, None, acked, out);
         }
     }
 
@@ -1360,6 +1381,7 @@ mod tests {
             *a == Action::Persist(PersistentState {
                 term: 4,
                 voted_for: Some(0),
+                acked: 0,
                 lease_ms: 1000,
             })
         });
@@ -1756,21 +1778,48 @@ mod tests {
         sent_vote(&from(&mut v, 2700, 1, better_request(5))) == Some(true)
     }
 
+    /// Voter 2 restarts after acknowledging node 1's lease of term 3. Past its quiet period a
+    /// captured claim of the dead node 0's term 2 is replayed to it (its replay filter starts
+    /// empty); then node 1 asks for votes in term 4. Returns whether it got the vote.
+    fn votes_after_a_replayed_older_claim(fault: Option<Fault>) -> bool {
+        let p = PersistentState {
+            term: 3,
+            voted_for: Some(1),
+            acked: 3,
+            lease_ms: 1000,
+        };
+        let mut v = Core::new(settings(2), p, t(0));
+        if let Some(f) = fault {
+            v.inject(f, t(0));
+        }
+        let replayed = from(&mut v, 1100, 0, claim(2, 17));
+        assert_eq!(acked(&replayed), fault.is_some(), "{replayed:?}");
+        sent_vote(&from(&mut v, 1200, 1, better_request(4))) == Some(true)
+    }
+
+    #[test]
+    fn a_replayed_claim_older_than_an_acknowledged_one_is_refused_after_a_restart() {
+        assert!(votes_after_a_replayed_older_claim(None));
+        assert!(!votes_after_a_replayed_older_claim(Some(
+            Fault::AckedTermForgotten
+        )));
+    }
+
     #[test]
     fn an_ack_for_an_older_term_withdraws_the_vote_of_the_voters_own_term() {
         assert!(!repeated_vote_beside_an_ack(None));
         assert!(repeated_vote_beside_an_ack(Some(Fault::VoteKeptAfterOlderAck)));
     }
 
-    /// Voter 2 acks node 0 in term 4; a stale claim and then a stale release of node 0's term 2
-    /// arrive; node 1 asks for votes in term 5. Returns whether it got one while node 0's
-    /// lease, counted from the term-4 ack, is live.
+    /// Voter 2 votes for node 0 in term 4 (it has acknowledged no claim yet); a stale claim
+    /// and then a stale release of node 0's term 2 arrive; node 1 asks for votes in term 5.
+    /// Returns whether it got one while node 0's lease, counted from the vote, is live.
     fn vote_after_a_stale_release(fault: Option<Fault>) -> bool {
         let mut v = healthy(2, t(0));
         if let Some(f) = fault {
             v.inject(f, t(0));
         }
-        assert!(acked(&from(&mut v, 1500, 0, claim(4, 1))));
+        assert_eq!(sent_vote(&from(&mut v, 1500, 0, better_request(4))), Some(true));
         from(&mut v, 1600, 0, claim(2, 1));
         let release = Message::Release(Release {
             term: 2,

@@ -4,9 +4,10 @@
 //! A receiver keeps the highest pair accepted per sender and drops anything not newer, so a
 //! captured datagram can be delivered at most once, and never after a newer one. The boot id
 //! grows across restarts of the sender (see `docs/protocol.md`), so datagrams from an earlier
-//! run are refused too. After a *receiver* restart the table is empty; a replay of a recent
-//! datagram is then accepted once, which the core tolerates (it ignores stale terms and does
-//! not vote or acknowledge during its first lease).
+//! run are refused too. After a *receiver* restart the table is empty; datagrams captured
+//! before are then accepted once each, which the core tolerates: it neither votes nor
+//! acknowledges during its first lease, votes only in terms above its persisted one, and refuses
+//! lease claims older than the newest it acknowledged (persisted too).
 
 use super::wire::{Codec, DropReason, Envelope, Notice};
 use crate::core::{Message, NodeIdx};

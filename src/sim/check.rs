@@ -112,8 +112,11 @@ impl Sim {
     }
 
     pub(super) fn check_persist(&self, agent: NodeIdx, state: PersistentState) -> Result<(), Violation> {
-        if state.term < self.agents[usize::from(agent)].durable.term {
-            return Err(self.fail(format!("agent {agent} persisted a lower term {}", state.term)));
+        let durable = self.agents[usize::from(agent)].durable;
+        if state.term < durable.term || state.acked < durable.acked {
+            return Err(self.fail(format!(
+                "agent {agent} persisted a lower term or acknowledged term: {state:?} after {durable:?}"
+            )));
         }
         Ok(())
     }
@@ -134,6 +137,7 @@ impl Sim {
             // An ack for a term below the agent's own leaves no vote of its own term standing.
             Message::Ack(x) => {
                 lease_ok
+                    && d.acked >= x.term
                     && ((d.term == x.term && d.voted_for == to) || (d.term > x.term && d.voted_for.is_none()))
             }
             Message::VoteRequest(r) => d.term == r.term && d.voted_for == Some(agent),
