@@ -23,6 +23,11 @@ fn main() {
     let runs: usize = args
         .next()
         .map_or(10, |r| r.parse().expect("RUNS must be a number"));
+    // `killed`: only the killed-agent runs.
+    if args.next().as_deref() == Some("killed") {
+        killed_agent_runs(&bin, runs);
+        return;
+    }
     // (name, interval, lease, with MariaDB and writes, planned switchover instead of a crash)
     let profiles = [
         (
@@ -175,9 +180,12 @@ fn killed_agent_runs(bin: &std::path::Path, runs: usize) {
                 mysql: Some("promote"),
                 ..Spec::default()
             };
-            let Some((s, g, b, l)) = kill_agent_once(bin, spec) else {
-                eprintln!("killed agent, {name}, run {run}: no takeover measured");
-                continue;
+            let (s, g, b, l) = match kill_agent_once(bin, spec) {
+                Ok(measured) => measured,
+                Err(why) => {
+                    eprintln!("killed agent, {name}, run {run}: no takeover measured: {why}");
+                    continue;
+                }
             };
             println!(
                 "killed agent, {name}, run {run}: db1 stopped {s:.0} ms after the kill, gap {g:.0} ms, both served {b}, lost {l}"
@@ -203,30 +211,36 @@ fn killed_agent_runs(bin: &std::path::Path, runs: usize) {
 }
 
 /// One run: (the owner stopped serving after the kill, gap until its successor served, pairs of
-/// replies from both within 10 ms, acknowledged rows missing on the successor), or `None` if no
-/// takeover was seen.
-fn kill_agent_once(bin: &std::path::Path, spec: Spec) -> Option<(f64, f64, usize, usize)> {
+/// replies from both within 10 ms, acknowledged rows missing on the successor), or why no
+/// takeover was measured, with the agents' logs.
+fn kill_agent_once(bin: &std::path::Path, spec: Spec) -> Result<(f64, f64, usize, usize), String> {
     let mut lab = Lab::new(bin, spec);
     lab.start_all();
-    wait_for(Duration::from_secs(10), || {
+    let fail = |why: &str, lab: &Lab| Err(format!("{why}\n{}", lab.logs()));
+    if !wait_for(Duration::from_secs(10), || {
         lab.observer().sole_holder(VIP4, "db1")
-    })
-    .then_some(())?;
+    }) {
+        return fail("db1 never held the VIP alone", &lab);
+    }
     let probes = lab.serve_probes();
     let writer = lab.writer();
     // Let db1's announcements age past the clients' ARP lock time, as a settled owner's have.
     std::thread::sleep(Duration::from_millis(1600));
+    let Some(last_before) = probes.last("db1") else {
+        return fail("db1 held the VIP but never answered for it", &lab);
+    };
     let killed = unix_now();
     lab.kill("db1");
-    wait_for(Duration::from_secs(10), || {
+    if !wait_for(Duration::from_secs(10), || {
         probes.first_after("db2", killed).is_some()
-    })
-    .then_some(())?;
+    }) {
+        return fail("db2 never answered for the VIP", &lab);
+    }
     wait_for(Duration::from_secs(5), || writer.last_server() == 2);
     let acked = writer.finish();
-    let last = probes.last("db1")?;
-    let first = probes.first_after("db2", killed)?;
+    let last = probes.last("db1").unwrap_or(last_before);
+    let first = probes.first_after("db2", killed).expect("seen above");
     let both = probes.both_served_within(Duration::from_millis(10)).len();
     let lost = lab.missing_rows("db2", &acked).len();
-    Some(((last - killed) * 1000.0, (first - last) * 1000.0, both, lost))
+    Ok(((last - killed) * 1000.0, (first - last) * 1000.0, both, lost))
 }
