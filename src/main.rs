@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use vipgate::config::{Config, ConfigErrors};
 
 #[derive(Parser)]
@@ -218,13 +220,23 @@ fn run(file: &Path, node: Option<&str>, format: LogFormat) -> Result<(), String>
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false);
+    // The DNS library logs every query at INFO: a query flood would bury the agent's own
+    // messages (and journald's rate limit would drop them).
+    let quiet = tracing::Level::WARN;
+    let targets = tracing_subscriber::filter::Targets::new()
+        .with_default(level)
+        .with_target("hickory_server", quiet)
+        .with_target("hickory_proto", quiet)
+        .with_target("hickory_net", quiet);
     // systemd sets JOURNAL_STREAM when stderr goes to the journal, which stamps every line.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     match format {
-        LogFormat::Json => logs.json().with_current_span(false).init(),
-        LogFormat::Human if journald => logs.without_time().with_ansi(false).init(),
+        LogFormat::Json => logs.json().with_current_span(false).finish().with(targets).init(),
+        LogFormat::Human if journald => logs.without_time().with_ansi(false).finish().with(targets).init(),
         LogFormat::Human => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .with(targets)
             .init(),
     }
     abort_on_panic();

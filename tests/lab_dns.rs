@@ -405,3 +405,109 @@ fn a_rejected_key_is_reported_and_a_stale_compare_and_swap_is_refused() {
     assert_eq!(a, VIP4);
     assert!(txt.contains("owner=db1"), "{txt}");
 }
+
+/// Opens up to `n` TCP connections to every agent's DNS port from the client namespace and
+/// keeps them open until `stop`; returns how many were established.
+fn hold_dns_connections(
+    lab: &Lab,
+    n: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let ns = lab.client.ns.clone();
+    std::thread::spawn(move || {
+        lab::enter_netns(&ns);
+        // The attacker's own descriptors: as many as its hard limit allows.
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+        let mut held = Vec::new();
+        for _ in 0..n {
+            for (_, ip) in AGENTS {
+                let at: std::net::SocketAddr = format!("{ip}:53").parse().unwrap();
+                if let Ok(s) = std::net::TcpStream::connect_timeout(&at, Duration::from_millis(200)) {
+                    held.push(s);
+                }
+            }
+        }
+        let count = held.len();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        count
+    })
+}
+
+fn open_descriptors(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn a_client_holding_a_thousand_dns_connections_starves_no_agent_and_stops_no_failover() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_vipgate"));
+    let spec = Spec {
+        dns: Some("ttl = 5\n".into()),
+        ..Spec::default()
+    };
+    let mut lab = Lab::new(bin, spec);
+    // The soft limit the reported attack exhausted, made the hard one too.
+    for (name, _) in AGENTS {
+        lab.start_as(name, &["prlimit", "--nofile=1024:1024", "--"], &[], &[]);
+    }
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    lab.expect_followed("db1", Duration::from_secs(3));
+    let (status, _, records) = ask(&lab, "192.0.2.12", "primary.db.example.test.", "A", &["+tcp"]);
+    assert_eq!(
+        (status.as_str(), records.len()),
+        ("NOERROR", 1),
+        "over TCP before the attack"
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attack = hold_dns_connections(&lab, 1100, stop.clone());
+    std::thread::sleep(Duration::from_secs(4));
+    for (name, _) in AGENTS {
+        let fds = open_descriptors(lab.pid(name));
+        println!("{name} holds {fds} descriptors under attack");
+        assert!(fds < 300, "{name} holds {fds} descriptors\n{}", lab.logs());
+        assert!(
+            lab.status(name).is_some(),
+            "{name}'s control socket does not answer"
+        );
+    }
+    // Another source is still answered over TCP: the caps are per source, too.
+    let from_w1 = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.host("w1").ns,
+            "dig",
+            "+tcp",
+            "+time=2",
+            "+tries=2",
+            "+short",
+        ])
+        .args(["@192.0.2.12", "primary.db.example.test.", "A"])
+        .output()
+        .expect("dig");
+    assert_eq!(
+        String::from_utf8_lossy(&from_w1.stdout).trim(),
+        VIP4,
+        "a TCP query from another host is answered beside the attack"
+    );
+    lab.kill("db1");
+    let killed = std::time::Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(5), || lab
+            .status("db2")
+            .is_some_and(|s| s.role == "owner")),
+        "db2 did not take over under the attack\n{}",
+        lab.logs()
+    );
+    println!(
+        "db2 owned {:?} after db1's agent was killed, under the attack",
+        killed.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let held = attack.join().unwrap();
+    println!("the client had {held} connections established");
+    assert!(held > 24, "the attack never got going: {held} connections");
+    assert!(!lab.logs().contains("Too many open files"), "{}", lab.logs());
+}

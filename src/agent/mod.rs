@@ -84,6 +84,8 @@ pub fn run(config: Config, me: NodeIdx) -> Result<(), String> {
     // worker threads, so that the fsync the loop waits for never delays the VIP's deadline.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Netlink requests run on blocking threads: bounded well inside the unit's TasksMax.
+        .max_blocking_threads(64)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
@@ -234,6 +236,7 @@ async fn db_changed(db: &mut Option<watch::Receiver<DbStatus>>) -> Result<(), wa
 impl Agent {
     async fn start(config: Config, me: NodeIdx) -> Result<Agent, String> {
         start::check_capabilities(&config)?;
+        start::check_descriptors(&config, me);
         let secret = config.read_secret().map_err(|e| e.to_string())?;
         let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();
         let mut state = StateFile::open(&config.cluster.state_dir, ids.clone()).map_err(|e| e.to_string())?;
@@ -1150,6 +1153,7 @@ impl Agent {
                         ("SERVFAIL", count(|c| &c.servfail)),
                         ("REFUSED", count(|c| &c.refused)),
                         ("other", count(|c| &c.other)),
+                        ("malformed", count(|c| &c.malformed)),
                     ]
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))

@@ -31,6 +31,37 @@ pub(super) fn check_capabilities(config: &Config) -> Result<(), String> {
     ))
 }
 
+/// Raises the soft descriptor limit to the hard one, and says so if it stays below what the
+/// capped listeners of this node and the agent itself may hold together: clients could then
+/// exhaust the descriptors a failover's persist needs.
+pub(super) fn check_descriptors(config: &Config, me: NodeIdx) {
+    use crate::net::admission::{Caps, descriptor_budget};
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let mut caps: Vec<Caps> = vec![crate::dns::TCP_CAPS; config.nodes[usize::from(me)].dns.len()];
+    if config.control.http.is_some() {
+        caps.push(crate::control::http::CAPS);
+    }
+    caps.push(Caps {
+        total: crate::control::MAX_CLIENTS,
+        per_source: crate::control::MAX_CLIENTS,
+    });
+    let need = descriptor_budget(&caps);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    // Under the unit's system call filter this fails; LimitNOFILE sets the limit there.
+    let soft = match soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        true => hard,
+        false => soft,
+    };
+    if soft < need {
+        tracing::warn!(
+            "the descriptor limit ({soft}) is below what this node's listeners and the agent may hold ({need}): \
+             many clients could starve a failover\n  fix: raise it (systemd: LimitNOFILE=65536; shell: ulimit -n)"
+        );
+    }
+}
+
 /// The node's UDP socket; binding it also proves this is the one agent of the node, on its host.
 pub(super) async fn bind(config: &Config, me: NodeIdx) -> Result<(UdpSocket, SocketAddr), String> {
     let node = &config.nodes[usize::from(me)];

@@ -1,18 +1,24 @@
 //! `[control] http`: `GET /metrics` (Prometheus text format) and `GET /status` (the JSON of
 //! `vipgate status --json`), answered by the agent loop like the control socket. A minimal
-//! HTTP/1.1 server: one request per connection, bounded in size, time and concurrency.
+//! HTTP/1.1 server: one request per connection, bounded in size, time and concurrency (overall
+//! and per source).
 
 use super::Request;
+use crate::net::admission::{Caps, serve_capped};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 const MAX_REQUEST: usize = 4096;
+/// From accept to close: a slow or idle client holds its slot no longer.
 const TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_CONNECTIONS: usize = 16;
+/// A few sources holding slots cannot crowd out a scraper.
+pub const CAPS: Caps = Caps {
+    total: 64,
+    per_source: 4,
+};
 
 /// Binds `addr` and serves it until the runtime stops.
 pub async fn serve(addr: SocketAddr, requests: mpsc::Sender<Request>) -> Result<(), String> {
@@ -21,23 +27,8 @@ pub async fn serve(addr: SocketAddr, requests: mpsc::Sender<Request>) -> Result<
             "cannot serve HTTP on {addr}: {e}\n  fix: check [control] http (this host's address, a free port)"
         )
     })?;
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            // Over the limit: the connection is closed at once.
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                continue;
-            };
-            let requests = requests.clone();
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(TIMEOUT, answer(stream, requests)).await;
-                drop(slot);
-            });
-        }
-    });
+    let serve = move |stream, _peer| answer(stream, requests.clone());
+    tokio::spawn(serve_capped(listener, CAPS, TIMEOUT, "HTTP", serve));
     Ok(())
 }
 

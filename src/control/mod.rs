@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 const MAX_REQUEST: u64 = 256;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Control clients served at once.
+pub const MAX_CLIENTS: usize = 16;
 
 /// The embedded name server of one agent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -175,41 +177,69 @@ pub fn serve(path: &Path, requests: mpsc::Sender<Request>) -> Result<(), String>
                 path.display()
             ));
         }
+        let is_socket = std::fs::symlink_metadata(path)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+        if !is_socket {
+            return Err(format!(
+                "{} exists and is not a socket: vipgate removes only a stale socket of its own\n  \
+                 fix: move that file away, or set [control] socket to another path",
+                path.display()
+            ));
+        }
         std::fs::remove_file(path).map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?;
     }
     let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let requests = requests.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut line = String::new();
-                let mut reader = BufReader::new(read.take(MAX_REQUEST));
-                let read = tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await;
-                if !matches!(read, Ok(Ok(n)) if n > 0) {
-                    return;
-                }
-                let (tx, rx) = oneshot::channel();
-                let request = Request {
-                    command: line.trim().to_string(),
-                    reply: tx,
-                };
-                if requests.send(request).await.is_err() {
-                    return;
-                }
-                if let Ok(Ok(answer)) = tokio::time::timeout(CLIENT_TIMEOUT, rx).await {
-                    let _ = write.write_all(answer.as_bytes()).await;
-                    let _ = write.write_all(b"\n").await;
-                }
-            });
-        }
-    });
+    tokio::spawn(accept_loop(listener, requests));
     Ok(())
+}
+
+/// Serves the control socket: at most [`MAX_CLIENTS`] at once, each within twice
+/// [`CLIENT_TIMEOUT`]; out of descriptors, it waits instead of spinning.
+async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Request>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let mut errors = crate::net::admission::AcceptErrors::default();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                errors.note("control socket", &e);
+                tokio::time::sleep(crate::net::admission::accept_backoff(&e)).await;
+                continue;
+            }
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(2 * CLIENT_TIMEOUT, answer(stream, requests)).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn answer(stream: tokio::net::UnixStream, requests: mpsc::Sender<Request>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST));
+    let read = tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await;
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        return;
+    }
+    let (tx, rx) = oneshot::channel();
+    let request = Request {
+        command: line.trim().to_string(),
+        reply: tx,
+    };
+    if requests.send(request).await.is_err() {
+        return;
+    }
+    if let Ok(Ok(answer)) = tokio::time::timeout(CLIENT_TIMEOUT, rx).await {
+        let _ = write.write_all(answer.as_bytes()).await;
+        let _ = write.write_all(b"\n").await;
+    }
 }
 
 /// Sends `command` to the agent at `path` and returns its answer.
@@ -436,4 +466,20 @@ fn describe_db(db: &DbStatus) -> String {
         parts.push(v.clone());
     }
     parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_not_a_socket_is_left_alone_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        std::fs::write(&path, "an operator's notes").unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let err = serve(&path, tx).unwrap_err();
+        assert!(err.contains("is not a socket") && err.contains("fix:"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "an operator's notes");
+    }
 }

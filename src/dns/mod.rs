@@ -4,10 +4,14 @@
 //! hickory's `Catalog` and in-memory zone handler serve static records; the primary record here
 //! depends on live ownership state and must fail (SERVFAIL) on an agent that does not know the
 //! owner with quorum. So a small [`RequestHandler`] of our own answers from [`zone::Zone`] and
-//! the agent's latest [`View`]; hickory still does the transport, parsing and framing.
+//! the agent's latest [`View`]; hickory still does the UDP transport, parsing and framing. TCP
+//! connections are accepted by [`tcp`], which caps them.
 
+mod tcp;
 pub mod update;
 pub mod zone;
+
+pub use tcp::CAPS as TCP_CAPS;
 
 use crate::agent::clock;
 use crate::core::Instant;
@@ -18,16 +22,12 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 use tokio::sync::watch;
 use zone::{Owner, Zone};
 
 /// Longest query answered: one question (a name is at most 255 bytes) with its header and an
 /// EDNS record fits well within it; anything longer carries something that is not a question.
 const MAX_QUERY: usize = 512;
-
-/// Idle TCP connections are closed after this.
-const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the agent knows, as the name server needs it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,6 +48,8 @@ pub struct Counters {
     pub servfail: AtomicU64,
     pub refused: AtomicU64,
     pub other: AtomicU64,
+    /// TCP queries that were not DNS requests (the connection is closed).
+    pub malformed: AtomicU64,
 }
 
 impl Counters {
@@ -77,6 +79,20 @@ fn fallback(request: &Request, rcode: ResponseCode) -> ResponseInfo {
         metadata,
         counts: HeaderCounts::default(),
     })
+}
+
+/// The handler, shared by hickory's UDP server and the agent's own TCP listener.
+struct Shared(Arc<Handler>);
+
+#[async_trait::async_trait]
+impl RequestHandler for Shared {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response: R,
+    ) -> ResponseInfo {
+        self.0.handle_request::<R, T>(request, response).await
+    }
 }
 
 #[async_trait::async_trait]
@@ -158,11 +174,12 @@ pub async fn start(
     view: watch::Receiver<View>,
 ) -> Result<Arc<Counters>, String> {
     let counters = Arc::new(Counters::default());
-    let mut server = Server::new(Handler {
+    let handler = Arc::new(Handler {
         zone,
         view,
         counters: counters.clone(),
     });
+    let mut server = Server::new(Shared(handler.clone()));
     for ip in addresses {
         let at = SocketAddr::new(*ip, port);
         let fix = |e: std::io::Error| {
@@ -174,7 +191,7 @@ pub async fn start(
         let udp = tokio::net::UdpSocket::bind(at).await.map_err(fix)?;
         let tcp = tokio::net::TcpListener::bind(at).await.map_err(fix)?;
         server.register_socket(udp);
-        server.register_listener(tcp, TCP_TIMEOUT, 4096);
+        tokio::spawn(tcp::serve(tcp, handler.clone()));
     }
     tokio::spawn(async move {
         if let Err(e) = server.block_until_done().await {
