@@ -115,6 +115,9 @@ const DEFAULT_CONFIG: &str = "/etc/vipgate/vipgate.toml";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        end_quietly_on_a_closed_pipe();
+    }
     let result = match cli.command {
         Command::CheckConfig { file, node, probe } => check_config(&file, node.as_deref())
             .map_err(|e| e.to_string())
@@ -192,6 +195,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command whose output is cut short (`vipgate check-config … | head`) ends as other
+/// command-line tools do, by SIGPIPE, instead of panicking in `println!`. Not for the agent,
+/// which must outlive any client that closes its end of a socket.
+fn end_quietly_on_a_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: the default action, set before any other thread exists.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// This node: `--node`, or the host name, which must then be a member.

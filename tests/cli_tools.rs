@@ -56,3 +56,30 @@ fn status_exit_codes_tell_scripts_what_happened() {
     let (code, _, err) = vipgate(&["status", "--json", "--watch", "--socket", socket]);
     assert_eq!(code, Some(2), "--json and --watch conflict: {err}");
 }
+
+#[test]
+fn output_to_a_closed_pipe_ends_the_command_without_a_panic() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    for args in [&["completions", "bash"][..], &["man"][..]] {
+        // Like `| head` that has already exited: the reading end is closed before the command
+        // writes anything.
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vipgate"))
+            .args(args)
+            .stdout(std::process::Stdio::from(write))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run vipgate");
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let status = child.wait().unwrap();
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(
+            status.signal(),
+            Some(nix::sys::signal::Signal::SIGPIPE as i32),
+            "{args:?}: {status:?} {err}"
+        );
+    }
+}

@@ -120,8 +120,35 @@ pub(super) fn absolute_name(name: &str) -> Option<String> {
     (name.len() <= 253 && name.split('.').all(valid_label)).then(|| format!("{name}."))
 }
 
+/// Names the agents build inside `zone` (`<record>`, `_owner`, one per serving node) must fit
+/// a DNS name: at most 253 characters, 255 bytes on the wire.
+fn check_names_fit(raw: &RawDns, zone: &str, record: &str, servers: &[String], p: &mut Problems<'_>) {
+    let room = 253usize.saturating_sub(zone.trim_end_matches('.').len() + 1);
+    let mut built = vec![("record", record), ("zone", "_owner")];
+    if raw.rname.is_none() {
+        built.push(("zone", "hostmaster"));
+    }
+    for (key, label) in built {
+        if label.len() > room {
+            p.add(
+                &[Seg::Key("dns"), Seg::Key(key)],
+                format!("{label}.{zone} is longer than a DNS name may be (253 characters)"),
+                "use a shorter zone or record label",
+            );
+        }
+    }
+    for id in servers.iter().filter(|id| id.len() > room) {
+        p.add(
+            &[Seg::Key("dns"), Seg::Key("zone")],
+            format!("node {id}'s name server {id}.{zone} is longer than a DNS name may be (253 characters)"),
+            "use a shorter zone, or a shorter node id",
+        );
+    }
+}
+
 pub(super) fn validate(
     raw: &RawDns,
+    servers: &[String],
     first_server: Option<&str>,
     base: &Path,
     p: &mut Problems<'_>,
@@ -185,6 +212,7 @@ pub(super) fn validate(
         );
     }
     let zone = zone?;
+    check_names_fit(raw, &zone, &record, servers, p);
     let name = |key: &'static str, value: &Option<String>, default: Option<String>, p: &mut Problems<'_>| {
         match value {
             Some(v) => absolute_name(v).or_else(|| {

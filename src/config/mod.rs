@@ -253,11 +253,12 @@ impl Config {
         let control = vip::validate_control(&raw.control, base, &mut p);
         let mysql = raw.mysql.as_ref().and_then(|m| mysql::validate(m, base, &mut p));
         validate_dns_listen(&raw.node, raw.dns.is_some(), &mut nodes, &mut p);
-        let first_server = nodes
+        let servers: Vec<String> = nodes
             .iter()
             .filter(|n| !n.dns.is_empty())
             .map(|n| n.id.to_ascii_lowercase())
-            .min();
+            .collect();
+        let first_server = servers.iter().min().cloned();
         let pushes = raw.dns.as_ref().is_some_and(|d| d.pushes());
         if raw.dns.is_some() && first_server.is_none() && !pushes && p.list.is_empty() {
             p.add(
@@ -269,7 +270,7 @@ impl Config {
         let dns = raw
             .dns
             .as_ref()
-            .and_then(|d| dns::validate(d, first_server.as_deref(), base, &mut p));
+            .and_then(|d| dns::validate(d, &servers, first_server.as_deref(), base, &mut p));
         let hooks = hooks::validate(&raw.hooks, base, &mut p);
         if p.list.is_empty() {
             nodes.sort_by(|a, b| a.id.cmp(&b.id));

@@ -519,3 +519,22 @@ fn hooks_are_optional_and_resolved_against_the_file() {
     let e = only_error(&format!("{GOOD}\n[hooks]\nfence = [\"\"]\n"));
     assert_eq!(e.field, "hooks.fence[0]");
 }
+
+#[test]
+fn names_built_inside_a_long_zone_must_fit_a_dns_name() {
+    let label = "z".repeat(62);
+    let zone = [label.as_str(); 4].join(".");
+    let errors = parse(&format!("{GOOD}\n[dns]\nzone = \"{zone}\"\n"))
+        .unwrap_err()
+        .0;
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|e| e.contains("node db1's name server") && e.contains("253 characters")),
+        "{text:#?}"
+    );
+    assert!(text.iter().any(|e| e.contains("_owner.")), "{text:#?}");
+    // Short enough for every name built in it: accepted.
+    let zone = [label.as_str(); 3].join(".");
+    assert!(parse(&format!("{GOOD}\n[dns]\nzone = \"{zone}\"\n")).is_ok());
+}
