@@ -8,6 +8,7 @@ use crate::core::{NodeIdx, PersistentState, Term};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const FILE_NAME: &str = "state.toml";
@@ -51,6 +52,9 @@ struct OnDisk {
 /// The open state file of one agent.
 pub struct StateFile {
     dir: PathBuf,
+    /// The directory, open for the life of the agent: syncing it after a rename needs no new
+    /// descriptor, whatever else holds descriptors then.
+    dir_handle: File,
     path: PathBuf,
     ids: Vec<String>,
     disk: OnDisk,
@@ -87,8 +91,15 @@ impl StateFile {
                 ));
             }
         };
+        let dir_handle = File::open(dir).map_err(|e| {
+            error(
+                format!("cannot open the state directory: {e}"),
+                "set [cluster] state_dir to a directory vipgate may read and write",
+            )
+        })?;
         Ok(StateFile {
             dir: dir.to_path_buf(),
+            dir_handle,
             path,
             ids,
             disk,
@@ -210,18 +221,27 @@ impl StateFile {
         };
         let text = toml::to_string(&self.disk).expect("the state serialises");
         let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
+        // A temporary file left by a crash mid-write goes first; the new one is created afresh,
+        // owner-only, never through a link planted in its place.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(error("remove the old temporary state file", e));
+            }
+            _ => {}
+        }
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(&tmp)
             .map_err(|e| error("create the temporary state file", e))?;
         f.write_all(text.as_bytes())
             .and_then(|()| f.sync_all())
             .map_err(|e| error("write the temporary state file", e))?;
         fs::rename(&tmp, &self.path).map_err(|e| error("replace the state file", e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
+        self.dir_handle
+            .sync_all()
             .map_err(|e| error("sync the state directory", e))?;
         Ok(())
     }
@@ -309,5 +329,25 @@ mod tests {
         let e = StateFile::open(dir.path(), ids()).err().unwrap().to_string();
         assert!(e.contains("state.toml"), "{e}");
         assert!(e.contains("damaged") && e.contains("delete it"), "{e}");
+    }
+
+    #[test]
+    fn the_state_file_is_owner_only_and_a_leftover_or_planted_temporary_file_is_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "untouched").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("state.toml.tmp")).unwrap();
+        let mut s = StateFile::open(dir.path(), ids()).unwrap();
+        s.next_boot(1000).unwrap();
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "untouched");
+        let mode = std::fs::metadata(dir.path().join("state.toml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(dir.path().join("state.toml.tmp"), "left by a crash").unwrap();
+        s.next_boot(1000).unwrap();
+        assert_eq!(StateFile::open(dir.path(), ids()).unwrap().boot(), 1001);
     }
 }

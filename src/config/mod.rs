@@ -31,6 +31,8 @@ use std::time::Duration;
 
 /// Minimum length of the cluster secret (HMAC-SHA256 key), in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
+/// The shortest TSIG secret accepted (decoded): 128 bits.
+pub const MIN_TSIG_LEN: usize = 16;
 pub const DEFAULT_PORT: u16 = 6987;
 
 #[derive(Debug, Deserialize)]
@@ -409,6 +411,15 @@ impl Config {
                     "copy only the secret \"…\" from the server's key statement into the file".into(),
                 )
             })?;
+        if decoded.len() < MIN_TSIG_LEN {
+            return Err(error(
+                format!(
+                    "{shown} holds a TSIG secret of {} bytes; at least {MIN_TSIG_LEN} are needed",
+                    decoded.len()
+                ),
+                "generate one with `tsig-keygen -a hmac-sha256 vipgate-key` (32 bytes) on the server and copy its secret".into(),
+            ));
+        }
         Ok(Some(Secret::from_bytes(decoded)))
     }
 

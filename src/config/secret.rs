@@ -3,10 +3,10 @@
 
 use std::fmt;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Key material. Never printed.
+/// Key material. Never printed; its bytes are overwritten when it is dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Vec<u8>);
 
@@ -17,6 +17,12 @@ impl Secret {
 
     pub(crate) fn from_bytes(bytes: Vec<u8>) -> Secret {
         Secret(bytes)
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
@@ -36,23 +42,66 @@ pub struct KeyFileProblem {
 /// Files larger than this are not key files.
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
-/// Reads a key file: owner-only permissions, at least `min_len` bytes once surrounding
-/// whitespace (e.g. the newline `openssl rand -base64` writes) is trimmed.
+/// Reads a key file: opened once, not through a symbolic link, and checked on the open
+/// descriptor (so it cannot be swapped between the check and the read) — a regular file owned
+/// by the user vipgate runs as (or root), owner-only permissions, and at least `min_len` bytes
+/// once surrounding whitespace (e.g. the newline `openssl rand -base64` writes) is trimmed.
 pub fn read_key_file(path: &Path, min_len: usize) -> Result<Secret, KeyFileProblem> {
     let shown = path.display();
     let generate = format!("openssl rand -base64 48 > {shown} && chmod 600 {shown}");
-    let meta = std::fs::metadata(path).map_err(|e| KeyFileProblem {
+    let unreadable = |e: std::io::Error| KeyFileProblem {
         problem: format!("cannot read {shown}: {e}"),
-        fix: if e.kind() == std::io::ErrorKind::NotFound {
-            format!("create it on every node with the same content, e.g. `{generate}`, then copy it")
-        } else {
-            format!("make {shown} readable by the user vipgate runs as")
+        fix: match e.raw_os_error() {
+            _ if e.kind() == std::io::ErrorKind::NotFound => {
+                format!("create it on every node with the same content, e.g. `{generate}`, then copy it")
+            }
+            Some(code) if code == nix::errno::Errno::ELOOP as i32 => {
+                format!("{shown} is a symbolic link: point the setting at the key file itself")
+            }
+            _ => format!("make {shown} readable by the user vipgate runs as"),
         },
-    })?;
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    check_key_file(path, &meta, &generate)?;
+    let mut raw = Vec::new();
+    let read = file.read_to_end(&mut raw).map_err(unreadable);
+    let key = Secret(raw.trim_ascii().to_vec());
+    zeroize::Zeroize::zeroize(&mut raw);
+    read?;
+    if key.0.len() < min_len {
+        return Err(KeyFileProblem {
+            problem: format!(
+                "{shown} holds {} bytes of key; at least {min_len} are needed",
+                key.0.len()
+            ),
+            fix: format!("generate a longer key, e.g. `{generate}`, and copy it to every node"),
+        });
+    }
+    Ok(key)
+}
+
+/// The checks on an open key file: its type, owner, mode and size.
+fn check_key_file(path: &Path, meta: &std::fs::Metadata, generate: &str) -> Result<(), KeyFileProblem> {
+    let shown = path.display();
     if !meta.is_file() {
         return Err(KeyFileProblem {
             problem: format!("{shown} is not a regular file"),
             fix: format!("point it at a file holding the key, e.g. `{generate}`"),
+        });
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(KeyFileProblem {
+            problem: format!(
+                "{shown} belongs to user id {}, neither vipgate's ({me}) nor root; whoever owns it can change the key",
+                meta.uid()
+            ),
+            fix: format!("chown it to the user vipgate runs as (or root): chown vipgate {shown}"),
         });
     }
     let mode = meta.permissions().mode() & 0o777;
@@ -70,24 +119,7 @@ pub fn read_key_file(path: &Path, min_len: usize) -> Result<Secret, KeyFileProbl
             fix: format!("point it at the key file, e.g. `{generate}`"),
         });
     }
-    let mut raw = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut raw))
-        .map_err(|e| KeyFileProblem {
-            problem: format!("cannot read {shown}: {e}"),
-            fix: format!("make {shown} readable by the user vipgate runs as"),
-        })?;
-    let key = raw.trim_ascii();
-    if key.len() < min_len {
-        return Err(KeyFileProblem {
-            problem: format!(
-                "{shown} holds {} bytes of key; at least {min_len} are needed",
-                key.len()
-            ),
-            fix: format!("generate a longer key, e.g. `{generate}`, and copy it to every node"),
-        });
-    }
-    Ok(Secret(key.to_vec()))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -138,5 +170,23 @@ mod tests {
         );
         let e = read_key_file(d.path(), 32).unwrap_err();
         assert!(e.problem.contains("not a regular file"), "{e:?}");
+    }
+
+    #[test]
+    fn a_key_behind_a_symbolic_link_or_owned_by_someone_else_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let key = write(d.path(), "k", b"0123456789abcdef0123456789abcdef\n", 0o600);
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        let e = read_key_file(&link, 32).unwrap_err();
+        assert!(e.fix.contains("symbolic link"), "{e:?}");
+        // A file of another user (here: nobody's), when this process may give it away.
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        if nix::unistd::chown(&key, Some(nobody), None).is_ok() {
+            let e = read_key_file(&key, 32).unwrap_err();
+            assert!(e.problem.contains("user id 65534"), "{e:?}");
+        } else {
+            println!("not root: the foreign-owner check is exercised by the root test run");
+        }
     }
 }

@@ -466,6 +466,13 @@ fn dns_update_is_read_with_defaults_and_its_key_decoded() {
     assert!(e.problem.contains("base64"), "{e}");
     std::fs::write(&key, "\"q5tuFZFhNvBXfSbUwjphaNJ3iIzJpV0HSnYa2x7PF+o=\";\n").unwrap();
     assert_eq!(c.read_update_key().unwrap().unwrap().bytes().len(), 32);
+    // One byte of secret ("AA==") is no key.
+    std::fs::write(&key, "AA==\n").unwrap();
+    let e = c.read_update_key().unwrap_err().0.remove(0);
+    assert!(
+        e.problem.contains("1 bytes") && e.fix.contains("tsig-keygen"),
+        "{e}"
+    );
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let e = c.read_update_key().unwrap_err().0.remove(0);
     assert_eq!(e.field, "dns.update.key_file");
