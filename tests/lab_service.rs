@@ -21,17 +21,35 @@ fn an_unprivileged_agent_with_three_capabilities_owns_serves_dns_and_talks_to_sy
             ..Spec::default()
         },
     );
-    // db1's files belong to the unprivileged user, as StateDirectory= and friends arrange.
+    // db1's files belong to the unprivileged user, as StateDirectory= and friends arrange; its
+    // copy of the key too (a key file must belong to the agent's user or root).
     let dir = lab.dir.path().to_path_buf();
     sh(&["chmod", "0755", &dir.display().to_string()]);
-    for path in [dir.join("db1"), dir.join("secret")] {
-        sh(&[
-            "chown",
-            "-R",
-            &format!("{NOBODY}:{NOBODY}"),
-            &path.display().to_string(),
-        ]);
-    }
+    std::fs::copy(dir.join("secret"), dir.join("db1").join("secret")).unwrap();
+    sh(&[
+        "chown",
+        "-R",
+        &format!("{NOBODY}:{NOBODY}"),
+        &dir.join("db1").display().to_string(),
+    ]);
+    // A hook that records what it inherits: its capabilities and its environment.
+    let seen = dir.join("db1").join("hook-saw");
+    let hook = dir.join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ngrep ^Cap /proc/self/status > {seen}.tmp\nenv >> {seen}.tmp\nmv {seen}.tmp {seen}\n",
+            seen = seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = lab.config_path("db1");
+    let mut text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("secret_file = \"../secret\"", "secret_file = \"secret\"");
+    text.push_str(&format!("\n[hooks]\nowner = [\"{}\"]\n", hook.display()));
+    std::fs::write(&config, text).unwrap();
     let notify_path = dir.join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     sh(&["chmod", "0777", &notify_path.display().to_string()]);
@@ -112,6 +130,7 @@ fn an_unprivileged_agent_with_three_capabilities_owns_serves_dns_and_talks_to_sy
     );
     let answer = lab.dig(&["@192.0.2.11", "primary.db.example.test.", "A", "+short"]);
     assert_eq!(answer.trim(), VIP4);
+    assert_hook_inherited_nothing(&seen);
     // A graceful stop tells systemd it is stopping.
     assert_eq!(lab.stop("db1", Duration::from_secs(5)), Some(0));
     let mut stopping = false;
@@ -119,6 +138,35 @@ fn an_unprivileged_agent_with_three_capabilities_owns_serves_dns_and_talks_to_sy
         stopping |= String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
     }
     assert!(stopping, "no STOPPING=1");
+}
+
+/// The owner hook ran with no capability at all (the agent's three ambient ones dropped) and
+/// with PATH and the documented `VIPGATE_*` variables only — not the agent's environment, which
+/// holds NOTIFY_SOCKET and WATCHDOG_USEC here.
+fn assert_hook_inherited_nothing(seen: &Path) {
+    assert!(
+        wait_for(Duration::from_secs(5), || seen.exists()),
+        "the owner hook did not run"
+    );
+    let saw = std::fs::read_to_string(seen).unwrap();
+    for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert!(
+            saw.contains(&format!("{set}:\t0000000000000000")),
+            "{set}:\n{saw}"
+        );
+    }
+    let names: Vec<&str> = saw
+        .lines()
+        .filter(|l| !l.starts_with("Cap"))
+        .filter_map(|l| l.split('=').next())
+        .collect();
+    let shell_own = ["PWD", "SHLVL", "_", "OLDPWD"];
+    let foreign: Vec<&&str> = names
+        .iter()
+        .filter(|n| **n != "PATH" && !n.starts_with("VIPGATE_") && !shell_own.contains(n))
+        .collect();
+    assert!(foreign.is_empty(), "the hook saw {foreign:?}:\n{saw}");
+    assert!(names.contains(&"VIPGATE_EVENT"), "{saw}");
 }
 
 #[test]

@@ -49,8 +49,51 @@ pub(super) fn start(counts: Counts) -> mpsc::UnboundedSender<Event> {
     tx
 }
 
-/// Runs `script EVENT NODE TERM` with the event's variables; the whole process group is
-/// killed at the timeout.
+/// The search path hooks run with.
+const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// In the hook's process, before exec: the agent's capabilities (NET_ADMIN, NET_RAW,
+/// NET_BIND_SERVICE under the unit) are not passed on — a hook needs none of them. The ambient
+/// set is cleared, and the inheritable one too, so that not even a program with file
+/// capabilities regains them. Raw system calls only: this runs between fork and exec.
+fn drop_capabilities() -> std::io::Result<()> {
+    const VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let check = |rc: libc::c_long| match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    };
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: prctl with constant arguments; capget/capset with the version-3 header and the
+    // two data words that version defines.
+    unsafe {
+        let none = 0 as libc::c_ulong;
+        let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+        check(libc::prctl(libc::PR_CAP_AMBIENT, clear, none, none, none).into())?;
+        check(libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()))?;
+        data.iter_mut().for_each(|d| d.inheritable = 0);
+        check(libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()))
+    }
+}
+
+/// Runs `script EVENT NODE TERM` with the event's variables (and PATH, nothing else of the
+/// agent's environment, and none of its capabilities); the whole process group is killed at
+/// the timeout.
 pub(super) async fn run(
     script: &Path,
     event: &str,
@@ -62,16 +105,23 @@ pub(super) async fn run(
         .iter()
         .find(|(k, _)| k == "VIPGATE_NODE")
         .map_or("", |(_, v)| v.as_str());
-    let mut child = tokio::process::Command::new(script)
+    let mut command = tokio::process::Command::new(script);
+    command
         .args([event, node, &term.to_string()])
+        // Only what a hook is documented to get: not the agent's environment.
+        .env_clear()
+        .env("PATH", HOOK_PATH)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("VIPGATE_EVENT", event)
         .env("VIPGATE_TERM", term.to_string())
         .stdin(std::process::Stdio::null())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start it: {e}"))?;
+        .kill_on_drop(true);
+    // SAFETY: raw system calls only (async-signal-safe) between fork and exec.
+    unsafe {
+        command.pre_exec(drop_capabilities);
+    }
+    let mut child = command.spawn().map_err(|e| format!("cannot start it: {e}"))?;
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => Err(format!("exited with {status}")),
