@@ -451,3 +451,61 @@ fn hooks_run_in_order_with_the_event_and_a_slow_one_is_killed_at_its_timeout() {
     assert_eq!(runs.get("owner timed out"), Some(&1), "{runs:?}");
     assert!(lab.log("db2").contains("timed out after 300 ms and was killed"));
 }
+
+/// `vipgate ARGS` run as nobody (group nogroup), with db2's socket.
+fn as_nobody(lab: &Lab, args: &[&str]) -> (bool, String) {
+    let socket = lab.dir.path().join("db2").join("control.sock");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_vipgate"))
+        .args(args)
+        .arg("--socket")
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn members_of_the_status_group_read_status_but_change_nothing() {
+    let mut lab = Lab::new(Path::new(env!("CARGO_BIN_EXE_vipgate")), Spec::default());
+    let config = lab.config_path("db2");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[control]\n", "[control]\nstatus_group = \"nogroup\"\n");
+    std::fs::write(&config, text).unwrap();
+    lab.start_all();
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    for dir in [lab.dir.path().to_path_buf(), lab.dir.path().join("db2")] {
+        sh(&["chmod", "0755", &dir.display().to_string()]);
+    }
+    let socket = lab.dir.path().join("db2").join("control.sock");
+    let meta = std::fs::metadata(&socket).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!((meta.gid(), meta.permissions().mode() & 0o777), (65534, 0o660));
+    let (ok, out) = as_nobody(&lab, &["status", "--json"]);
+    assert!(ok && out.contains("\"node\":\"db2\""), "{out}");
+    let (ok, out) = as_nobody(&lab, &["maintenance", "on"]);
+    assert!(!ok && out.contains("only root and the agent's user"), "{out}");
+    assert!(!lab.status("db2").unwrap().maintenance, "nothing changed");
+    // Without the group, a socket only root and the agent's user may open.
+    let (ok, out) = {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=1", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_vipgate"))
+            .args(["status", "--socket"])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(!ok && out.to_lowercase().contains("permission denied"), "{out}");
+}

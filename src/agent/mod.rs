@@ -297,7 +297,8 @@ impl Agent {
         if let Some(addr) = config.control.http {
             control::http::serve(addr, control_tx.clone()).await?;
         }
-        control::serve(&config.control.socket, control_tx)?;
+        let status_group = config.control.status_group.as_ref().map(|(_, gid)| *gid);
+        control::serve(&config.control.socket, status_group, control_tx)?;
 
         let now = clock::now();
         let seed = boot ^ u64::from(std::process::id()).rotate_left(32) ^ now.as_micros();

@@ -74,6 +74,11 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         "control.socket",
         "the agent listens on it",
     );
+    check(
+        old.control.status_group != new.control.status_group,
+        "control.status_group",
+        "the socket's group and mode are set when it is created",
+    );
     let fixed_mysql = |c: &Config| {
         c.mysql.as_ref().map(|m| {
             (

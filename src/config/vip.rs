@@ -48,6 +48,7 @@ impl Default for RawAnnounce {
 pub(super) struct RawControl {
     socket: Option<PathBuf>,
     http: Option<String>,
+    status_group: Option<String>,
 }
 
 fn default_repeat() -> i64 {
@@ -113,6 +114,9 @@ pub struct Control {
     pub socket: PathBuf,
     /// `/metrics` (Prometheus) and `/status` over HTTP, if set.
     pub http: Option<std::net::SocketAddr>,
+    /// A group whose members may read status and metrics through the socket (changing
+    /// anything stays with root and the agent's user).
+    pub status_group: Option<(String, u32)>,
 }
 
 pub(super) fn validate_vips(raw: &[RawVip], node_addresses: &[IpAddr], p: &mut Problems<'_>) -> Vec<Vip> {
@@ -250,5 +254,23 @@ pub(super) fn validate_control(raw: &RawControl, base: &Path, p: &mut Problems<'
         }
         parsed
     });
-    Control { socket, http }
+    let status_group =
+        raw.status_group
+            .as_deref()
+            .and_then(|name| match nix::unistd::Group::from_name(name) {
+                Ok(Some(g)) => Some((name.to_string(), g.gid.as_raw())),
+                _ => {
+                    p.add(
+                        &[Seg::Key("control"), Seg::Key("status_group")],
+                        format!("there is no group {name:?} on this host"),
+                        "create it (groupadd), or name an existing group such as \"adm\"",
+                    );
+                    None
+                }
+            });
+    Control {
+        socket,
+        http,
+        status_group,
+    }
 }

@@ -164,8 +164,15 @@ pub struct Request {
     pub reply: oneshot::Sender<String>,
 }
 
+/// Commands that change nothing, open to the `status_group` too.
+fn read_only(command: &str) -> bool {
+    matches!(command.split_whitespace().next(), Some("status" | "metrics"))
+}
+
 /// Binds the control socket (replacing a stale one) and serves it until the runtime stops.
-pub fn serve(path: &Path, requests: mpsc::Sender<Request>) -> Result<(), String> {
+/// Root and the agent's own user may send every command; members of `status_group` (the
+/// socket's group then) only those that change nothing.
+pub fn serve(path: &Path, status_group: Option<u32>, requests: mpsc::Sender<Request>) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {} for the control socket: {e}", dir.display()))?;
@@ -189,7 +196,12 @@ pub fn serve(path: &Path, requests: mpsc::Sender<Request>) -> Result<(), String>
         std::fs::remove_file(path).map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?;
     }
     let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    if let Some(gid) = status_group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| format!("cannot give {} to group {gid}: {e}", path.display()))?;
+    }
+    let mode = if status_group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
     tokio::spawn(accept_loop(listener, requests));
     Ok(())
@@ -221,11 +233,21 @@ async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Request>) {
 }
 
 async fn answer(stream: tokio::net::UnixStream, requests: mpsc::Sender<Request>) {
+    let me = nix::unistd::geteuid().as_raw();
+    let privileged = stream.peer_cred().is_ok_and(|c| c.uid() == 0 || c.uid() == me);
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
     let read = tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await;
     if !matches!(read, Ok(Ok(n)) if n > 0) {
+        return;
+    }
+    if !privileged && !read_only(&line) {
+        let refusal = serde_json::json!({
+            "ok": false,
+            "error": "only root and the agent's user may change anything; members of the status group may read status",
+        });
+        let _ = write.write_all(format!("{refusal}\n").as_bytes()).await;
         return;
     }
     let (tx, rx) = oneshot::channel();
@@ -478,7 +500,7 @@ mod tests {
         let path = dir.path().join("control.sock");
         std::fs::write(&path, "an operator's notes").unwrap();
         let (tx, _rx) = mpsc::channel(1);
-        let err = serve(&path, tx).unwrap_err();
+        let err = serve(&path, None, tx).unwrap_err();
         assert!(err.contains("is not a socket") && err.contains("fix:"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "an operator's notes");
     }
