@@ -232,9 +232,9 @@ fn run(file: &Path, node: Option<&str>, format: LogFormat) -> Result<(), String>
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false);
-    // The DNS library logs every query at INFO: a query flood would bury the agent's own
-    // messages (and journald's rate limit would drop them).
-    let quiet = tracing::Level::WARN;
+    // The DNS library logs every query at INFO, and each query from an unusable source at
+    // WARN: a flood would bury the agent's own messages (and journald's rate limit drop them).
+    let quiet = tracing::Level::ERROR;
     let targets = tracing_subscriber::filter::Targets::new()
         .with_default(level)
         .with_target("hickory_server", quiet)

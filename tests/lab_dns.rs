@@ -511,3 +511,119 @@ fn a_client_holding_a_thousand_dns_connections_starves_no_agent_and_stops_no_fai
     assert!(held > 24, "the attack never got going: {held} connections");
     assert!(!lab.logs().contains("Too many open files"), "{}", lab.logs());
 }
+
+/// (query size, answer size, flags) of one UDP query, as dig reports them; `+ignore` keeps dig
+/// from retrying a truncated answer over TCP.
+fn sizes(lab: &Lab, name: &str, qtype: &str) -> (usize, usize, String) {
+    // Without EDNS the query is smallest: the worst ratio an amplifier would look for.
+    let out = lab.dig(&[
+        "@192.0.2.12",
+        name,
+        qtype,
+        "+norecurse",
+        "+qr",
+        "+ignore",
+        "+noedns",
+    ]);
+    let number = |key: &str| {
+        out.split(key)
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in\n{out}"))
+    };
+    let flags = out
+        .split("flags: ")
+        .nth(2)
+        .and_then(|s| s.split(';').next())
+        .unwrap_or_default()
+        .to_string();
+    (number("QUERY SIZE:"), number("MSG SIZE  rcvd:"), flags)
+}
+
+#[test]
+fn no_udp_answer_is_more_than_three_times_its_query_and_any_is_minimal() {
+    let lab = dns_lab();
+    let zone = "db.example.test.";
+    for (name, qtype) in [
+        (zone, "NS"),
+        (zone, "ANY"),
+        (zone, "SOA"),
+        ("primary.db.example.test.", "ANY"),
+        ("primary.db.example.test.", "A"),
+        ("_owner.db.example.test.", "TXT"),
+        ("db1.db.example.test.", "A"),
+        ("missing.db.example.test.", "A"),
+    ] {
+        let (query, answer, flags) = sizes(&lab, name, qtype);
+        println!("{name} {qtype}: {query} → {answer} bytes ({flags})");
+        assert!(answer <= 3 * query, "{name} {qtype}: {query} → {answer} bytes");
+    }
+    // NS with its glue would be about 4× the query: sent truncated, and whole over TCP.
+    assert!(sizes(&lab, zone, "NS").2.contains("tc"));
+    let (status, _, records) = ask(&lab, "192.0.2.12", zone, "NS", &["+tcp"]);
+    assert_eq!((status.as_str(), records.len()), ("NOERROR", 3));
+    let (_, _, records) = ask(&lab, "192.0.2.12", zone, "ANY", &[]);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].1, "HINFO", "RFC 8482 answer: {records:?}");
+    let limited = lab.status("db2").unwrap().dns.unwrap().limited;
+    assert!(limited["truncated"] >= 2, "{limited:?}");
+}
+
+/// A DNS query for `primary.db.example.test.` A with id `id`.
+fn primary_query(id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in ["primary", "db", "example", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+#[test]
+fn a_query_flood_from_one_source_is_answered_at_its_rate_and_the_rest_slipped_or_dropped() {
+    let lab = dns_lab();
+    let ns = lab.client.ns.clone();
+    // 1,000 queries as fast as one socket sends them, then a second to collect the answers.
+    let (full, truncated) = lab::in_netns(&ns, || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(1000)))
+            .unwrap();
+        for id in 0..1000u16 {
+            let _ = socket.send_to(&primary_query(id), "192.0.2.12:53");
+        }
+        let (mut full, mut truncated) = (0, 0);
+        let mut buf = [0u8; 512];
+        while let Ok(n) = socket.recv(&mut buf) {
+            match n >= 3 && buf[2] & 0x02 != 0 {
+                true => truncated += 1,
+                false => full += 1,
+            }
+        }
+        (full, truncated)
+    });
+    println!("1000 queries: {full} full answers, {truncated} truncated");
+    // The default rate: 100 per second, with a burst of 100.
+    assert!(full <= 150, "{full} full answers");
+    assert!(
+        full >= 50,
+        "{full} full answers: the flood starved the source's own allowance"
+    );
+    assert!(
+        truncated > 20,
+        "{truncated} truncated answers (every other limited query)"
+    );
+    // (Not every query reaches the agent: the sockets' buffers drop some of the burst.)
+    let limited = lab.status("db2").unwrap().dns.unwrap().limited;
+    assert!(limited["rate_limited"] >= 2 * truncated - 1, "{limited:?}");
+    // Another source is still answered.
+    let answer = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.host("w1").ns, "dig", "+short", "+time=1"])
+        .args(["@192.0.2.12", "primary.db.example.test.", "A"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&answer.stdout).trim(), VIP4);
+}

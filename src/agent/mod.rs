@@ -1154,6 +1154,13 @@ impl Agent {
                         ("SERVFAIL", count(|c| &c.servfail)),
                         ("REFUSED", count(|c| &c.refused)),
                         ("other", count(|c| &c.other)),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                    limited: [
+                        ("rate_limited", count(|c| &c.rate_limited)),
+                        ("truncated", count(|c| &c.truncated)),
                         ("malformed", count(|c| &c.malformed)),
                     ]
                     .into_iter()

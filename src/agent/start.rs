@@ -115,8 +115,8 @@ pub(super) async fn dns(config: &Config, me: NodeIdx) -> Result<DnsParts, String
         Some(zone) if !node.dns.is_empty() => {
             let (tx, rx) = watch::channel(crate::dns::View::default());
             let (zone_tx, zone_rx) = watch::channel(Arc::new(zone));
-            let port = config.dns.as_ref().map_or(53, |d| d.port);
-            let counters = crate::dns::start(zone_rx, &node.dns, port, rx).await?;
+            let (port, rate) = config.dns.as_ref().map_or((53, 0), |d| (d.port, d.rate_limit));
+            let counters = crate::dns::start(zone_rx, &node.dns, port, rate, rx).await?;
             Ok((Some(tx), Some(zone_tx), Some(counters)))
         }
         _ => Ok((None, None, None)),

@@ -25,7 +25,13 @@ pub(super) struct RawDns {
     expire: i64,
     #[serde(default = "default_minimum")]
     minimum: i64,
+    #[serde(default = "default_rate_limit")]
+    rate_limit: i64,
     update: Option<RawUpdate>,
+}
+
+fn default_rate_limit() -> i64 {
+    100
 }
 
 /// `[dns.update]`: RFC 2136 updates of an existing DNS server's zone, signed with TSIG.
@@ -88,6 +94,8 @@ pub struct Dns {
     pub retry: u32,
     pub expire: u32,
     pub minimum: u32,
+    /// UDP answers per second to one source (an IPv4 /24 or IPv6 /56); 0: no limit.
+    pub rate_limit: u32,
     pub update: Option<Update>,
 }
 
@@ -203,6 +211,14 @@ pub(super) fn validate(
         MAX_MINIMUM,
         "keep it small (5 is the default): resolvers cache a negative answer this long",
     );
+    let rate_limit = u32::try_from(raw.rate_limit).unwrap_or_else(|_| {
+        p.add(
+            &at("rate_limit"),
+            format!("{} is not a number of answers per second", raw.rate_limit),
+            "use e.g. 100 (the default; resolvers cache the records for ttl), or 0 for no limit",
+        );
+        0
+    });
     let port = u16::try_from(raw.port).ok().filter(|p| *p > 0);
     if port.is_none() {
         p.add(
@@ -248,6 +264,7 @@ pub(super) fn validate(
         retry,
         expire,
         minimum,
+        rate_limit,
         update,
     })
 }

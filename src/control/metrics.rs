@@ -266,6 +266,14 @@ pub fn render(s: &Status) -> String {
         for (rcode, n) in &dns.answers {
             o.sample("vipgate_dns_answers_total", &[("rcode", rcode)], *n as f64);
         }
+        o.family(
+            "vipgate_dns_limited_total",
+            "counter",
+            "DNS queries not answered in full: over the source's rate, answer truncated (too large for the query), not DNS.",
+        );
+        for (reason, n) in &dns.limited {
+            o.sample("vipgate_dns_limited_total", &[("reason", reason)], *n as f64);
+        }
         o.one(
             "vipgate_dns_answering_primary",
             "gauge",

@@ -37,6 +37,10 @@ pub struct DnsStatus {
     pub serial: u32,
     /// Answers sent, by response code.
     pub answers: BTreeMap<String, u64>,
+    /// Queries not answered in full, by why: `rate_limited` (UDP, over the source's rate),
+    /// `truncated` (UDP, answer too large for the query), `malformed` (TCP, not DNS).
+    #[serde(default)]
+    pub limited: BTreeMap<String, u64>,
     /// `[dns.update]`: the latest result of pushing the primary record to the DNS server.
     #[serde(default)]
     pub update: Option<String>,
@@ -368,6 +372,7 @@ pub fn render(s: &Status) -> String {
             d.serial,
             d.answers
                 .iter()
+                .chain(&d.limited)
                 .filter(|(_, n)| **n > 0)
                 .map(|(k, n)| format!("{k} {n}"))
                 .collect::<Vec<_>>()

@@ -7,6 +7,7 @@
 //! the agent's latest [`View`]; hickory still does the UDP transport, parsing and framing. TCP
 //! connections are accepted by [`tcp`], which caps them.
 
+pub mod limit;
 mod tcp;
 pub mod update;
 pub mod zone;
@@ -16,7 +17,9 @@ pub use tcp::CAPS as TCP_CAPS;
 use crate::agent::clock;
 use crate::core::Instant;
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use std::net::{IpAddr, SocketAddr};
@@ -50,6 +53,10 @@ pub struct Counters {
     pub other: AtomicU64,
     /// TCP queries that were not DNS requests (the connection is closed).
     pub malformed: AtomicU64,
+    /// UDP queries over their source's rate: not answered, or answered empty and truncated.
+    pub rate_limited: AtomicU64,
+    /// UDP answers sent empty and truncated because they were too large for their query.
+    pub truncated: AtomicU64,
 }
 
 impl Counters {
@@ -70,6 +77,7 @@ struct Handler {
     zone: watch::Receiver<Arc<Zone>>,
     view: watch::Receiver<View>,
     counters: Arc<Counters>,
+    limiter: limit::RateLimiter,
 }
 
 fn fallback(request: &Request, rcode: ResponseCode) -> ResponseInfo {
@@ -95,20 +103,9 @@ impl RequestHandler for Shared {
     }
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response: R,
-    ) -> ResponseInfo {
-        let edns = request.edns.as_ref().map(|e| {
-            let mut ours = Edns::new();
-            ours.set_max_payload(e.max_payload().max(512));
-            ours.set_version(0);
-            ours
-        });
-        let mut metadata = Metadata::response_from_request(&request.metadata);
+impl Handler {
+    /// The answer to `request` from the zone and the agent's view.
+    fn answer_for(&self, request: &Request) -> zone::Answer {
         let rcode = if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             Some(ResponseCode::BADVERS)
         } else if request.metadata.op_code != OpCode::Query {
@@ -119,7 +116,7 @@ impl RequestHandler for Handler {
             None
         };
         let query = request.request_info().ok().map(|info| info.query.clone());
-        let answer = match (rcode, query) {
+        match (rcode, query) {
             (Some(rcode), _) => zone::Answer {
                 rcode,
                 ..zone::Answer::default()
@@ -138,28 +135,127 @@ impl RequestHandler for Handler {
                 let zone = self.zone.borrow().clone();
                 zone.answer(q.name(), q.query_type(), q.query_class(), owner, view.serial)
             }
+        }
+    }
+
+    /// Over UDP: whether the source is over its rate (no answer, or an empty truncated one),
+    /// and whether the answer would be larger than [`limit::MAX_AMPLIFICATION`] times the
+    /// query (then it goes out empty and truncated: the client asks again over TCP).
+    fn bound_udp(&self, request: &Request, reply: &mut Reply) -> bool {
+        if request.protocol() != Protocol::Udp {
+            return true;
+        }
+        let truncate = match self.limiter.check(request.src().ip(), std::time::Instant::now()) {
+            limit::Verdict::Drop => {
+                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            limit::Verdict::Slip => {
+                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            limit::Verdict::Answer => {
+                let size = reply.encoded_len(request);
+                let large = limit::too_large(request.as_slice().len(), size);
+                if large {
+                    self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+                }
+                large
+            }
         };
-        self.counters.count(answer.rcode);
+        if truncate {
+            reply.truncate();
+        }
+        true
+    }
+}
+
+/// A response about to be sent: its header, EDNS and records.
+struct Reply {
+    metadata: Metadata,
+    edns: Option<Edns>,
+    answer: zone::Answer,
+}
+
+impl Reply {
+    fn new(request: &Request, answer: zone::Answer) -> Reply {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = answer.authoritative;
         metadata.response_code = answer.rcode;
-        let mut edns = edns;
-        if let Some(e) = &mut edns
-            && answer.rcode.high() != 0
-        {
-            e.set_rcode_high(answer.rcode.high());
-        }
-        let message = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+        let edns = request.edns.as_ref().map(|e| {
+            let mut ours = Edns::new();
+            ours.set_max_payload(e.max_payload().max(512));
+            ours.set_version(0);
+            if answer.rcode.high() != 0 {
+                ours.set_rcode_high(answer.rcode.high());
+            }
+            ours
+        });
+        Reply {
             metadata,
-            answer.answers.iter(),
+            edns,
+            answer,
+        }
+    }
+
+    fn message<'q>(
+        &'q self,
+        request: &'q Request,
+    ) -> hickory_server::zone_handler::MessageResponse<
+        'q,
+        'q,
+        impl Iterator<Item = &'q hickory_server::proto::rr::Record> + Send + 'q,
+        impl Iterator<Item = &'q hickory_server::proto::rr::Record> + Send + 'q,
+        impl Iterator<Item = &'q hickory_server::proto::rr::Record> + Send + 'q,
+        impl Iterator<Item = &'q hickory_server::proto::rr::Record> + Send + 'q,
+    > {
+        MessageResponseBuilder::new(&request.queries, self.edns.as_ref()).build(
+            self.metadata,
+            self.answer.answers.iter(),
             std::iter::empty(),
-            answer.soa.iter(),
-            answer.additionals.iter(),
-        );
-        match response.send_response(message).await {
+            self.answer.soa.iter(),
+            self.answer.additionals.iter(),
+        )
+    }
+
+    /// The size of the response on the wire.
+    fn encoded_len(&self, request: &Request) -> usize {
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        match self.message(request).destructive_emit(&mut encoder) {
+            Ok(_) => bytes.len(),
+            Err(_) => usize::MAX,
+        }
+    }
+
+    /// No records, TC set: "ask again over TCP".
+    fn truncate(&mut self) {
+        self.metadata.truncation = true;
+        self.answer.answers.clear();
+        self.answer.soa.clear();
+        self.answer.additionals.clear();
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let answer = self.answer_for(request);
+        let rcode = answer.rcode;
+        let mut reply = Reply::new(request, answer);
+        if !self.bound_udp(request, &mut reply) {
+            return fallback(request, rcode);
+        }
+        self.counters.count(rcode);
+        match response.send_response(reply.message(request)).await {
             Ok(info) => info,
             Err(e) => {
                 tracing::debug!("DNS answer to {} not sent: {e}", request.src());
-                fallback(request, answer.rcode)
+                fallback(request, rcode)
             }
         }
     }
@@ -171,6 +267,7 @@ pub async fn start(
     zone: watch::Receiver<Arc<Zone>>,
     addresses: &[IpAddr],
     port: u16,
+    rate_limit: u32,
     view: watch::Receiver<View>,
 ) -> Result<Arc<Counters>, String> {
     let counters = Arc::new(Counters::default());
@@ -178,6 +275,7 @@ pub async fn start(
         zone,
         view,
         counters: counters.clone(),
+        limiter: limit::RateLimiter::new(rate_limit),
     });
     let mut server = Server::new(Shared(handler.clone()));
     for ip in addresses {

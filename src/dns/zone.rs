@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::core::{NodeIdx, Term};
 use hickory_server::proto::op::ResponseCode;
-use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, HINFO, NS, SOA, TXT};
 use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -163,6 +163,18 @@ impl Zone {
 
     /// The answer to one question. `owner`: the owner this agent knows with quorum, if any;
     /// `serial`: the SOA serial to publish.
+    /// RFC 8482: an ANY query for a name that exists gets one synthesized HINFO record, not
+    /// every record set — ANY serves no client and would make the agent an amplifier.
+    fn minimal_any(&self, qname: &LowerName) -> Answer {
+        let hinfo = RData::HINFO(HINFO::new("RFC8482".into(), String::new()));
+        Answer {
+            rcode: ResponseCode::NoError,
+            authoritative: true,
+            answers: vec![Record::from_rdata(Name::from(qname.clone()), self.ttl, hinfo)],
+            ..Answer::default()
+        }
+    }
+
     pub fn answer(
         &self,
         qname: &LowerName,
@@ -196,10 +208,10 @@ impl Zone {
                 ..Answer::default()
             };
         };
-        let answers: Vec<Record> = records
-            .into_iter()
-            .filter(|r| qtype == RecordType::ANY || r.record_type() == qtype)
-            .collect();
+        if qtype == RecordType::ANY {
+            return self.minimal_any(qname);
+        }
+        let answers: Vec<Record> = records.into_iter().filter(|r| r.record_type() == qtype).collect();
         if answers.is_empty() {
             return Answer {
                 rcode: ResponseCode::NoError,
@@ -369,9 +381,15 @@ ttl = 7
             1,
         );
         assert_eq!(a.rcode, ResponseCode::Refused);
-        // Every type of a name at once.
-        let a = q(&zone, "primary.db.example.test.", RecordType::ANY, DB1);
-        assert_eq!(data(&a), ["192.0.2.50", "2001:db8::50"]);
+        // ANY gets the minimal answer of RFC 8482, at the apex too; a missing name stays missing.
+        for name in ["primary.db.example.test.", "db.example.test."] {
+            let a = q(&zone, name, RecordType::ANY, DB1);
+            assert_eq!((a.rcode, a.answers.len()), (ResponseCode::NoError, 1), "{name}");
+            assert_eq!(a.answers[0].record_type(), RecordType::HINFO);
+            assert!(a.additionals.is_empty() && a.soa.is_empty());
+        }
+        let a = q(&zone, "nothing.db.example.test.", RecordType::ANY, DB1);
+        assert_eq!(a.rcode, ResponseCode::NXDomain);
     }
 
     #[test]
