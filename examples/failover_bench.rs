@@ -23,8 +23,9 @@ fn main() {
     let runs: usize = args
         .next()
         .map_or(10, |r| r.parse().expect("RUNS must be a number"));
-    // `killed`: only the killed-agent runs.
-    if args.next().as_deref() == Some("killed") {
+    // `killed`: only the killed-agent runs; any other word: only the profiles named with it.
+    let only = args.next();
+    if only.as_deref() == Some("killed") {
         killed_agent_runs(&bin, runs);
         return;
     }
@@ -60,7 +61,10 @@ fn main() {
         ),
     ];
     let mut table = Vec::new();
-    for (name, interval_ms, lease_ms, writes, switchover) in profiles {
+    let chosen = profiles
+        .into_iter()
+        .filter(|p| only.as_deref().is_none_or(|w| p.0.contains(w)));
+    for (name, interval_ms, lease_ms, writes, switchover) in chosen {
         let mut outages = Vec::new();
         for run in 1..=runs {
             let spec = Spec {
@@ -129,8 +133,14 @@ fn main() {
                 (true, Some(gap)) => {
                     // The dead host keeps its VIP until the kernel lifetime ends, on a link
                     // that is down: an overlap here is not a conflict.
+                    // Where a promotion's time went, from the new owner's own account.
+                    let promoted = lab.log("db2");
+                    let promoted = promoted
+                        .lines()
+                        .find_map(|l| l.split_once("database promoted ").map(|(_, r)| r))
+                        .map_or(String::new(), |r| format!("; promoted {r}"));
                     println!(
-                        "{name} run {run}: outage {} ms, overlaps {}",
+                        "{name} run {run}: outage {} ms, overlaps {}{promoted}",
                         gap.as_millis(),
                         overlaps.len()
                     );
@@ -147,7 +157,9 @@ fn main() {
     for row in table {
         println!("{row}");
     }
-    killed_agent_runs(&bin, runs);
+    if only.is_none() {
+        killed_agent_runs(&bin, runs);
+    }
 }
 
 /// `| name | runs | p50 | p95 | max |` for values in ms, or `None` without any.
