@@ -472,25 +472,11 @@ fn a_client_holding_a_thousand_dns_connections_starves_no_agent_and_stops_no_fai
             "{name}'s control socket does not answer"
         );
     }
-    // Another source is still answered over TCP: the caps are per source, too.
-    let from_w1 = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.host("w1").ns,
-            "dig",
-            "+tcp",
-            "+time=2",
-            "+tries=2",
-            "+short",
-        ])
-        .args(["@192.0.2.12", "primary.db.example.test.", "A"])
-        .output()
-        .expect("dig");
+    // A client of another network is still answered over TCP: the caps are per network too.
+    let answer = dig_from_another_network(&lab, &["+tcp", "+tries=2"]);
     assert_eq!(
-        String::from_utf8_lossy(&from_w1.stdout).trim(),
-        VIP4,
-        "a TCP query from another host is answered beside the attack"
+        answer, VIP4,
+        "a TCP query from another network is answered beside the attack"
     );
     lab.kill("db1");
     let killed = std::time::Instant::now();
@@ -619,11 +605,49 @@ fn a_query_flood_from_one_source_is_answered_at_its_rate_and_the_rest_slipped_or
     // (Not every query reaches the agent: the sockets' buffers drop some of the burst.)
     let limited = lab.status("db2").unwrap().dns.unwrap().limited;
     assert!(limited["rate_limited"] >= 2 * truncated - 1, "{limited:?}");
-    // Another source is still answered.
-    let answer = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.host("w1").ns, "dig", "+short", "+time=1"])
+    // A client of another network is answered at once.
+    assert_eq!(dig_from_another_network(&lab, &[]), VIP4);
+}
+
+/// `dig +short @db2 primary… A` from w1, as a client of another network (203.0.113.0/24, on
+/// the same link): limits per source network do not lump it with the client's 192.0.2.0/24.
+fn dig_from_another_network(lab: &Lab, extra: &[&str]) -> String {
+    let (w1, db2) = (lab.host("w1").ns.clone(), lab.host("db2").ns.clone());
+    // Idempotent: `replace` succeeds again if a test asks twice.
+    lab::sh(&[
+        "ip",
+        "-n",
+        &w1,
+        "addr",
+        "replace",
+        "203.0.113.13/24",
+        "dev",
+        "eth0",
+    ]);
+    lab::sh(&[
+        "ip",
+        "-n",
+        &db2,
+        "route",
+        "replace",
+        "203.0.113.0/24",
+        "dev",
+        "eth0",
+    ]);
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &w1,
+            "dig",
+            "-b",
+            "203.0.113.13",
+            "+short",
+            "+time=2",
+        ])
+        .args(extra)
         .args(["@192.0.2.12", "primary.db.example.test.", "A"])
         .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&answer.stdout).trim(), VIP4);
+        .expect("dig");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -87,7 +87,18 @@ fn drop_capabilities() -> std::io::Result<()> {
         check(libc::prctl(libc::PR_CAP_AMBIENT, clear, none, none, none).into())?;
         check(libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()))?;
         data.iter_mut().for_each(|d| d.inheritable = 0);
-        check(libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()))
+        let cleared = check(libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()));
+        let no_new_privs = libc::prctl(libc::PR_GET_NO_NEW_PRIVS, none, none, none, none) == 1;
+        inheritable_handled(cleared, no_new_privs)
+    }
+}
+
+/// The unit's system call filter refuses `capset`; its NoNewPrivileges makes the inheritable
+/// set inert anyway (exec grants no file capabilities), so only then may clearing it fail.
+fn inheritable_handled(cleared: std::io::Result<()>, no_new_privs: bool) -> std::io::Result<()> {
+    match cleared {
+        Err(_) if no_new_privs => Ok(()),
+        other => other,
     }
 }
 
@@ -185,5 +196,18 @@ impl Agent {
             timeout: self.config.hooks.timeout,
             env: self.hook_env(reason),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inheritable_handled;
+
+    #[test]
+    fn a_refused_capset_is_fine_only_where_exec_grants_no_file_capabilities() {
+        let refused = || Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        assert!(inheritable_handled(refused(), true).is_ok());
+        assert!(inheritable_handled(refused(), false).is_err());
+        assert!(inheritable_handled(Ok(()), false).is_ok());
     }
 }

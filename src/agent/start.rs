@@ -49,7 +49,7 @@ pub(super) fn check_descriptors(config: &Config, me: NodeIdx) {
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
     };
-    // Under the unit's system call filter this fails; LimitNOFILE sets the limit there.
+    // Under the unit LimitNOFILE sets both limits to the same value: nothing to raise.
     let soft = match soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
         true => hard,
         false => soft,

@@ -304,6 +304,16 @@ fn validate_update(
         None => absolute_name(&format!("{record}.{zone}")),
     };
     let name = name.filter(|n| n.ends_with(&format!(".{zone}")));
+    // The owner's TXT record is `_owner.<record>`: it must fit a DNS name too.
+    if let Some(n) = name.as_ref().filter(|n| n.trim_end_matches('.').len() + 7 > 253) {
+        p.add(
+            &at("record"),
+            format!(
+                "_owner.{n} (the owner record beside it) is longer than a DNS name may be (253 characters)"
+            ),
+            "use a shorter record name",
+        );
+    }
     if name.is_none() {
         p.add(
             &at("record"),

@@ -68,8 +68,12 @@ pub fn read_key_file(path: &Path, min_len: usize) -> Result<Secret, KeyFileProbl
         .map_err(unreadable)?;
     let meta = file.metadata().map_err(unreadable)?;
     check_key_file(path, &meta, &generate)?;
-    let mut raw = Vec::new();
-    let read = file.read_to_end(&mut raw).map_err(unreadable);
+    // Sized once (no reallocation leaves copies behind), and bounded whatever the file does.
+    let mut raw = Vec::with_capacity(meta.len() as usize + 1);
+    let read = (&mut file)
+        .take(MAX_KEY_FILE)
+        .read_to_end(&mut raw)
+        .map_err(unreadable);
     let key = Secret(raw.trim_ascii().to_vec());
     zeroize::Zeroize::zeroize(&mut raw);
     read?;

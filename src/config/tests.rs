@@ -545,3 +545,15 @@ fn names_built_inside_a_long_zone_must_fit_a_dns_name() {
     let zone = [label.as_str(); 3].join(".");
     assert!(parse(&format!("{GOOD}\n[dns]\nzone = \"{zone}\"\n")).is_ok());
 }
+
+#[test]
+fn an_update_record_too_long_for_its_owner_record_is_refused() {
+    let label = "r".repeat(60);
+    let record = format!("{label}.{label}.{label}.{}.db.example.com.", "r".repeat(50));
+    let e = only_error(&format!(
+        "{GOOD}\n[dns]\nzone = \"db.example.test.\"\n[dns.update]\nserver = \"198.51.100.53\"\n\
+         zone = \"db.example.com.\"\nrecord = \"{record}\"\nkey_name = \"k\"\nkey_file = \"k\"\n"
+    ));
+    assert_eq!(e.field, "dns.update.record");
+    assert!(e.problem.contains("_owner."), "{e}");
+}

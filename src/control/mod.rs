@@ -13,7 +13,7 @@ use crate::vip::VipStatus;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -214,7 +214,13 @@ pub fn serve(path: &Path, status_group: Option<u32>, requests: mpsc::Sender<Requ
 /// Serves the control socket: at most [`MAX_CLIENTS`] at once, each within twice
 /// [`CLIENT_TIMEOUT`]; out of descriptors, it waits instead of spinning.
 async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Request>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    // Members of the status group hold at most half: root and the agent's user always find a
+    // slot, however many readers there are.
+    let guest_slots = Arc::new(Semaphore::new(MAX_CLIENTS / 2));
+    let me = nix::unistd::geteuid().as_raw();
     let mut errors = crate::net::admission::AcceptErrors::default();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -228,17 +234,24 @@ async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Request>) {
                 continue;
             }
         };
+        let privileged = stream.peer_cred().is_ok_and(|c| c.uid() == 0 || c.uid() == me);
+        let guest = match privileged {
+            true => None,
+            false => match guest_slots.clone().try_acquire_owned() {
+                Ok(g) => Some(g),
+                Err(_) => continue,
+            },
+        };
         let requests = requests.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(2 * CLIENT_TIMEOUT, answer(stream, requests)).await;
-            drop(slot);
+            let served = answer(stream, privileged, requests);
+            let _ = tokio::time::timeout(2 * CLIENT_TIMEOUT, served).await;
+            drop((slot, guest));
         });
     }
 }
 
-async fn answer(stream: tokio::net::UnixStream, requests: mpsc::Sender<Request>) {
-    let me = nix::unistd::geteuid().as_raw();
-    let privileged = stream.peer_cred().is_ok_and(|c| c.uid() == 0 || c.uid() == me);
+async fn answer(stream: tokio::net::UnixStream, privileged: bool, requests: mpsc::Sender<Request>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
@@ -281,9 +294,16 @@ pub fn request(path: &Path, command: &str) -> Result<String, String> {
         .set_read_timeout(Some(CLIENT_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(CLIENT_TIMEOUT)))
         .map_err(|e| format!("control socket: {e}"))?;
-    stream
-        .write_all(format!("{command}\n").as_bytes())
-        .map_err(|e| format!("sending to {}: {e}", path.display()))?;
+    // MSG_NOSIGNAL: an agent that closes its end mid-request is an error to report, not a
+    // SIGPIPE (command-line tools run with SIGPIPE's default action).
+    let line = format!("{command}\n");
+    let mut rest = line.as_bytes();
+    while !rest.is_empty() {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let sent = nix::sys::socket::send(fd, rest, nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
+            .map_err(|e| format!("sending to {}: {e}", path.display()))?;
+        rest = &rest[sent..];
+    }
     let mut answer = String::new();
     stream
         .read_to_string(&mut answer)

@@ -3,10 +3,10 @@
 //! (a larger answer goes out truncated, so the client asks again over TCP, which a spoofed
 //! source cannot).
 
-use std::collections::HashMap;
+use crate::net::admission::network;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A UDP answer may be at most this many times the size of its query.
 pub const MAX_AMPLIFICATION: usize = 3;
@@ -29,34 +29,37 @@ pub enum Verdict {
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
     tokens: f64,
-    at: Instant,
+    at: Option<Instant>,
     slip: bool,
 }
 
-/// Token buckets per source network: `rate` answers per second, bursts up to `rate`.
+/// Token buckets per source network: `rate` answers per second, bursts up to `rate`. A fixed
+/// table of [`BUCKETS`] slots, indexed by a keyed hash of the network: constant memory and
+/// constant work per query whatever the sources (spoofed ones from every /24 included); two
+/// networks that share a slot share its rate, and the key, drawn at start, keeps an outsider
+/// from choosing which.
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: u32,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    key: std::collections::hash_map::RandomState,
+    buckets: Mutex<Vec<Bucket>>,
 }
 
-/// Sources tracked at most; past it, buckets idle for a second are forgotten.
-const MAX_SOURCES: usize = 10_000;
-
-/// The network a source is limited as: its /24 (IPv4) or /56 (IPv6).
-fn network(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 72) - 1)).into()),
-    }
-}
+/// Slots in the table.
+pub const BUCKETS: usize = 4096;
 
 impl RateLimiter {
     /// `rate` 0: no limit.
     pub fn new(rate: u32) -> RateLimiter {
+        let empty = Bucket {
+            tokens: 0.0,
+            at: None,
+            slip: false,
+        };
         RateLimiter {
             rate,
-            buckets: Mutex::new(HashMap::new()),
+            key: std::collections::hash_map::RandomState::new(),
+            buckets: Mutex::new(vec![empty; if rate == 0 { 0 } else { BUCKETS }]),
         }
     }
 
@@ -65,17 +68,12 @@ impl RateLimiter {
             return Verdict::Answer;
         }
         let rate = f64::from(self.rate);
+        let slot = (std::hash::BuildHasher::hash_one(&self.key, network(source)) as usize) % BUCKETS;
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= MAX_SOURCES {
-            buckets.retain(|_, b| now.saturating_duration_since(b.at) < Duration::from_secs(1));
-        }
-        let b = buckets.entry(network(source)).or_insert(Bucket {
-            tokens: rate,
-            at: now,
-            slip: false,
-        });
-        let refill = now.saturating_duration_since(b.at).as_secs_f64() * rate;
-        (b.tokens, b.at) = ((b.tokens + refill).min(rate), now);
+        let b = &mut buckets[slot];
+        let refill =
+            b.at.map_or(rate, |at| now.saturating_duration_since(at).as_secs_f64() * rate);
+        (b.tokens, b.at) = ((b.tokens + refill).min(rate), Some(now));
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             return Verdict::Answer;
@@ -103,11 +101,17 @@ mod tests {
             verdicts[10..],
             [Verdict::Slip, Verdict::Drop, Verdict::Slip, Verdict::Drop]
         );
-        // The same /24 shares the bucket; another network does not.
+        // The same /24 shares the bucket (an IPv4-mapped source too); other networks do not,
+        // unless they share its slot (1 in 4096).
         assert_ne!(l.check("198.51.100.200".parse().unwrap(), t0), Verdict::Answer);
-        assert_eq!(l.check("203.0.113.7".parse().unwrap(), t0), Verdict::Answer);
+        assert_ne!(
+            l.check("::ffff:198.51.100.9".parse().unwrap(), t0),
+            Verdict::Answer
+        );
+        let others = (0..=255u8).filter(|i| l.check(IpAddr::from([203, 0, *i, 7]), t0) == Verdict::Answer);
+        assert!(others.count() >= 250);
         // A tenth of a second later, one more answer.
-        let later = t0 + Duration::from_millis(100);
+        let later = t0 + std::time::Duration::from_millis(100);
         assert_eq!(l.check(a, later), Verdict::Answer);
         assert_ne!(l.check(a, later), Verdict::Answer);
         assert_eq!(RateLimiter::new(0).check(a, t0), Verdict::Answer);
@@ -120,5 +124,18 @@ mod tests {
             "2001:db8:1:200::".parse::<IpAddr>().unwrap()
         );
         assert!(!too_large(40, 120) && too_large(40, 121));
+    }
+
+    #[test]
+    fn spoofed_sources_from_every_network_keep_the_table_at_its_size() {
+        let l = RateLimiter::new(100);
+        let t0 = Instant::now();
+        for i in 0..200_000u32 {
+            l.check(IpAddr::from((i << 8).to_be_bytes()), t0);
+        }
+        assert_eq!(l.buckets.lock().unwrap().len(), BUCKETS);
+        // A source seen once per slot-mate still has most of its burst.
+        let fresh: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(l.check(fresh, t0), Verdict::Answer);
     }
 }

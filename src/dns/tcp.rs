@@ -22,7 +22,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// lives this long from accept to close.
 pub const DEADLINE: Duration = Duration::from_secs(5);
 
-/// Connections at once: overall, and from one source address.
+/// The first query must arrive this soon after the connection is accepted.
+const FIRST_QUERY: Duration = Duration::from_secs(1);
+
+/// Connections at once: overall, and from one source network (/24, /56).
 pub const CAPS: Caps = Caps {
     total: 64,
     per_source: 8,
@@ -37,9 +40,14 @@ pub async fn serve(listener: tokio::net::TcpListener, handler: Arc<Handler>) {
 /// Answers length-prefixed queries until the client closes, sends something that is not a
 /// query, or the deadline (enforced by the caller) ends the connection.
 async fn connection(mut stream: tokio::net::TcpStream, peer: SocketAddr, handler: Arc<Handler>) {
-    loop {
+    for n in 0.. {
         let mut len = [0u8; 2];
-        if stream.read_exact(&mut len).await.is_err() {
+        // A client that connects and says nothing gives its slot back soon.
+        let wait = if n == 0 { FIRST_QUERY } else { DEADLINE };
+        if !matches!(
+            tokio::time::timeout(wait, stream.read_exact(&mut len)).await,
+            Ok(Ok(_))
+        ) {
             return;
         }
         let len = usize::from(u16::from_be_bytes(len));

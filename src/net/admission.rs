@@ -15,7 +15,7 @@ use std::time::Duration;
 pub struct Caps {
     /// Connections open at once, from everyone.
     pub total: usize,
-    /// Connections open at once from one source address.
+    /// Connections open at once from one source network ([`network`]).
     pub per_source: usize,
 }
 
@@ -27,7 +27,16 @@ pub fn descriptor_budget(listeners: &[Caps]) -> u64 {
     OWN + listeners.iter().map(|c| c.total as u64 + 1).sum::<u64>()
 }
 
-/// Open connections of one listener, by source address.
+/// The network a client counts as: its /24 (IPv4) or /56 (IPv6), the share one site usually
+/// has; an IPv4-mapped IPv6 address counts as its IPv4 address.
+pub fn network(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 72) - 1)).into()),
+    }
+}
+
+/// Open connections of one listener, by source network ([`network`]).
 #[derive(Debug)]
 pub struct Admission {
     caps: Caps,
@@ -51,6 +60,7 @@ impl Admission {
 
     /// Admits a connection from `source`, or `None` if a cap is reached (the caller closes it).
     pub fn admit(self: &Arc<Admission>, source: IpAddr) -> Option<Ticket> {
+        let source = network(source);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let total: usize = open.values().sum();
         let mine = open.get(&source).copied().unwrap_or(0);
@@ -164,8 +174,9 @@ pub async fn serve_capped<F, Fut>(
 mod tests {
     use super::*;
 
-    fn ip(last: u8) -> IpAddr {
-        IpAddr::from([198, 51, 100, last])
+    /// An address in network `net`.
+    fn ip(net: u8) -> IpAddr {
+        IpAddr::from([198, 51, net, 7])
     }
 
     #[test]
@@ -185,6 +196,29 @@ mod tests {
         drop((t2, t3, t4));
         assert_eq!(a.open(), 0);
         assert!(a.open.lock().unwrap().is_empty(), "no entry left behind");
+    }
+
+    #[test]
+    fn addresses_of_one_network_share_its_cap() {
+        let a = Admission::new(Caps {
+            total: 64,
+            per_source: 2,
+        });
+        let v6 = |last: u16| IpAddr::from([0x2001, 0xdb8, 1, 2, 0, 0, 0, last]);
+        let _held = (a.admit(v6(1)).unwrap(), a.admit(v6(2)).unwrap());
+        assert!(a.admit(v6(3)).is_none(), "the same /56");
+        assert!(
+            a.admit(IpAddr::from([0x2001, 0xdb8, 1, 0x300, 0, 0, 0, 1]))
+                .is_some()
+        );
+        let _v4 = (
+            a.admit(ip(9)).unwrap(),
+            a.admit(IpAddr::from([198, 51, 9, 200])).unwrap(),
+        );
+        assert!(
+            a.admit("::ffff:198.51.9.1".parse().unwrap()).is_none(),
+            "mapped: the same /24"
+        );
     }
 
     #[test]
