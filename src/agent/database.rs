@@ -67,6 +67,21 @@ pub(super) async fn fence_at_start(
     config: &crate::config::Config,
     me: crate::core::NodeIdx,
 ) -> Result<(), String> {
+    fence_unowned(config, me, "at start").await
+}
+
+/// Promote mode, when the agent ends on an error (a state file it cannot write, say): it will
+/// hold no lease, so its database stops accepting writes now rather than when the agent is
+/// started again.
+pub(super) async fn fence_at_error_exit(config: &crate::config::Config, me: crate::core::NodeIdx) {
+    let _ = fence_unowned(config, me, "on the way out").await;
+}
+
+async fn fence_unowned(
+    config: &crate::config::Config,
+    me: crate::core::NodeIdx,
+    when: &str,
+) -> Result<(), String> {
     let Some(mysql) = config.mysql.as_ref().filter(|m| m.mode == MysqlMode::Promote) else {
         return Ok(());
     };
@@ -77,11 +92,12 @@ pub(super) async fn fence_at_start(
     let deadline = tokio::time::Instant::now() + START_FENCE_TIMEOUT;
     match actions::fence_at_start(mysql, &password, deadline).await {
         Ok(killed) => tracing::info!(
-            "database fenced at start (read_only ON, {killed} client connection(s) killed): this agent holds \
+            "database fenced {when} (read_only ON, {killed} client connection(s) killed): this agent holds \
              no lease until it wins one"
         ),
         Err(e) => tracing::warn!(
-            "could not fence the database at start ({e}); the first health check that finds it writable fences it"
+            "could not fence the database {when} ({e}); the first health check of a running agent that finds \
+             it writable fences it"
         ),
     }
     Ok(())

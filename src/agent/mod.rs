@@ -92,8 +92,12 @@ pub fn run(config: Config, me: NodeIdx) -> Result<(), String> {
     runtime.block_on(async move {
         let mut agent = Agent::start(config, me).await?;
         let result = agent.run().await;
-        // Whatever ended the loop, no VIP stays behind.
+        // Whatever ended the loop, no VIP stays behind, and after an error no writable
+        // database either (a graceful stop's release fenced it already).
         let removed = agent.remove_vips().await;
+        if result.is_err() {
+            database::fence_at_error_exit(&agent.config, agent.me).await;
+        }
         result.and(removed)
     })
 }
