@@ -29,42 +29,50 @@ fn main() {
         killed_agent_runs(&bin, runs);
         return;
     }
-    // (name, interval, lease, with MariaDB and writes, planned switchover instead of a crash)
+    // (name, interval, lease, with MariaDB and writes, what happens to db1)
+    use Fault::*;
     let profiles = [
         (
             "ping, default (interval 200 ms, lease 1000 ms)",
             200,
             1000,
             false,
-            false,
+            HostCrash,
         ),
         (
             "ping, aggressive (interval 20 ms, lease 120 ms)",
             20,
             120,
             false,
-            false,
+            HostCrash,
         ),
         (
             "writes, promote mode, default timings: host crash",
             200,
             1000,
             true,
-            false,
+            HostCrash,
+        ),
+        (
+            "writes, promote mode, default timings: primary's mysqld killed",
+            200,
+            1000,
+            true,
+            MysqldKilled,
         ),
         (
             "writes, promote mode, default timings: switchover",
             200,
             1000,
             true,
-            true,
+            Switchover,
         ),
     ];
     let mut table = Vec::new();
     let chosen = profiles
         .into_iter()
         .filter(|p| only.as_deref().is_none_or(|w| p.0.contains(w)));
-    for (name, interval_ms, lease_ms, writes, switchover) in chosen {
+    for (name, interval_ms, lease_ms, writes, fault) in chosen {
         let mut outages = Vec::new();
         for run in 1..=runs {
             let spec = Spec {
@@ -90,21 +98,26 @@ fn main() {
             std::thread::sleep(Duration::from_millis(500));
             let crash = unix_now();
             let crashed = std::time::Instant::now();
-            if switchover {
-                let out = std::process::Command::new(&bin)
-                    .args(["switchover", "--to", "db2", "--config"])
-                    .arg(lab.config_path("db1"))
-                    .output()
-                    .expect("vipgate switchover");
-                if !out.status.success() {
-                    eprintln!("{name} run {run}: {}", String::from_utf8_lossy(&out.stderr));
+            match fault {
+                Switchover => {
+                    let out = std::process::Command::new(&bin)
+                        .args(["switchover", "--to", "db2", "--config"])
+                        .arg(lab.config_path("db1"))
+                        .output()
+                        .expect("vipgate switchover");
+                    if !out.status.success() {
+                        eprintln!("{name} run {run}: {}", String::from_utf8_lossy(&out.stderr));
+                    }
                 }
-            } else {
-                lab.link_down("db1");
-                lab.kill("db1");
-                if writes {
-                    lab.kill_mariadb("db1");
+                HostCrash => {
+                    lab.link_down("db1");
+                    lab.kill("db1");
+                    if writes {
+                        lab.kill_mariadb("db1");
+                    }
                 }
+                // The host and its agent stay up: only the database server dies.
+                MysqldKilled => lab.kill_mariadb("db1"),
             }
             let took_over = wait_for(Duration::from_secs(10), || {
                 lab.observer().sole_holder(VIP4, "db2")
@@ -160,6 +173,17 @@ fn main() {
     if only.is_none() {
         killed_agent_runs(&bin, runs);
     }
+}
+
+/// What a run does to db1, the owner.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Link down, agent and database killed at once.
+    HostCrash,
+    /// SIGKILL to its MariaDB server only.
+    MysqldKilled,
+    /// `vipgate switchover --to db2`.
+    Switchover,
 }
 
 /// `| name | runs | p50 | p95 | max |` for values in ms, or `None` without any.
