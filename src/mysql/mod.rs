@@ -53,6 +53,9 @@ enum Check {
     /// The server answered but will not serve us (too many connections, access denied, …).
     Refusing(String),
     Down(String),
+    /// Nothing listens where the server should be (connection refused, no socket file): the
+    /// server is not running. Certain at once — no need to wait for `fall` checks.
+    Gone(String),
 }
 
 struct Observation {
@@ -186,6 +189,10 @@ async fn run(mut updates: watch::Receiver<Mysql>, password: Option<Secret>, tx: 
                 gauge.record(false);
                 status.problem = Some(format!("down: {e}"));
             }
+            Check::Gone(e) => {
+                gauge.record_gone();
+                status.problem = Some(format!("not running: {e}"));
+            }
         }
         status.healthy = gauge.healthy();
         if status.healthy != was_healthy {
@@ -208,7 +215,8 @@ fn drop_quietly(conn: Conn) {
 }
 
 async fn check(config: &Mysql, password: &Option<Secret>, conn: &mut Option<Conn>) -> Check {
-    if conn.is_none() {
+    let reused = conn.is_some();
+    if !reused {
         match Conn::new(options(config, password)).await {
             Ok(c) => *conn = Some(c),
             Err(e) => return classify(&e),
@@ -217,13 +225,34 @@ async fn check(config: &Mysql, password: &Option<Secret>, conn: &mut Option<Conn
     let c = conn.as_mut().expect("connected above");
     match observe(c).await {
         Ok(o) => Check::Ok(o),
+        // A connection that broke (the server died under it, say): one fresh attempt tells a
+        // server that is gone from one that is merely slow, within the same check.
+        Err(e) if reused && server_code(&e).is_none() => {
+            if let Some(c) = conn.take() {
+                drop_quietly(c);
+            }
+            match Conn::new(options(config, password)).await {
+                Ok(c) => observe(conn.insert(c))
+                    .await
+                    .map_or_else(|e| classify(&e), Check::Ok),
+                Err(e) => classify(&e),
+            }
+        }
         Err(e) => classify(&e),
     }
 }
 
 fn classify(e: &mysql_async::Error) -> Check {
-    match server_code(e) {
-        Some(code) if REFUSING_CODES.contains(&code) => Check::Refusing(e.to_string()),
+    match (server_code(e), e) {
+        (Some(code), _) if REFUSING_CODES.contains(&code) => Check::Refusing(e.to_string()),
+        (None, mysql_async::Error::Io(mysql_async::IoError::Io(io)))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ) =>
+        {
+            Check::Gone(e.to_string())
+        }
         _ => Check::Down(e.to_string()),
     }
 }
@@ -275,4 +304,33 @@ async fn observe(c: &mut Conn) -> Result<Observation, mysql_async::Error> {
         position,
         semi_sync_source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Check, classify};
+    use std::io::{Error, ErrorKind};
+
+    fn io(kind: ErrorKind) -> mysql_async::Error {
+        mysql_async::Error::Io(mysql_async::IoError::Io(Error::from(kind)))
+    }
+
+    #[test]
+    fn nothing_listening_is_certain_and_anything_else_waits_for_fall() {
+        assert!(matches!(
+            classify(&io(ErrorKind::ConnectionRefused)),
+            Check::Gone(_)
+        ));
+        assert!(
+            matches!(classify(&io(ErrorKind::NotFound)), Check::Gone(_)),
+            "no socket file"
+        );
+        for kind in [
+            ErrorKind::TimedOut,
+            ErrorKind::ConnectionReset,
+            ErrorKind::BrokenPipe,
+        ] {
+            assert!(matches!(classify(&io(kind)), Check::Down(_)), "{kind:?}");
+        }
+    }
 }

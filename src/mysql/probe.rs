@@ -163,6 +163,13 @@ impl Gauge {
         self.healthy
     }
 
+    /// A check that proved the server is not running: failing at once, whatever the streak.
+    pub fn record_gone(&mut self) -> bool {
+        self.healthy = false;
+        self.streak = 0;
+        false
+    }
+
     pub fn healthy(&self) -> bool {
         self.healthy
     }
@@ -316,5 +323,9 @@ mod tests {
         assert!(!g.record(false), "a failure resets the rise streak");
         assert!(!g.record(true));
         assert!(g.record(true));
+        // A server proven not running fails at once; recovering still takes `rise`.
+        assert!(g.record(false), "one failure of three");
+        assert!(!g.record_gone());
+        assert!(!g.record(true) && g.record(true));
     }
 }
