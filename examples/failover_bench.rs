@@ -61,6 +61,13 @@ fn main() {
             MysqldKilled,
         ),
         (
+            "writes, promote mode, aggressive timings: host crash",
+            20,
+            120,
+            true,
+            HostCrash,
+        ),
+        (
             "writes, promote mode, default timings: switchover",
             200,
             1000,
