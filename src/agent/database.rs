@@ -216,6 +216,30 @@ impl Agent {
             .is_some_and(|(m, _)| m.mode == MysqlMode::Promote)
     }
 
+    /// A cluster starting (no owner seen yet): the first owner must be the most advanced
+    /// database, so no node stands before every other database host has reported a healthy
+    /// database — or until they had time to (a lease, plus `rise` checks and a timeout, from
+    /// this agent's start): a host that is down does not hold the others back for long.
+    fn first_reports_missing(&self, now: Instant, mysql: &Mysql) -> Option<String> {
+        let window = self.config.cluster.lease + mysql.check_interval * mysql.rise + mysql.check_timeout;
+        let left = (self.started + window).saturating_since(now);
+        if left.is_zero() {
+            return None;
+        }
+        let missing: Vec<&str> = (0..self.config.nodes.len())
+            .filter(|&i| i != usize::from(self.me) && !self.config.nodes[i].witness)
+            .filter(|&i| !self.peer_db[i].as_ref().is_some_and(|(_, r)| r.healthy))
+            .map(|i| self.id(i as crate::core::NodeIdx))
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "cluster starting: waiting for the databases of {} to report (at most {} ms more)",
+                missing.join(", "),
+                left.as_millis()
+            )
+        })
+    }
+
     /// Why the database keeps this node from owning, if it does.
     pub(super) fn database_ineligible(&self, now: Instant) -> Option<String> {
         if let Some((error, until)) = &self.db_fault
@@ -240,6 +264,11 @@ impl Agent {
                 ),
             },
             MysqlMode::Promote => {
+                if self.last_owner.is_none()
+                    && let Some(waiting) = self.first_reports_missing(now, mysql)
+                {
+                    return Some(waiting);
+                }
                 let max_ms = u64::try_from(mysql.max_lag.as_millis()).unwrap_or(u64::MAX);
                 // The owner this node last supported (persisted with its vote): only its
                 // database's history is the cluster's.
