@@ -393,6 +393,29 @@ impl Agent {
         })
     }
 
+    /// The name server's part of `status`.
+    fn dns_status(&self, now: Instant) -> DnsStatus {
+        let view = self.dns_view.as_ref().map(|v| *v.borrow()).unwrap_or_default();
+        // A node that only pushes updates shows every count as zero.
+        let none = crate::dns::Counters::default();
+        let counters = self.dns_counters.as_deref().unwrap_or(&none);
+        DnsStatus {
+            update: self.push_status.lock().expect("push status").clone(),
+            listen: self.config.nodes[usize::from(self.me)]
+                .dns
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect(),
+            primary_for: view
+                .owner
+                .filter(|(_, until)| now < *until)
+                .map(|(o, _)| self.id(o.node).to_string()),
+            serial: view.serial,
+            answers: counters.answers(),
+            limited: counters.limited(),
+        }
+    }
+
     fn id(&self, n: NodeIdx) -> &str {
         &self.ids[usize::from(n)]
     }
@@ -1134,44 +1157,7 @@ impl Agent {
             database: self.db.as_ref().map(|db| db.borrow().clone()),
             diverged: self.diverged.as_ref().map(|(_, d)| d.clone()),
             maintenance: self.maintenance,
-            dns: (self.dns_view.is_some() || self.dns_push.is_some()).then(|| {
-                let view = self.dns_view.as_ref().map(|v| *v.borrow()).unwrap_or_default();
-                let counters = self.dns_counters.as_deref();
-                let count = |f: fn(&crate::dns::Counters) -> &std::sync::atomic::AtomicU64| {
-                    counters.map_or(0, |c| f(c).load(std::sync::atomic::Ordering::Relaxed))
-                };
-                DnsStatus {
-                    update: self.push_status.lock().expect("push status").clone(),
-                    listen: self.config.nodes[usize::from(self.me)]
-                        .dns
-                        .iter()
-                        .map(|ip| ip.to_string())
-                        .collect(),
-                    primary_for: view
-                        .owner
-                        .filter(|(_, until)| now < *until)
-                        .map(|(o, _)| self.id(o.node).to_string()),
-                    serial: view.serial,
-                    answers: [
-                        ("NOERROR", count(|c| &c.noerror)),
-                        ("NXDOMAIN", count(|c| &c.nxdomain)),
-                        ("SERVFAIL", count(|c| &c.servfail)),
-                        ("REFUSED", count(|c| &c.refused)),
-                        ("other", count(|c| &c.other)),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-                    limited: [
-                        ("rate_limited", count(|c| &c.rate_limited)),
-                        ("truncated", count(|c| &c.truncated)),
-                        ("malformed", count(|c| &c.malformed)),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-                }
-            }),
+            dns: (self.dns_view.is_some() || self.dns_push.is_some()).then(|| self.dns_status(now)),
             failover_block_remaining_ms: Some(ms(self.failover_block_left())).filter(|&m| m > 0),
             takeover_blocked: self.takeover_flags().0,
             takeover_blocked_reason: self.takeover_block(),

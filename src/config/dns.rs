@@ -154,6 +154,52 @@ fn check_names_fit(raw: &RawDns, zone: &str, record: &str, servers: &[String], p
     }
 }
 
+/// The primary record's own label: one DNS label, not one of vipgate's own names.
+fn validate_record(raw: &RawDns, p: &mut Problems<'_>) -> String {
+    let at = [Seg::Key("dns"), Seg::Key("record")];
+    let record = raw.record.to_ascii_lowercase();
+    if !valid_label(&record) {
+        p.add(
+            &at,
+            format!("{:?} is not a single DNS label", raw.record),
+            "use a label such as \"primary\": clients resolve <record>.<zone>",
+        );
+    }
+    if record.starts_with('_') {
+        p.add(
+            &at,
+            format!(
+                "{:?} clashes with the names vipgate keeps for itself (_owner)",
+                raw.record
+            ),
+            "use a label without a leading underscore",
+        );
+    }
+    record
+}
+
+/// The port to serve on, and the UDP answers per second per source network.
+fn validate_port_and_rate(raw: &RawDns, p: &mut Problems<'_>) -> (Option<u16>, u32) {
+    let at = |k| [Seg::Key("dns"), Seg::Key(k)];
+    let rate_limit = u32::try_from(raw.rate_limit).unwrap_or_else(|_| {
+        p.add(
+            &at("rate_limit"),
+            format!("{} is not a number of answers per second", raw.rate_limit),
+            "use e.g. 100 (the default; resolvers cache the records for ttl), or 0 for no limit",
+        );
+        0
+    });
+    let port = u16::try_from(raw.port).ok().filter(|p| *p > 0);
+    if port.is_none() {
+        p.add(
+            &at("port"),
+            format!("{} is not a port", raw.port),
+            "use 53 (the default), or another port for a test",
+        );
+    }
+    (port, rate_limit)
+}
+
 pub(super) fn validate(
     raw: &RawDns,
     servers: &[String],
@@ -170,24 +216,7 @@ pub(super) fn validate(
             "name the zone delegated to the agents, e.g. \"db.example.test.\"",
         );
     }
-    let record = raw.record.to_ascii_lowercase();
-    if !valid_label(&record) {
-        p.add(
-            &at("record"),
-            format!("{:?} is not a single DNS label", raw.record),
-            "use a label such as \"primary\": clients resolve <record>.<zone>",
-        );
-    }
-    if record.starts_with('_') {
-        p.add(
-            &at("record"),
-            format!(
-                "{:?} clashes with the names vipgate keeps for itself (_owner)",
-                raw.record
-            ),
-            "use a label without a leading underscore",
-        );
-    }
+    let record = validate_record(raw, p);
     let mut seconds = |key: &'static str, value: i64, max: i64, fix: &str| -> u32 {
         if (0..=max).contains(&value) {
             value as u32
@@ -211,22 +240,7 @@ pub(super) fn validate(
         MAX_MINIMUM,
         "keep it small (5 is the default): resolvers cache a negative answer this long",
     );
-    let rate_limit = u32::try_from(raw.rate_limit).unwrap_or_else(|_| {
-        p.add(
-            &at("rate_limit"),
-            format!("{} is not a number of answers per second", raw.rate_limit),
-            "use e.g. 100 (the default; resolvers cache the records for ttl), or 0 for no limit",
-        );
-        0
-    });
-    let port = u16::try_from(raw.port).ok().filter(|p| *p > 0);
-    if port.is_none() {
-        p.add(
-            &at("port"),
-            format!("{} is not a port", raw.port),
-            "use 53 (the default), or another port for a test",
-        );
-    }
+    let (port, rate_limit) = validate_port_and_rate(raw, p);
     let zone = zone?;
     check_names_fit(raw, &zone, &record, servers, p);
     let name = |key: &'static str, value: &Option<String>, default: Option<String>, p: &mut Problems<'_>| {

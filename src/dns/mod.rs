@@ -60,6 +60,26 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Answers sent, by response code (every code shown, zeros too).
+    pub fn answers(&self) -> std::collections::BTreeMap<String, u64> {
+        tally(&[
+            ("NOERROR", &self.noerror),
+            ("NXDOMAIN", &self.nxdomain),
+            ("SERVFAIL", &self.servfail),
+            ("REFUSED", &self.refused),
+            ("other", &self.other),
+        ])
+    }
+
+    /// Queries not answered in full, by why.
+    pub fn limited(&self) -> std::collections::BTreeMap<String, u64> {
+        tally(&[
+            ("rate_limited", &self.rate_limited),
+            ("truncated", &self.truncated),
+            ("malformed", &self.malformed),
+        ])
+    }
+
     fn count(&self, rcode: ResponseCode) {
         let c = match rcode {
             ResponseCode::NoError => &self.noerror,
@@ -70,6 +90,13 @@ impl Counters {
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+fn tally(counters: &[(&str, &AtomicU64)]) -> std::collections::BTreeMap<String, u64> {
+    counters
+        .iter()
+        .map(|(name, c)| (name.to_string(), c.load(Ordering::Relaxed)))
+        .collect()
 }
 
 struct Handler {
