@@ -4,7 +4,8 @@
 //! Layout: [`core`] is the pure ownership protocol; [`net`] the authenticated wire format;
 //! [`config`] turns the TOML file into checked settings; [`agent`] is the tokio loop that wires
 //! the core to sockets and effects; [`vip`] adds, removes and announces the virtual IPs;
-//! [`control`] is the socket `vipgate status` talks to. The simulator in `sim` (tests only)
+//! [`control`] is the socket `vipgate status` talks to; [`kernel`] holds the small Linux
+//! facilities used directly (bounded netlink sockets, TCP resets). The simulator in `sim` (tests only)
 //! drives whole clusters of cores through seeded faults.
 
 pub mod agent;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod dns;
+pub mod kernel;
 pub mod mysql;
 pub mod net;
 pub mod vip;

@@ -34,6 +34,13 @@ fn column<'a>(row: &'a Row, names: &[&str]) -> Option<&'a str> {
         .and_then(|(_, v)| v.as_deref())
 }
 
+/// The replication source's host and port from a `SHOW REPLICA STATUS` row.
+pub fn source_endpoint(row: &Row) -> Option<(String, u16)> {
+    let host = column(row, &["Source_Host", "Master_Host"]).filter(|h| !h.is_empty())?;
+    let port = column(row, &["Source_Port", "Master_Port"])?.parse().ok()?;
+    Some((host.to_string(), port))
+}
+
 /// Reads a `SHOW REPLICA STATUS` row, whichever flavour's column names it has.
 pub fn replication(row: &Row) -> Result<Replication, String> {
     let running = |names: &[&str]| -> Result<bool, String> {

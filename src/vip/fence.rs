@@ -36,12 +36,11 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
     DefaultNla, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_APPEND, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage, NetlinkPayload, Nla, NlasIterator, parse_string,
+    NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, Nla, NlasIterator, parse_string,
 };
 use netlink_packet_netfilter::nftables::{
     ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions, Hook, HookNumber,
@@ -568,7 +567,12 @@ impl Fence {
                     let detail = format!("datagram of {len} bytes exceeds {RECV_BUF}");
                     return Err(FenceError::Decode { op, detail });
                 }
-                Ok(_) => return split_messages(op, buf),
+                Ok(_) => {
+                    return crate::kernel::split(buf).map_err(|e| FenceError::Decode {
+                        op,
+                        detail: e.to_string(),
+                    });
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(source) => return Err(FenceError::Socket { op, source }),
@@ -690,33 +694,10 @@ fn unsupported(problem: String) -> FenceError {
     FenceError::KernelUnsupported { release, problem }
 }
 
-/// Opens and binds a NETLINK_NETFILTER socket whose `recv` gives up after [`REPLY_TIMEOUT`],
-/// so a kernel that never answers cannot hang the agent.
+/// Opens a NETLINK_NETFILTER socket whose `recv` gives up after [`REPLY_TIMEOUT`].
 fn open_socket(op: &'static str) -> Result<Socket, FenceError> {
-    let wrap = |source| FenceError::Socket { op, source };
-    let mut sock = Socket::new(NETLINK_NETFILTER).map_err(wrap)?;
-    sock.bind_auto().map_err(wrap)?;
-    let tv = libc::timeval {
-        tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t,
-        tv_usec: REPLY_TIMEOUT.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: valid socket fd; `tv` is a live timeval and its exact size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(wrap(io::Error::last_os_error()));
-    }
-    // Best effort: they only make errors shorter (CAP_ACK) and more telling (EXT_ACK).
-    let _ = sock.set_cap_ack(true);
-    let _ = sock.set_ext_ack(true);
-    Ok(sock)
+    crate::kernel::netlink_socket(NETLINK_NETFILTER, REPLY_TIMEOUT)
+        .map_err(|source| FenceError::Socket { op, source })
 }
 
 fn timeout_ms(timeout: Duration) -> Result<u64, FenceError> {
@@ -761,24 +742,6 @@ fn encode(
     let start = out.len();
     out.resize(start + msg.buffer_len(), 0);
     msg.serialize(&mut out[start..]);
-}
-
-fn split_messages(
-    op: &'static str,
-    datagram: &[u8],
-) -> Result<Vec<NetlinkMessage<NetfilterMessage>>, FenceError> {
-    let decode = |e: netlink_packet_core::DecodeError| FenceError::Decode {
-        op,
-        detail: e.to_string(),
-    };
-    let mut out = Vec::new();
-    let mut rest = datagram;
-    while !rest.is_empty() {
-        let len = NetlinkBuffer::new_checked(rest).map_err(decode)?.length() as usize;
-        out.push(NetlinkMessage::deserialize(&rest[..len]).map_err(decode)?);
-        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
-    }
-    Ok(out)
 }
 
 /// Turns an NLMSG_ERROR into a [`FenceError::Kernel`], adding the kernel's extended-ACK text
