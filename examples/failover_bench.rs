@@ -61,6 +61,13 @@ fn main() {
             MysqldKilled,
         ),
         (
+            "writes, promote mode, default timings: primary's mysqld frozen",
+            200,
+            1000,
+            true,
+            MysqldFrozen,
+        ),
+        (
             "writes, promote mode, aggressive timings: host crash",
             20,
             120,
@@ -125,6 +132,7 @@ fn main() {
                 }
                 // The host and its agent stay up: only the database server dies.
                 MysqldKilled => lab.kill_mariadb("db1"),
+                MysqldFrozen => lab.signal_mariadb("db1", nix::sys::signal::Signal::SIGSTOP),
             }
             let took_over = wait_for(Duration::from_secs(10), || {
                 lab.observer().sole_holder(VIP4, "db2")
@@ -189,6 +197,8 @@ enum Fault {
     HostCrash,
     /// SIGKILL to its MariaDB server only.
     MysqldKilled,
+    /// SIGSTOP to its MariaDB server only (left stopped until the lab is torn down).
+    MysqldFrozen,
     /// `vipgate switchover --to db2`.
     Switchover,
 }

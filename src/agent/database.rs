@@ -141,9 +141,12 @@ pub(super) fn start_worker(
                 }
                 Job::Fence { term, budget } => {
                     let deadline = tokio::time::Instant::now() + budget;
-                    // A refused or dropped connection may be passing: retry until the deadline.
+                    // A dropped connection may be passing: retry until the deadline. A server
+                    // that is not running is reported at once: it takes no writes.
                     let mut result = actions::fence(&mysql, &password, deadline).await;
-                    while result.is_err() && tokio::time::Instant::now() + FENCE_RETRY * 2 < deadline {
+                    while matches!(result, Err(actions::FenceError::Failed(_)))
+                        && tokio::time::Instant::now() + FENCE_RETRY * 2 < deadline
+                    {
                         tokio::time::sleep(FENCE_RETRY).await;
                         result = actions::fence(&mysql, &password, deadline).await;
                     }
@@ -195,7 +198,7 @@ pub(super) enum Outcome {
     /// With the database's final position (count, GTIDs) on success.
     Fenced {
         term: Option<Term>,
-        result: Result<(u64, String), String>,
+        result: Result<(u64, String), actions::FenceError>,
     },
     /// `kill_grace` has passed since the fence of a release of `term`.
     KillDue {
@@ -592,6 +595,10 @@ impl Agent {
                     (Err(e), None) => {
                         tracing::error!("could not fence the database: {e}; retrying with the next check")
                     }
+                    (Err(e @ actions::FenceError::NotRunning(_)), Some(t)) => tracing::warn!(
+                        term = t,
+                        "{e}: it takes no writes, so the release goes on without waiting for the lease to run out"
+                    ),
                     (Err(e), Some(_)) => tracing::error!(
                         "could not fence the database: {e}; a release waits for the lease to run out"
                     ),
@@ -602,6 +609,12 @@ impl Agent {
                 if term.is_none() {
                     self.fencing = false;
                     return Ok(());
+                }
+                if let (Err(actions::FenceError::NotRunning(_)), Some(t)) = (&result, term)
+                    && let Some(p) = &mut self.pending_release
+                    && p.term == t
+                {
+                    p.fence_done = true;
                 }
                 if let (Ok((position, gtid)), Some(t)) = (&result, term) {
                     self.kill_clients_later(t);

@@ -33,13 +33,15 @@ use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
-/// A release in progress: done when the VIP is gone and the database fenced.
+/// A release in progress: done when the VIP is gone and the database fenced (or found not
+/// running).
 struct PendingRelease {
     term: Term,
     vip_done: bool,
     fence_done: bool,
     /// The fenced database's final position: what the release announces, whatever a later
-    /// (or older) health check says.
+    /// (or older) health check says; `None` when unknown (no database consulted, or one that is
+    /// not running), and the successor then waits for nothing beyond what it received.
     final_position: Option<u64>,
     /// And its GTIDs, which the release carries too.
     final_gtid: String,
@@ -150,8 +152,6 @@ struct Agent {
     maintenance: bool,
     /// A current release: the old owner's final data position (count, GTIDs), and when it came.
     handover_position: Option<(u64, String, Instant)>,
-    /// The final GTIDs of the release being announced (the core does not know them).
-    release_gtid: String,
     /// The number of the last `Drop` sent to the VIP task and its deadline: only its
     /// confirmation completes the release.
     drop_seq: u64,
@@ -340,7 +340,6 @@ impl Agent {
             stopping: None,
             maintenance,
             handover_position: None,
-            release_gtid: String::new(),
             drop_seq: 0,
             release_by: None,
             pending_release: None,
@@ -647,11 +646,14 @@ impl Agent {
     fn complete_release(&mut self, now: Instant) -> Result<(), String> {
         match &self.pending_release {
             Some(p) if p.vip_done && p.fence_done => {
-                let term = p.term;
-                self.release_gtid = p.final_gtid.clone();
+                let released = Event::Released {
+                    term: p.term,
+                    final_position: p.final_position,
+                    final_gtid: p.final_gtid.clone(),
+                };
                 self.pending_release = None;
                 self.release_by = None;
-                self.step(now, Event::Released { term })
+                self.step(now, released)
             }
             _ => Ok(()),
         }
@@ -752,7 +754,7 @@ impl Agent {
         match action {
             Action::Persist(state) => self.state.save(state).map_err(|e| e.to_string())?,
             Action::Send { to, message } => self.send(to, &message),
-            Action::Broadcast(mut message) => {
+            Action::Broadcast(message) => {
                 if let Message::Heartbeat(h) = &message
                     && h.lease_claim
                 {
@@ -761,11 +763,6 @@ impl Agent {
                     if self.heartbeat_sent.len() > 32 {
                         self.heartbeat_sent.pop_front();
                     }
-                }
-                if let Message::Release(r) = &mut message
-                    && r.final_position.is_some()
-                {
-                    r.final_gtid = std::mem::take(&mut self.release_gtid);
                 }
                 self.broadcast(&message);
                 if matches!(message, Message::Heartbeat(_)) {

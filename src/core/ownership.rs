@@ -183,8 +183,14 @@ pub enum Event {
     },
     /// Operator or shutdown: give ownership up, preferably to `to` (or the best known peer).
     Release { to: Option<NodeIdx> },
-    /// The shell finished an [`Action::Release`] (VIP removed, database fenced).
-    Released { term: Term },
+    /// The shell finished an [`Action::Release`] (VIP removed, database fenced), with the
+    /// fenced database's final position and GTIDs when known (`None`: no database consulted,
+    /// or one that is not running) — the successor waits for them.
+    Released {
+        term: Term,
+        final_position: Option<Position>,
+        final_gtid: String,
+    },
     /// The shell's deadline removed the VIPs of `term` before the core released them (the
     /// agent loop stalled): an owner of `term` gives it up, since it can no longer serve it.
     VipLost { term: Term },
@@ -585,11 +591,15 @@ impl Core {
                     self.hold_until = now + self.s.lease;
                 }
             }
-            Event::Released { term } => {
+            Event::Released {
+                term,
+                final_position,
+                final_gtid,
+            } => {
                 if let Role::Releasing { term: t, to, .. } = self.role
                     && t == term
                 {
-                    self.finish_release(term, to, &mut out);
+                    self.finish_release(term, to, final_position, final_gtid, &mut out);
                 }
             }
             Event::VipLost { term } => {
@@ -1177,7 +1187,14 @@ impl Core {
     }
 
     /// The VIP is gone: voters may now grant someone else without waiting for expiry.
-    fn finish_release(&mut self, term: Term, to: Option<NodeIdx>, out: &mut Vec<Action>) {
+    fn finish_release(
+        &mut self,
+        term: Term,
+        to: Option<NodeIdx>,
+        final_position: Option<Position>,
+        final_gtid: String,
+        out: &mut Vec<Action>,
+    ) {
         self.role = Role::Follower;
         if self.grant.is_some_and(|g| g.to == self.s.me) {
             self.grant = None;
@@ -1185,8 +1202,8 @@ impl Core {
         out.push(Action::Broadcast(Message::Release(Release {
             term,
             to,
-            final_position: Some(self.position),
-            final_gtid: String::new(),
+            final_position,
+            final_gtid,
         })));
     }
 
@@ -1656,7 +1673,12 @@ mod tests {
             "{out:?}"
         );
         assert!(!c.holds_lease(t(sent + 50)));
-        let out = c.handle(t(sent + 80), Event::Released { term });
+        let released = Event::Released {
+            term,
+            final_position: Some(10),
+            final_gtid: String::new(),
+        };
+        let out = c.handle(t(sent + 80), released);
         assert!(
             out.iter()
                 .any(|a| matches!(a, Action::Broadcast(Message::Release(r)) if r.term == term))

@@ -44,6 +44,19 @@ async fn is_mariadb(c: &mut Conn, deadline: Instant) -> Result<bool, String> {
     Ok(probe::is_mariadb(&v.unwrap_or_default()))
 }
 
+/// Why a fence did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// Nothing listens where the server should be (connection refused, no socket file). A
+    /// server that is not running takes no writes; whether it comes back read_only is up to its
+    /// option file (`read_only = ON`) and, failing that, to the next health check, which fences
+    /// a writable database this node does not own.
+    #[error("the database is not running ({0})")]
+    NotRunning(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Makes the database refuse writes: `read_only = ON` (and `super_read_only` on MySQL).
 ///
 /// Setting read_only waits for commits in progress. A commit that cannot finish — typically one
@@ -58,15 +71,22 @@ pub async fn fence(
     config: &Mysql,
     password: &Option<Secret>,
     deadline: Instant,
-) -> Result<(u64, String), String> {
-    fence_only(config, password, deadline).await?;
+) -> Result<(u64, String), FenceError> {
+    let c = match timeout_at(deadline, Conn::new(options(config, password))).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) if super::not_running(&e) => return Err(FenceError::NotRunning(e.to_string())),
+        Ok(Err(e)) => return Err(FenceError::Failed(format!("cannot connect to the database: {e}"))),
+        Err(_) => return Err(FenceError::Failed("the database did not accept a connection in time".into())),
+    };
+    let failed = FenceError::Failed;
+    fence_on(c, config, password, deadline).await.map_err(failed)?;
     // With writes refused, this is the database's final position: a planned successor waits
     // for exactly this.
-    let mut c = connect(config, password, deadline).await?;
-    let mariadb = is_mariadb(&mut c, deadline).await?;
-    let gtid = executed(&mut c, mariadb, deadline).await?;
+    let mut c = connect(config, password, deadline).await.map_err(failed)?;
+    let mariadb = is_mariadb(&mut c, deadline).await.map_err(failed)?;
+    let gtid = executed(&mut c, mariadb, deadline).await.map_err(failed)?;
     let _ = timeout_at(deadline, c.disconnect()).await;
-    Ok((probe::gtid_position(&gtid)?, gtid))
+    Ok((probe::gtid_position(&gtid).map_err(failed)?, gtid))
 }
 
 /// The local executed GTIDs (MariaDB: `gtid_current_pos`; MySQL: `gtid_executed`).
@@ -120,7 +140,11 @@ pub async fn fence_at_start(
 }
 
 async fn fence_only(config: &Mysql, password: &Option<Secret>, deadline: Instant) -> Result<(), String> {
-    let mut c = connect(config, password, deadline).await?;
+    let c = connect(config, password, deadline).await?;
+    fence_on(c, config, password, deadline).await
+}
+
+async fn fence_on(mut c: Conn, config: &Mysql, password: &Option<Secret>, deadline: Instant) -> Result<(), String> {
     let mariadb = is_mariadb(&mut c, deadline).await?;
     let sql = if mariadb {
         "SET GLOBAL read_only = ON"

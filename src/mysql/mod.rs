@@ -243,18 +243,20 @@ async fn check(config: &Mysql, password: &Option<Secret>, conn: &mut Option<Conn
 }
 
 fn classify(e: &mysql_async::Error) -> Check {
-    match (server_code(e), e) {
-        (Some(code), _) if REFUSING_CODES.contains(&code) => Check::Refusing(e.to_string()),
-        (None, mysql_async::Error::Io(mysql_async::IoError::Io(io)))
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-            ) =>
-        {
-            Check::Gone(e.to_string())
-        }
+    match server_code(e) {
+        Some(code) if REFUSING_CODES.contains(&code) => Check::Refusing(e.to_string()),
+        _ if not_running(e) => Check::Gone(e.to_string()),
         _ => Check::Down(e.to_string()),
     }
+}
+
+/// Nothing listens where the server should be: connection refused, or no socket file.
+pub(crate) fn not_running(e: &mysql_async::Error) -> bool {
+    matches!(
+        e,
+        mysql_async::Error::Io(mysql_async::IoError::Io(io))
+            if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound)
+    )
 }
 
 async fn observe(c: &mut Conn) -> Result<Observation, mysql_async::Error> {

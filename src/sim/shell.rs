@@ -255,7 +255,12 @@ impl Sim {
                     )));
                 }
                 a.pending_release = None;
-                self.step(agent, Event::Released { term })
+                let released = Event::Released {
+                    term,
+                    final_position: None,
+                    final_gtid: String::new(),
+                };
+                self.step(agent, released)
             }
             // The release stays unconfirmed: the lease runs out and the fence closes.
             Report::DropFailed { .. } | Report::Links { .. } => Ok(()),
