@@ -96,7 +96,30 @@ fn primary_database_killed_the_replica_is_promoted_and_no_acknowledged_write_is_
 #[test]
 fn primary_database_frozen_the_replica_takes_over_and_the_old_one_is_fenced_when_it_thaws() {
     let mut lab = promoting(10_000);
+    // A client connected through the VIP, waiting on the primary with no timeout of its own
+    // (the server's greeting read, then silence once it freezes).
+    let script = lab.dir.path().join("idle-client.sh");
+    std::fs::write(
+        &script,
+        "exec 3<>/dev/tcp/$1/3306 || exit 2\necho connected\nstart=$(date +%s%N)\n\
+         timeout 60 cat <&3 >/dev/null\necho \"ended rc=$? after $(( ($(date +%s%N) - start) / 1000000 )) ms\"\n",
+    )
+    .unwrap();
+    let idle = lab.client_script(script.to_str().unwrap(), &[VIP4]);
+    assert!(
+        wait_for(Duration::from_secs(5), || idle.output().contains("connected")),
+        "the idle client did not connect: {}",
+        idle.output()
+    );
     failover_under_writes(&mut lab, |lab| lab.signal_mariadb("db1", Signal::SIGSTOP));
+    // Judged from the client: the old owner reset its connection when it released, so it
+    // learns at once (`cat` fails on the reset) instead of hanging on the frozen server.
+    assert!(
+        wait_for(Duration::from_secs(5), || idle.output().contains("ended")),
+        "the client stuck on the frozen primary was not reset\n{}",
+        lab.log("db1")
+    );
+    assert!(idle.output().contains("ended rc=1 "), "{}", idle.output());
     lab.signal_mariadb("db1", Signal::SIGCONT);
     // db1's database comes back writable; its agent does not own and fences it.
     assert!(

@@ -819,7 +819,13 @@ impl Agent {
                 });
                 if let Some(vips) = &self.vips {
                     self.drop_seq += 1;
-                    vips.drop(term, lease_end, self.drop_seq);
+                    // A planned move lets commits in progress finish (`kill_grace_ms`); on any
+                    // other release the clients are told at once that the connection is gone.
+                    let planned = matches!(
+                        reason,
+                        crate::core::ReleaseReason::Requested | crate::core::ReleaseReason::Preempted
+                    );
+                    vips.drop(term, lease_end, self.drop_seq, !planned);
                 }
                 if self.promote_mode() {
                     self.start_fence(Some(term), lease_end);

@@ -76,7 +76,11 @@ pub async fn fence(
         Ok(Ok(c)) => c,
         Ok(Err(e)) if super::not_running(&e) => return Err(FenceError::NotRunning(e.to_string())),
         Ok(Err(e)) => return Err(FenceError::Failed(format!("cannot connect to the database: {e}"))),
-        Err(_) => return Err(FenceError::Failed("the database did not accept a connection in time".into())),
+        Err(_) => {
+            return Err(FenceError::Failed(
+                "the database did not accept a connection in time".into(),
+            ));
+        }
     };
     let failed = FenceError::Failed;
     fence_on(c, config, password, deadline).await.map_err(failed)?;
@@ -144,7 +148,12 @@ async fn fence_only(config: &Mysql, password: &Option<Secret>, deadline: Instant
     fence_on(c, config, password, deadline).await
 }
 
-async fn fence_on(mut c: Conn, config: &Mysql, password: &Option<Secret>, deadline: Instant) -> Result<(), String> {
+async fn fence_on(
+    mut c: Conn,
+    config: &Mysql,
+    password: &Option<Secret>,
+    deadline: Instant,
+) -> Result<(), String> {
     let mariadb = is_mariadb(&mut c, deadline).await?;
     let sql = if mariadb {
         "SET GLOBAL read_only = ON"

@@ -52,6 +52,8 @@ pub const RETRY: Duration = Duration::from_millis(50);
 pub const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// While an interface is missing or down (or the watch is lost), its state is re-read this often.
 const LINK_POLL: Duration = Duration::from_secs(1);
+/// The longest a release waits for client connections to be reset before it closes the fence.
+const RESET_BUDGET: Duration = Duration::from_millis(50);
 /// This many failed lifetime refreshes in a row mean the VIP cannot be kept: give it up.
 pub const MAX_REFRESH_FAILURES: u32 = 3;
 
@@ -63,7 +65,13 @@ pub enum Command {
     Hold { term: Term, until: Instant },
     /// Remove them before `by`, then report [`Report::Dropped`] (or [`Report::DropFailed`])
     /// with the same `seq`. The loop has marked the term dropped already ([`Vips::drop`]).
-    Drop { term: Term, by: Instant, seq: u64 },
+    /// `reset_clients`: first reset the TCP connections to the VIPs (see [`Vips::drop`]).
+    Drop {
+        term: Term,
+        by: Instant,
+        seq: u64,
+        reset_clients: bool,
+    },
     /// The agent is exiting: remove everything, then answer whether the kernel confirmed it.
     Shutdown {
         done: oneshot::Sender<Result<(), String>>,
@@ -129,10 +137,19 @@ impl Vips {
     }
 
     /// Stops holding `term` at once (no announcement or re-add follows, the backstop is
-    /// disarmed), then asks the task to remove the VIPs before `by`.
-    pub fn drop(&self, term: Term, by: Instant, seq: u64) {
+    /// disarmed), then asks the task to remove the VIPs before `by`. With `reset_clients`, the
+    /// task first resets every TCP connection to a VIP, while the fence still lets the resets
+    /// out: clients of a database that hangs learn at once that the connection is gone, and
+    /// reconnect — to the new owner — instead of waiting for their own timeouts, which many
+    /// drivers leave infinite.
+    pub fn drop(&self, term: Term, by: Instant, seq: u64, reset_clients: bool) {
         self.lease.lock().expect("lease lock").give_up(term);
-        self.send(Command::Drop { term, by, seq });
+        self.send(Command::Drop {
+            term,
+            by,
+            seq,
+            reset_clients,
+        });
     }
 
     /// Removes every VIP (the agent is exiting), waiting at most `limit` for the kernel.

@@ -18,7 +18,12 @@ impl Manager {
                 command = commands.recv() => match command {
                     Some(Command::Hold { term, until }) => self.hold(term, until).await,
                     Some(Command::Announce(announce)) => self.announce = announce,
-                    Some(Command::Drop { term, by, seq }) => self.drop_all(term, by, seq).await,
+                    Some(Command::Drop {
+                        term,
+                        by,
+                        seq,
+                        reset_clients,
+                    }) => self.drop_all(term, by, seq, reset_clients).await,
                     Some(Command::Shutdown { done }) => {
                         let _ = done.send(self.shutdown().await);
                         return;
@@ -187,12 +192,15 @@ impl Manager {
     }
 
     /// The `Drop` numbered `seq`: closes the fence, removes every VIP (retrying until `by`)
-    /// and reports whether the kernel confirmed it.
-    async fn drop_all(&mut self, term: Term, by: Instant, seq: u64) {
+    /// and reports whether the kernel confirmed it. `reset_clients`: see [`super::Vips::drop`].
+    async fn drop_all(&mut self, term: Term, by: Instant, seq: u64, reset_clients: bool) {
         let was_held = !self.status.lock().expect("status lock").held.is_empty();
         self.lease().give_up(term);
         self.next_announce = None;
         self.set_held(false);
+        if reset_clients && was_held {
+            self.reset_clients(by).await;
+        }
         self.close_fence().await;
         let removal = self.remove_all(by).await;
         match &removal {
@@ -207,6 +215,26 @@ impl Manager {
             }
         }
         let _ = self.reports.send(lease::drop_report(term, seq, removal));
+    }
+
+    /// Resets the TCP connections to the VIPs, waiting at most [`RESET_BUDGET`] (and never past
+    /// `by`, when the fence must be closed): the fence closes right after, and then no reset
+    /// would leave the host.
+    async fn reset_clients(&mut self, by: Instant) {
+        let vips: Vec<IpAddr> = self.slots.iter().map(|s| s.vip.address.to_canonical()).collect();
+        let budget = clock::until(by).saturating_sub(RETRY).min(RESET_BUDGET);
+        let reset = tokio::task::spawn_blocking(move || {
+            crate::kernel::reset::reset(|tcp| vips.contains(&tcp.local.ip()))
+        });
+        match timeout(budget, reset).await {
+            Ok(Ok(Ok(0))) => {}
+            Ok(Ok(Ok(n))) => tracing::info!("reset {n} client connection(s) to the VIPs"),
+            Ok(Ok(Err(e))) => tracing::warn!("cannot reset the client connections to the VIPs: {e}"),
+            Ok(Err(e)) => tracing::warn!("resetting the client connections to the VIPs: {e}"),
+            Err(_) => {
+                tracing::warn!("resetting the client connections to the VIPs took over {budget:?}; going on")
+            }
+        }
     }
 
     /// Removes every VIP, retrying until `by`; `Ok` once the kernel confirmed each gone.

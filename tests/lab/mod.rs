@@ -476,6 +476,11 @@ pub struct ClientScript {
 }
 
 impl ClientScript {
+    /// What the script has printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+
     /// Interrupts the script (SIGINT to it alone, as a terminal's Ctrl-C would reach it once
     /// what it runs returns), waits at most `limit` for it to end, and returns its exit code
     /// and output.
