@@ -117,6 +117,10 @@ pub(crate) fn options(config: &Mysql, password: &Option<Secret>) -> OptsBuilder 
     }
 }
 
+/// How soon a failed check of a healthy database is followed by the next one (counted from
+/// the start of the failed one: after a check that timed out, at once).
+const QUICK_RETRY: Duration = Duration::from_millis(50);
+
 async fn run(mut updates: watch::Receiver<Mysql>, password: Option<Secret>, tx: watch::Sender<DbStatus>) {
     let mut config = updates.borrow_and_update().clone();
     let mut gauge = Gauge::new(config.rise, config.fall);
@@ -125,8 +129,17 @@ async fn run(mut updates: watch::Receiver<Mysql>, password: Option<Secret>, tx: 
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status = DbStatus::default();
     let mut io_stopped_since: Option<Instant> = None;
+    let mut retry_at: Option<Instant> = None;
     loop {
-        ticks.tick().await;
+        match retry_at.take() {
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                ticks.reset();
+            }
+            None => {
+                ticks.tick().await;
+            }
+        }
         if updates.has_changed().unwrap_or(false) {
             let next = updates.borrow_and_update().clone();
             gauge.set_thresholds(next.rise, next.fall);
@@ -195,6 +208,11 @@ async fn run(mut updates: watch::Receiver<Mysql>, password: Option<Secret>, tx: 
             }
         }
         status.healthy = gauge.healthy();
+        // A healthy database whose check failed is checked again soon, not a whole interval
+        // later: `fall` failures then take `fall` check times, not `fall` intervals.
+        if gauge.falling() {
+            retry_at = Some(started + QUICK_RETRY.min(config.check_interval));
+        }
         if status.healthy != was_healthy {
             match &status.problem {
                 Some(p) => tracing::warn!("database at {} is failing: {p}", config.endpoint),

@@ -180,6 +180,12 @@ impl Gauge {
     pub fn healthy(&self) -> bool {
         self.healthy
     }
+
+    /// Healthy, but with failed checks counted towards `fall`: the next check should not wait
+    /// for the steady interval.
+    pub fn falling(&self) -> bool {
+        self.healthy && self.streak > 0
+    }
 }
 
 #[cfg(test)]
@@ -334,5 +340,23 @@ mod tests {
         assert!(g.record(false), "one failure of three");
         assert!(!g.record_gone());
         assert!(!g.record(true) && g.record(true));
+    }
+
+    #[test]
+    fn only_a_healthy_database_with_failures_counted_is_falling() {
+        let mut g = Gauge::new(2, 3);
+        assert!(!g.falling(), "unknown");
+        g.record(false);
+        assert!(!g.falling(), "failing already: the steady interval");
+        g.record(true);
+        assert!(!g.falling(), "rising");
+        g.record(true);
+        assert!(!g.falling(), "healthy, nothing counted");
+        g.record(false);
+        assert!(g.falling());
+        g.record(false);
+        assert!(g.falling());
+        g.record(false);
+        assert!(!g.healthy() && !g.falling(), "failed: back to the steady interval");
     }
 }
