@@ -177,7 +177,7 @@ fn a_replica_lagging_beyond_max_lag_is_not_promoted_until_it_catches_up() {
 
 /// Cuts db1 off, lets db2 take over, runs `while_isolated` on db1's database, and brings db1
 /// back.
-fn isolate_and_return(lab: &mut Lab, while_isolated: impl FnOnce(&Lab)) {
+fn isolate_and_return(lab: &mut Lab, while_isolated: impl FnOnce(&mut Lab)) {
     lab.link_down("db1");
     // db1's database stays up: it must be fenced before db2's becomes writable. Both are read
     // through their local sockets, whatever the network does.
@@ -413,7 +413,10 @@ fn maintenance_hands_ownership_over_and_keeps_the_node_out_until_ended() {
 fn a_former_primary_that_has_not_rejoined_is_never_handed_ownership() {
     let mut lab = promoting(10_000);
     isolate_and_return(&mut lab, |lab| {
-        // db1 comes back without a replication account: it cannot rejoin on its own.
+        // db1 comes back without a replication account: it cannot rejoin on its own. Its
+        // agent is stopped while still cut off, since the running one still holds the account
+        // and could rejoin in the moment between the link coming up and a restart.
+        lab.kill("db1");
         let config = lab.config_path("db1");
         let text = std::fs::read_to_string(&config).unwrap();
         let text: String = text
@@ -423,7 +426,6 @@ fn a_former_primary_that_has_not_rejoined_is_never_handed_ownership() {
             .collect();
         std::fs::write(&config, text).unwrap();
     });
-    lab.kill("db1");
     lab.start("db1");
     assert!(
         wait_for(Duration::from_secs(5), || {
