@@ -638,3 +638,62 @@ fn a_pre_promote_hook_can_veto_a_promotion_until_it_agrees() {
     assert_eq!(lab.read_only("db2"), Some(false));
     lab.assert_never_two_holders(VIP4);
 }
+
+/// The seed's multi-replica case. Semi-sync needs one replica's acknowledgement, so replicas
+/// differ: here db3 (priority 120) stops receiving, and only db2 (priority 100) holds every
+/// write db1 acknowledges. When db1's host dies, db2 is promoted — data before priority, or
+/// acknowledged rows would be lost — db3 re-points at it and catches up, and no acknowledged
+/// row is missing on either.
+#[test]
+fn with_two_replicas_the_one_holding_every_acknowledged_write_is_promoted_and_the_other_follows_it() {
+    let mut lab = Lab::new(
+        Path::new(env!("CARGO_BIN_EXE_vipgate")),
+        Spec {
+            mysql: Some("promote"),
+            db3: true,
+            ..Spec::default()
+        },
+    );
+    lab.start_all();
+    lab.expect_sole_holder(VIP4, "db1", Duration::from_secs(8));
+    lab.expect_followed("db1", Duration::from_secs(3));
+    lab.sql("db3", "STOP SLAVE IO_THREAD");
+    let writer = lab.writer();
+    std::thread::sleep(Duration::from_millis(1500));
+    let db3_rows = lab.rows("db3").len();
+    assert!(
+        lab.rows("db2").len() > db3_rows,
+        "db3 should have missed writes that db2 has"
+    );
+    let crashed = Instant::now();
+    lab.link_down("db1");
+    lab.kill("db1");
+    lab.kill_mariadb("db1");
+    lab.expect_sole_holder(VIP4, "db2", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(800));
+    let acked = writer.finish();
+    assert!(
+        acked.last().is_some_and(|(_, t)| *t > crashed),
+        "no write succeeded after the failover\n{}",
+        lab.logs()
+    );
+    let lost = lab.missing_rows("db2", &acked);
+    assert!(lost.is_empty(), "acknowledged rows missing on db2: {lost:?}");
+    // db3 follows the new primary and gets everything it missed.
+    let db2 = lab.host("db2").ip4.clone();
+    let caught_up = wait_for(Duration::from_secs(20), || {
+        lab.status("db3")
+            .and_then(|s| s.database)
+            .and_then(|d| d.replication)
+            .is_some_and(|r| r.source == db2 && r.io_running && r.sql_running)
+            && lab.missing_rows("db3", &acked).is_empty()
+    });
+    assert!(
+        caught_up,
+        "db3 did not catch up from db2: {:?}\n{}",
+        lab.status("db3").and_then(|s| s.database).and_then(|d| d.replication),
+        lab.log("db3")
+    );
+    assert_eq!(lab.read_only("db3"), Some(true));
+    assert!(lab.observer().sole_holder(VIP4, "db2"));
+}

@@ -81,6 +81,9 @@ pub struct Spec {
     /// region a (192.0.2.0/24, VIP 192.0.2.50), db2 and w1 in region b (198.51.100.0/24, VIP
     /// 198.51.100.50).
     pub regions: Option<bool>,
+    /// A third database host, db3 (192.0.2.14, priority 120): with `mysql`, a second replica
+    /// of db1.
+    pub db3: bool,
 }
 
 impl Default for Spec {
@@ -94,6 +97,7 @@ impl Default for Spec {
             max_lag_ms: 10_000,
             dns: None,
             regions: None,
+            db3: false,
         }
     }
 }
@@ -590,6 +594,9 @@ impl Lab {
             host(&prefix, "db2", 12, 100, false),
             host(&prefix, "w1", 13, 100, true),
         ];
+        if spec.db3 {
+            hosts.push(host(&prefix, "db3", 14, 120, false));
+        }
         let mut client = host(&prefix, CLIENT, 100, 0, false);
         if spec.regions.is_some() {
             hosts = hosts
@@ -953,13 +960,20 @@ impl Lab {
         }
         self.start_mariadb("db1", 1);
         self.start_mariadb("db2", 2);
+        if self.spec.db3 {
+            self.start_mariadb("db3", 3);
+        }
         let mut db1 = vec!["primary", "--demo-schema"];
         // In gate mode making the primary writable is the operator's part, not the agent's.
         if self.spec.mysql == Some("gate") {
             db1.push("--writable");
         }
         let primary = self.host("db1").ip4.clone();
-        for (name, role) in [("db1", db1), ("db2", vec!["replica", "--primary", &primary])] {
+        let mut roles = vec![("db1", db1), ("db2", vec!["replica", "--primary", &primary])];
+        if self.spec.db3 {
+            roles.push(("db3", vec!["replica", "--primary", &primary]));
+        }
+        for (name, role) in roles {
             let (ok, out) = self.mariadb_setup(name, &role);
             assert!(ok, "provision/mariadb-setup.sh on {name}: {out}");
         }
@@ -1087,8 +1101,9 @@ impl Lab {
     }
 
     pub fn start_all(&mut self) {
-        for name in ["db1", "db2", "w1"] {
-            self.start(name);
+        let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
+        for name in names {
+            self.start(&name);
         }
     }
 
