@@ -2,7 +2,7 @@
 //! exactly one agent at a time under a majority lease.
 //!
 //! Layout: [`core`] is the pure ownership protocol; [`net`] the authenticated wire format;
-//! [`config`] turns the TOML file into checked settings; [`agent`] is the tokio loop that wires
+//! [`config`] turns the TOML file into checked settings; [`gate`] is the pure database policy; [`agent`] is the tokio loop that wires
 //! the core to sockets and effects; [`vip`] adds, removes and announces the virtual IPs;
 //! [`control`] is the socket `vipgate status` talks to; [`kernel`] holds the small Linux
 //! facilities used directly (bounded netlink sockets, TCP resets). The simulator in `sim` (tests only)
@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod dns;
+pub mod gate;
 pub mod kernel;
 pub mod mysql;
 pub mod net;

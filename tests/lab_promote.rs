@@ -691,7 +691,9 @@ fn with_two_replicas_the_one_holding_every_acknowledged_write_is_promoted_and_th
     assert!(
         caught_up,
         "db3 did not catch up from db2: {:?}\n{}",
-        lab.status("db3").and_then(|s| s.database).and_then(|d| d.replication),
+        lab.status("db3")
+            .and_then(|s| s.database)
+            .and_then(|d| d.replication),
         lab.log("db3")
     );
     assert_eq!(lab.read_only("db3"), Some(true));

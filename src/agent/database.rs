@@ -8,6 +8,7 @@
 use super::{Agent, clock};
 use crate::config::{Mysql, MysqlMode, Secret};
 use crate::core::{Instant, RoleKind, Term};
+use crate::gate;
 use crate::mysql::actions;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,9 +35,12 @@ pub(super) enum Job {
         /// `[hooks] pre_promote`; a failure vetoes.
         veto: Option<Veto>,
     },
+    /// `settle`: how long the server must be found not running, attempt after attempt,
+    /// before the fence reports [`actions::FenceError::NotRunning`].
     Fence {
         term: Option<Term>,
         budget: Duration,
+        settle: Duration,
     },
     /// Replicate from the owner of `term`, whose database is at `host`.
     Rejoin {
@@ -103,6 +107,45 @@ async fn fence_unowned(
     Ok(())
 }
 
+/// Fences, retrying every [`FENCE_RETRY`] until `budget` is spent: a dropped connection may be
+/// passing, and a server being restarted is fenced as soon as it listens. A server found not
+/// running at every attempt for `settle` is reported so — it takes no writes — so that a
+/// release need not wait for the lease to run out; by then every peer's database report is
+/// fresh, and the election that follows ranks on current positions.
+async fn fence_until(
+    mysql: &Mysql,
+    password: &Option<Secret>,
+    budget: Duration,
+    settle: Duration,
+) -> Result<(u64, String), actions::FenceError> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + budget;
+    let mut gone_since = None;
+    loop {
+        let result = actions::fence(mysql, password, deadline).await;
+        let now = tokio::time::Instant::now();
+        match &result {
+            Ok(_) => return result,
+            Err(actions::FenceError::NotRunning(_)) => {
+                if now.duration_since(*gone_since.get_or_insert(now)) >= settle {
+                    return result;
+                }
+            }
+            Err(actions::FenceError::Failed(_)) => gone_since = None,
+        }
+        if now + FENCE_RETRY * 2 >= deadline {
+            // Not running, but not for long enough to be sure: the lease decides.
+            return result.map_err(|e| match e {
+                actions::FenceError::NotRunning(e) => actions::FenceError::Failed(format!(
+                    "the database is not running ({e}) since less than {settle:?}"
+                )),
+                e => e,
+            });
+        }
+        tokio::time::sleep(FENCE_RETRY).await;
+    }
+}
+
 /// Runs database jobs in order and reports each outcome.
 pub(super) fn start_worker(
     mysql: Mysql,
@@ -139,19 +182,10 @@ pub(super) fn start_worker(
                     };
                     Outcome::Promoted { term, result }
                 }
-                Job::Fence { term, budget } => {
-                    let deadline = tokio::time::Instant::now() + budget;
-                    // A dropped connection may be passing: retry until the deadline. A server
-                    // that is not running is reported at once: it takes no writes.
-                    let mut result = actions::fence(&mysql, &password, deadline).await;
-                    while matches!(result, Err(actions::FenceError::Failed(_)))
-                        && tokio::time::Instant::now() + FENCE_RETRY * 2 < deadline
-                    {
-                        tokio::time::sleep(FENCE_RETRY).await;
-                        result = actions::fence(&mysql, &password, deadline).await;
-                    }
-                    Outcome::Fenced { term, result }
-                }
+                Job::Fence { term, budget, settle } => Outcome::Fenced {
+                    term,
+                    result: fence_until(&mysql, &password, budget, settle).await,
+                },
                 Job::Rejoin {
                     term,
                     owner,
@@ -220,103 +254,44 @@ impl Agent {
     }
 
     /// A cluster starting (no owner seen yet): the first owner must be the most advanced
-    /// database, so no node stands before every other database host has reported a healthy
-    /// database — or until they had time to (a lease, plus `rise` checks and a timeout, from
+    /// database, so nobody stands before every other database host has reported a healthy
+    /// database — or until it has had time to (a lease, `rise` checks and a check timeout from
     /// this agent's start): a host that is down does not hold the others back for long.
-    fn first_reports_missing(&self, now: Instant, mysql: &Mysql) -> Option<String> {
+    fn cold_start(&self, now: Instant, mysql: &Mysql) -> Option<gate::ColdStart> {
         let window = self.config.cluster.lease + mysql.check_interval * mysql.rise + mysql.check_timeout;
         let left = (self.started + window).saturating_since(now);
         if left.is_zero() {
             return None;
         }
-        let missing: Vec<&str> = (0..self.config.nodes.len())
+        let missing: Vec<String> = (0..self.config.nodes.len())
             .filter(|&i| i != usize::from(self.me) && !self.config.nodes[i].witness)
             .filter(|&i| !self.peer_db[i].as_ref().is_some_and(|(_, r)| r.healthy))
-            .map(|i| self.id(i as crate::core::NodeIdx))
+            .map(|i| self.id(i as crate::core::NodeIdx).to_string())
             .collect();
-        (!missing.is_empty()).then(|| {
-            format!(
-                "cluster starting: waiting for the databases of {} to report (at most {} ms more)",
-                missing.join(", "),
-                left.as_millis()
-            )
-        })
+        (!missing.is_empty()).then_some(gate::ColdStart { missing, left })
     }
 
-    /// Why the database keeps this node from owning, if it does.
+    /// Why the database keeps this node from owning, if it does (`gate::ineligible`).
     pub(super) fn database_ineligible(&self, now: Instant) -> Option<String> {
-        if let Some((error, until)) = &self.db_fault
-            && now < *until
-        {
-            return Some(error.clone());
-        }
-        if let Some((_, diverged)) = &self.diverged {
-            return Some(format!("database diverged from the primary: {diverged}"));
-        }
         let (mysql, _) = self.mysql.as_ref()?;
         let status = self.db.as_ref()?.borrow();
-        if !status.healthy {
-            let problem = status.problem.as_deref().unwrap_or("not checked yet");
-            return Some(format!("database not healthy ({problem})"));
-        }
-        match mysql.mode {
-            MysqlMode::Gate => match status.read_only {
-                Some(false) => None,
-                _ => Some(
-                    "database is read_only (gate mode: only the writable database's node may own)".into(),
-                ),
-            },
-            MysqlMode::Promote => {
-                if self.last_owner.is_none()
-                    && let Some(waiting) = self.first_reports_missing(now, mysql)
-                {
-                    return Some(waiting);
-                }
-                let max_ms = u64::try_from(mysql.max_lag.as_millis()).unwrap_or(u64::MAX);
-                // The owner this node last supported (persisted with its vote): only its
-                // database's history is the cluster's.
-                let last_owner = self.last_owner.map(|(_, o)| o);
-                let from_last_owner = |r: &crate::mysql::probe::Replication| {
-                    last_owner
-                        .is_none_or(|o| r.source == self.config.nodes[usize::from(o)].address.to_string())
-                };
-                match status.replication.as_ref() {
-                    Some(r) if r.io_errno == Some(1236) => {
-                        Some("the source refuses this database's position (error 1236): diverged or purged binlogs".into())
-                    }
-                    Some(r) if !r.sql_running && !r.applied_all_received => {
-                        Some("replication SQL thread stopped with received events left to apply".into())
-                    }
-                    // A replica of the last owner: its lag decides (the last known lag once the
-                    // source is gone, 0 once everything received is applied).
-                    Some(r) if from_last_owner(r) && last_owner != Some(self.me) => match status.lag_s {
-                        Some(lag) if lag.saturating_mul(1000) <= max_ms => None,
-                        Some(lag) => Some(format!("replica {lag} s behind its source (max_lag {max_ms} ms)")),
-                        None => Some("replica lag unknown".into()),
-                    },
-                    // This node was the last owner: its database is the newest history.
-                    _ if last_owner == Some(self.me) => None,
-                    // Never saw an owner (a cluster starting): the most advanced database wins;
-                    // one behind a writable peer waits.
-                    _ if last_owner.is_none() => {
-                        let (best, who) = self.highest_position;
-                        (status.position < best).then(|| {
-                            format!(
-                                "database behind a writable one (position {} < {best} on {}) and not replicating",
-                                status.position,
-                                self.id(who)
-                            )
-                        })
-                    }
-                    // A former primary, or a replica of someone else: it must rejoin the owner's
-                    // history first, or it could roll the cluster back.
-                    _ => Some(format!(
-                        "database does not replicate from the last owner {}: it must rejoin first",
-                        last_owner.map_or("?", |o| self.id(o))
-                    )),
-                }
-            }
-        }
+        let fault = self.db_fault.as_ref().filter(|(_, until)| now < *until);
+        let owner = self.last_owner.map(|(_, o)| o);
+        let owner_address = owner.map(|o| self.config.nodes[usize::from(o)].address.to_string());
+        let facts = gate::Facts {
+            mode: mysql.mode,
+            me: self.me,
+            db: &status,
+            max_lag: mysql.max_lag,
+            fault: fault.map(|(e, _)| e.as_str()),
+            diverged: self.diverged.as_ref().map(|(_, d)| d.as_str()),
+            last_owner: owner
+                .zip(owner_address.as_deref())
+                .map(|(o, a)| (o, self.id(o), a)),
+            cold_start: self.cold_start(now, mysql),
+            highest_writable: (self.highest_position.0, self.id(self.highest_position.1)),
+        };
+        gate::ineligible(&facts).map(|why| why.to_string())
     }
 
     /// Remembers the highest position any peer has reported while its database was writable
@@ -576,7 +551,11 @@ impl Agent {
         self.promoted = None;
         self.step_started.insert("fence", clock::now());
         let budget = clock::until(by).max(Duration::from_millis(10));
-        let _ = jobs.send(Job::Fence { term, budget });
+        // Long enough for every peer's next check to be reported (see `fence_until`).
+        let settle = self.mysql.as_ref().map_or(Duration::ZERO, |(m, _)| {
+            m.check_interval + m.check_timeout + self.config.cluster.interval
+        });
+        let _ = jobs.send(Job::Fence { term, budget, settle });
     }
 
     pub(super) fn on_db_outcome(&mut self, now: Instant, outcome: Outcome) -> Result<(), String> {
@@ -615,6 +594,7 @@ impl Agent {
                     && p.term == t
                 {
                     p.fence_done = true;
+                    p.not_running = true;
                 }
                 if let (Ok((position, gtid)), Some(t)) = (&result, term) {
                     self.kill_clients_later(t);

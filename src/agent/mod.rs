@@ -20,7 +20,9 @@ pub mod state;
 
 use crate::config::{Config, Mysql, Secret};
 use crate::control::{self, DnsStatus, GrantStatus, PeerDb, PeerStatus, Request, Status};
-use crate::core::{Action, Core, DbReport, Event, Instant, Message, NodeIdx, RoleKind, Term, Vote};
+use crate::core::{
+    Action, Core, DbReport, Event, FinalData, Instant, Message, NodeIdx, RoleKind, Term, Vote,
+};
 use crate::mysql::DbStatus;
 use crate::net::{Codec, Receiver};
 use crate::vip::{self, Command, Report};
@@ -45,6 +47,9 @@ struct PendingRelease {
     final_position: Option<u64>,
     /// And its GTIDs, which the release carries too.
     final_gtid: String,
+    /// The database was found not running (for a check interval and more): it takes no
+    /// writes, and its final position is unknown.
+    not_running: bool,
 }
 
 /// Database reports go out on change, and at least this often.
@@ -646,10 +651,17 @@ impl Agent {
     fn complete_release(&mut self, now: Instant) -> Result<(), String> {
         match &self.pending_release {
             Some(p) if p.vip_done && p.fence_done => {
+                let final_data = match (p.final_position, p.not_running) {
+                    (Some(position), _) => FinalData::Fenced {
+                        position,
+                        gtid: p.final_gtid.clone(),
+                    },
+                    (None, true) => FinalData::Unknown,
+                    (None, false) => FinalData::NotConsulted,
+                };
                 let released = Event::Released {
                     term: p.term,
-                    final_position: p.final_position,
-                    final_gtid: p.final_gtid.clone(),
+                    final_data,
                 };
                 self.pending_release = None;
                 self.release_by = None;
@@ -816,6 +828,7 @@ impl Agent {
                     fence_done: !self.promote_mode(),
                     final_position: None,
                     final_gtid: String::new(),
+                    not_running: false,
                 });
                 if let Some(vips) = &self.vips {
                     self.drop_seq += 1;

@@ -22,8 +22,8 @@ pub use message::{
     Ack, DbReport, Heartbeat, MAX_REPORT_GTID, Message, NodeIdx, Position, Release, Term, Vote, VoteRequest,
 };
 pub use ownership::{
-    Action, Core, Event, Grant, MAX_MEMBERS, Member, PeerView, PersistentState, ReleaseReason, RoleKind,
-    Settings, SettingsError, Timing,
+    Action, Core, Event, FinalData, Grant, MAX_MEMBERS, Member, PeerView, PersistentState, ReleaseReason,
+    RoleKind, Settings, SettingsError, Timing,
 };
 #[cfg(test)]
 pub(crate) use ownership::{Fault, splitmix64};

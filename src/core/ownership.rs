@@ -183,17 +183,25 @@ pub enum Event {
     },
     /// Operator or shutdown: give ownership up, preferably to `to` (or the best known peer).
     Release { to: Option<NodeIdx> },
-    /// The shell finished an [`Action::Release`] (VIP removed, database fenced), with the
-    /// fenced database's final position and GTIDs when known (`None`: no database consulted,
-    /// or one that is not running) — the successor waits for them.
-    Released {
-        term: Term,
-        final_position: Option<Position>,
-        final_gtid: String,
-    },
+    /// The shell finished an [`Action::Release`] (VIP removed, database fenced), with what it
+    /// knows of the database's final state.
+    Released { term: Term, final_data: FinalData },
     /// The shell's deadline removed the VIPs of `term` before the core released them (the
     /// agent loop stalled): an owner of `term` gives it up, since it can no longer serve it.
     VipLost { term: Term },
+}
+
+/// What the shell knows of a released database's final state, announced with the release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinalData {
+    /// Fenced (read_only ON) at this position: the successor waits until it has all of it.
+    Fenced { position: Position, gtid: String },
+    /// No database is consulted (gate mode, or none): a named successor stands as named.
+    NotConsulted,
+    /// The database was not running, so its final position is unknown. The release names no
+    /// successor — a named one is granted whatever its data — and the election ranks the
+    /// candidates by what they hold.
+    Unknown,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -591,15 +599,11 @@ impl Core {
                     self.hold_until = now + self.s.lease;
                 }
             }
-            Event::Released {
-                term,
-                final_position,
-                final_gtid,
-            } => {
+            Event::Released { term, final_data } => {
                 if let Role::Releasing { term: t, to, .. } = self.role
                     && t == term
                 {
-                    self.finish_release(term, to, final_position, final_gtid, &mut out);
+                    self.finish_release(term, to, final_data, &mut out);
                 }
             }
             Event::VipLost { term } => {
@@ -1191,10 +1195,17 @@ impl Core {
         &mut self,
         term: Term,
         to: Option<NodeIdx>,
-        final_position: Option<Position>,
-        final_gtid: String,
+        final_data: FinalData,
         out: &mut Vec<Action>,
     ) {
+        let (to, final_position, final_gtid) = match final_data {
+            FinalData::Fenced { position, gtid } => (to, Some(position), gtid),
+            FinalData::NotConsulted => (to, None, String::new()),
+            FinalData::Unknown => {
+                self.handover = None;
+                (None, None, String::new())
+            }
+        };
         self.role = Role::Follower;
         if self.grant.is_some_and(|g| g.to == self.s.me) {
             self.grant = None;
@@ -1675,8 +1686,10 @@ mod tests {
         assert!(!c.holds_lease(t(sent + 50)));
         let released = Event::Released {
             term,
-            final_position: Some(10),
-            final_gtid: String::new(),
+            final_data: FinalData::Fenced {
+                position: 10,
+                gtid: String::new(),
+            },
         };
         let out = c.handle(t(sent + 80), released);
         assert!(
@@ -1684,6 +1697,31 @@ mod tests {
                 .any(|a| matches!(a, Action::Broadcast(Message::Release(r)) if r.term == term))
         );
         assert_eq!(c.role(), RoleKind::Follower);
+    }
+
+    #[test]
+    fn a_release_whose_final_data_is_unknown_names_no_successor() {
+        for (final_data, named) in [
+            (FinalData::Unknown, None),
+            (FinalData::NotConsulted, Some(2)),
+            (
+                FinalData::Fenced {
+                    position: 10,
+                    gtid: "0-1-10".into(),
+                },
+                Some(2),
+            ),
+        ] {
+            let (mut c, sent) = elect(5);
+            let term = c.term();
+            c.handle(t(sent + 50), Event::Release { to: Some(2) });
+            let out = c.handle(t(sent + 80), Event::Released { term, final_data });
+            let to = out.iter().find_map(|a| match a {
+                Action::Broadcast(Message::Release(r)) => Some(r.to),
+                _ => None,
+            });
+            assert_eq!(to, Some(named), "{out:?}");
+        }
     }
 
     #[test]

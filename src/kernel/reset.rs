@@ -220,25 +220,34 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
-    /// A real connection on loopback, reset from outside: the client's next read fails. Needs
+    /// A real connection on loopback, reset from outside while its owner is blocked reading:
+    /// the read fails at once, and another connection to the same server is untouched. Needs
     /// CAP_NET_ADMIN (the suite runs as root); without it the error must say so.
     #[test]
-    fn a_reset_connection_fails_its_owner_and_others_are_untouched() {
+    fn a_reset_connection_fails_its_blocked_owner_and_others_are_untouched() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let server = listener.local_addr().unwrap();
-        let mut victim = TcpStream::connect(server).unwrap();
+        let victim = TcpStream::connect(server).unwrap();
         let (_victim_peer, _) = listener.accept().unwrap();
         let mut bystander = TcpStream::connect(server).unwrap();
         let (mut bystander_peer, _) = listener.accept().unwrap();
-        let target = victim.local_addr().unwrap();
-        let result = reset(|c| c.local == target);
+        let target = Tcp {
+            local: victim.local_addr().unwrap(),
+            remote: server,
+        };
+        let mut reader = victim.try_clone().unwrap();
+        reader.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let blocked = std::thread::spawn(move || reader.read(&mut [0; 1]));
+        std::thread::sleep(Duration::from_millis(50));
+        let result = reset(|c| *c == target);
         if !nix::unistd::geteuid().is_root() {
             assert!(matches!(result, Err(ResetError::Denied)), "{result:?}");
             return;
         }
-        assert_eq!(result.unwrap(), 1);
-        victim.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let err = victim.read(&mut [0; 1]).unwrap_err();
+        let reset_count = result
+            .expect("resetting a connection as root (needs CAP_NET_ADMIN and CONFIG_INET_DIAG_DESTROY)");
+        assert_eq!(reset_count, 1);
+        let err = blocked.join().unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
         bystander.write_all(b"x").unwrap();
         bystander_peer
@@ -248,6 +257,6 @@ mod tests {
         bystander_peer.read_exact(&mut byte).unwrap();
         assert_eq!(&byte, b"x");
         // Gone already: nothing left to reset, and that is not an error.
-        assert_eq!(reset(|c| c.local == target).unwrap(), 0);
+        assert_eq!(reset(|c| *c == target).unwrap(), 0);
     }
 }

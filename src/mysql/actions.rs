@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::{Instant, timeout_at};
 
+/// Bound on resolving the replication source's name during a promotion.
+const RESOLVE_LIMIT: Duration = Duration::from_millis(200);
+
 /// Threads of these users or commands are never killed: replication, the server's own.
 const SPARED_USERS: [&str; 2] = ["system user", "event_scheduler"];
 
@@ -394,17 +397,7 @@ async fn stop_io_thread(
     deadline: Instant,
 ) -> Result<(), String> {
     let targets = match &source {
-        Some((host, port)) => match timeout_at(deadline, tokio::net::lookup_host((host.as_str(), *port)))
-            .await
-        {
-            Ok(Ok(addrs)) => addrs
-                .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
-                .collect(),
-            _ => {
-                tracing::warn!("cannot resolve the replication source {host}; its connections are not reset");
-                Vec::new()
-            }
-        },
+        Some((host, port)) => source_addresses(host, *port, deadline).await,
         None => Vec::new(),
     };
     let stopping = stop(c, mariadb, "IO_THREAD", deadline);
@@ -422,6 +415,27 @@ async fn stop_io_thread(
         tokio::select! {
             result = &mut stopping => return result,
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+}
+
+/// The replication source's addresses: the host as an address, or resolved within
+/// [`RESOLVE_LIMIT`] — a slow resolver must not hold a promotion up; without an answer the
+/// source's connections are simply not reset.
+async fn source_addresses(host: &str, port: u16, deadline: Instant) -> Vec<SocketAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return vec![SocketAddr::new(ip.to_canonical(), port)];
+    }
+    let limit = deadline.min(Instant::now() + RESOLVE_LIMIT);
+    match timeout_at(limit, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addrs)) => addrs
+            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+            .collect(),
+        _ => {
+            tracing::warn!(
+                "cannot resolve the replication source {host} in time; its connections are not reset"
+            );
+            Vec::new()
         }
     }
 }

@@ -165,6 +165,10 @@ async fn run(mut updates: watch::Receiver<Mysql>, password: Option<Secret>, tx: 
             }
         }
         let was_healthy = gauge.healthy();
+        // Only a server that did not answer is re-checked soon: one that answers with a
+        // refusal (too many connections, access denied during a grants reload) is alive, and
+        // counts at the steady interval.
+        let quick = matches!(check, Check::Down(_));
         status.checks += 1;
         match check {
             Check::Ok(o) => {
@@ -208,9 +212,9 @@ async fn run(mut updates: watch::Receiver<Mysql>, password: Option<Secret>, tx: 
             }
         }
         status.healthy = gauge.healthy();
-        // A healthy database whose check failed is checked again soon, not a whole interval
-        // later: `fall` failures then take `fall` check times, not `fall` intervals.
-        if gauge.falling() {
+        // A healthy database whose check found it down is checked again soon, not a whole
+        // interval later: `fall` failures then take `fall` check times, not `fall` intervals.
+        if quick && gauge.falling() {
             retry_at = Some(started + QUICK_RETRY.min(config.check_interval));
         }
         if status.healthy != was_healthy {

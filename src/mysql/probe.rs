@@ -357,6 +357,9 @@ mod tests {
         g.record(false);
         assert!(g.falling());
         g.record(false);
-        assert!(!g.healthy() && !g.falling(), "failed: back to the steady interval");
+        assert!(
+            !g.healthy() && !g.falling(),
+            "failed: back to the steady interval"
+        );
     }
 }

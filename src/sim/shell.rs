@@ -257,8 +257,7 @@ impl Sim {
                 a.pending_release = None;
                 let released = Event::Released {
                     term,
-                    final_position: None,
-                    final_gtid: String::new(),
+                    final_data: crate::core::FinalData::NotConsulted,
                 };
                 self.step(agent, released)
             }

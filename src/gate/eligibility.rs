@@ -1,0 +1,343 @@
+//! May this node's database own? The rules, in order (docs/mysql.md, *Eligibility and
+//! ranking*): a recent database fault or a divergence finding keeps it out; so does a database
+//! that is not healthy. In gate mode only a writable database may own. In promote mode the
+//! owner of the newest term seen decides: a replica of it is judged by its lag, the last owner
+//! itself is eligible, a cluster that never saw an owner lets the most advanced database stand
+//! once every database host has reported, and anything else must rejoin the owner's history
+//! first — or a hand-over to it would roll the cluster back.
+
+use crate::config::MysqlMode;
+use crate::core::NodeIdx;
+use crate::mysql::DbStatus;
+use std::fmt;
+use std::time::Duration;
+
+/// What the decision rests on, gathered by the agent.
+#[derive(Clone, Debug)]
+pub struct Facts<'a> {
+    pub mode: MysqlMode,
+    pub me: NodeIdx,
+    /// The local database as last probed.
+    pub db: &'a DbStatus,
+    /// `max_lag_ms`.
+    pub max_lag: Duration,
+    /// A database fault whose back-off has not ended (a failed promotion, say).
+    pub fault: Option<&'a str>,
+    /// This database diverged from the primary's history.
+    pub diverged: Option<&'a str>,
+    /// The owner of the newest term seen: its node, id and database address (what a replica
+    /// of it names as its source). `None`: no owner ever seen (a cluster starting).
+    pub last_owner: Option<(NodeIdx, &'a str, &'a str)>,
+    /// No owner seen yet, and the start-up wait for every database host's first report is
+    /// still on.
+    pub cold_start: Option<ColdStart>,
+    /// The highest position a writable peer reported in this run, and that peer's id.
+    pub highest_writable: (u64, &'a str),
+}
+
+/// A cluster starting: the database hosts not heard healthy yet, and how long the wait lasts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColdStart {
+    pub missing: Vec<String>,
+    pub left: Duration,
+}
+
+/// Why a database may not own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ineligible {
+    Fault(String),
+    Diverged(String),
+    Unhealthy(String),
+    /// Gate mode: only the writable database's node may own.
+    ReadOnly,
+    ColdStart(ColdStart),
+    /// The source refuses this database's position (error 1236).
+    PositionRefused,
+    /// The SQL thread stopped with received events left to apply.
+    ApplyStopped,
+    Lagging {
+        lag_s: u64,
+        max_ms: u64,
+    },
+    LagUnknown,
+    /// Never saw an owner, and a writable peer is further ahead.
+    Behind {
+        position: u64,
+        best: u64,
+        on: String,
+    },
+    /// Not a replica of the last owner (a former primary, a replica of someone else).
+    MustRejoin {
+        owner: String,
+    },
+}
+
+impl fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ineligible::Fault(e) => f.write_str(e),
+            Ineligible::Diverged(d) => write!(f, "database diverged from the primary: {d}"),
+            Ineligible::Unhealthy(p) => write!(f, "database not healthy ({p})"),
+            Ineligible::ReadOnly => {
+                f.write_str("database is read_only (gate mode: only the writable database's node may own)")
+            }
+            Ineligible::ColdStart(c) => write!(
+                f,
+                "cluster starting: waiting for the databases of {} to report (at most {} ms more)",
+                c.missing.join(", "),
+                c.left.as_millis()
+            ),
+            Ineligible::PositionRefused => f.write_str(
+                "the source refuses this database's position (error 1236): diverged or purged binlogs",
+            ),
+            Ineligible::ApplyStopped => {
+                f.write_str("replication SQL thread stopped with received events left to apply")
+            }
+            Ineligible::Lagging { lag_s, max_ms } => {
+                write!(f, "replica {lag_s} s behind its source (max_lag {max_ms} ms)")
+            }
+            Ineligible::LagUnknown => f.write_str("replica lag unknown"),
+            Ineligible::Behind { position, best, on } => write!(
+                f,
+                "database behind a writable one (position {position} < {best} on {on}) and not replicating"
+            ),
+            Ineligible::MustRejoin { owner } => write!(
+                f,
+                "database does not replicate from the last owner {owner}: it must rejoin first"
+            ),
+        }
+    }
+}
+
+/// Why this node's database may not own, or `None` when it may.
+pub fn ineligible(f: &Facts) -> Option<Ineligible> {
+    if let Some(e) = f.fault {
+        return Some(Ineligible::Fault(e.to_string()));
+    }
+    if let Some(d) = f.diverged {
+        return Some(Ineligible::Diverged(d.to_string()));
+    }
+    if !f.db.healthy {
+        let problem = f.db.problem.as_deref().unwrap_or("not checked yet");
+        return Some(Ineligible::Unhealthy(problem.to_string()));
+    }
+    match f.mode {
+        MysqlMode::Gate => (f.db.read_only != Some(false)).then_some(Ineligible::ReadOnly),
+        MysqlMode::Promote => promote_mode(f),
+    }
+}
+
+fn promote_mode(f: &Facts) -> Option<Ineligible> {
+    if f.last_owner.is_none()
+        && let Some(wait) = &f.cold_start
+    {
+        return Some(Ineligible::ColdStart(wait.clone()));
+    }
+    let last_owner = f.last_owner.map(|(node, _, _)| node);
+    let owner_is_source = |source: &str| f.last_owner.is_none_or(|(_, _, address)| source == address);
+    match f.db.replication.as_ref() {
+        Some(r) if r.io_errno == Some(1236) => Some(Ineligible::PositionRefused),
+        Some(r) if !r.sql_running && !r.applied_all_received => Some(Ineligible::ApplyStopped),
+        // A replica of the last owner: its lag decides (the last known lag once the source is
+        // gone, 0 once everything received is applied).
+        Some(r) if owner_is_source(&r.source) && last_owner != Some(f.me) => {
+            let max_ms = u64::try_from(f.max_lag.as_millis()).unwrap_or(u64::MAX);
+            match f.db.lag_s {
+                Some(lag) if lag.saturating_mul(1000) <= max_ms => None,
+                Some(lag_s) => Some(Ineligible::Lagging { lag_s, max_ms }),
+                None => Some(Ineligible::LagUnknown),
+            }
+        }
+        // This node was the last owner: its database is the newest history.
+        _ if last_owner == Some(f.me) => None,
+        // Never saw an owner (a cluster starting): the most advanced database wins; one behind
+        // a writable peer waits.
+        _ if last_owner.is_none() => {
+            let (best, on) = f.highest_writable;
+            (f.db.position < best).then(|| Ineligible::Behind {
+                position: f.db.position,
+                best,
+                on: on.to_string(),
+            })
+        }
+        // A former primary, or a replica of someone else: it must rejoin the owner's history
+        // first, or it could roll the cluster back.
+        _ => Some(Ineligible::MustRejoin {
+            owner: f.last_owner.map_or("?", |(_, id, _)| id).to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mysql::probe::Replication;
+
+    const ME: NodeIdx = 1;
+    const OWNER: (NodeIdx, &str, &str) = (0, "db1", "192.0.2.11");
+
+    fn replica_of(source: &str, lag_s: Option<u64>) -> DbStatus {
+        DbStatus {
+            healthy: true,
+            read_only: Some(true),
+            lag_s,
+            position: 10,
+            replication: Some(Replication {
+                source: source.into(),
+                io_running: true,
+                sql_running: true,
+                seconds_behind: lag_s,
+                received_gtid: "0-1-10".into(),
+                applied_all_received: lag_s == Some(0),
+                last_error: None,
+                io_errno: None,
+            }),
+            ..DbStatus::default()
+        }
+    }
+
+    fn facts(db: &DbStatus) -> Facts<'_> {
+        Facts {
+            mode: MysqlMode::Promote,
+            me: ME,
+            db,
+            max_lag: Duration::from_secs(10),
+            fault: None,
+            diverged: None,
+            last_owner: Some(OWNER),
+            cold_start: None,
+            highest_writable: (0, ""),
+        }
+    }
+
+    #[test]
+    fn a_replica_of_the_last_owner_is_judged_by_its_lag() {
+        let fresh = replica_of("192.0.2.11", Some(3));
+        assert_eq!(ineligible(&facts(&fresh)), None);
+        let lagging = replica_of("192.0.2.11", Some(11));
+        assert_eq!(
+            ineligible(&facts(&lagging)),
+            Some(Ineligible::Lagging {
+                lag_s: 11,
+                max_ms: 10_000
+            })
+        );
+        let unknown = replica_of("192.0.2.11", None);
+        assert_eq!(ineligible(&facts(&unknown)), Some(Ineligible::LagUnknown));
+    }
+
+    #[test]
+    fn a_database_outside_the_owners_history_must_rejoin_first() {
+        let elsewhere = replica_of("192.0.2.99", Some(0));
+        let mut former_primary = replica_of("x", Some(0));
+        former_primary.replication = None;
+        former_primary.read_only = Some(false);
+        for db in [&elsewhere, &former_primary] {
+            assert_eq!(
+                ineligible(&facts(db)),
+                Some(Ineligible::MustRejoin { owner: "db1".into() })
+            );
+        }
+        // Unless it was the last owner itself.
+        let f = Facts {
+            last_owner: Some((ME, "db2", "192.0.2.12")),
+            ..facts(&former_primary)
+        };
+        assert_eq!(ineligible(&f), None);
+    }
+
+    #[test]
+    fn refused_positions_and_stopped_appliers_keep_a_replica_out() {
+        let mut refused = replica_of("192.0.2.11", Some(0));
+        refused.replication.as_mut().unwrap().io_errno = Some(1236);
+        assert_eq!(ineligible(&facts(&refused)), Some(Ineligible::PositionRefused));
+        let mut stopped = replica_of("192.0.2.11", Some(2));
+        let r = stopped.replication.as_mut().unwrap();
+        r.sql_running = false;
+        r.applied_all_received = false;
+        assert_eq!(ineligible(&facts(&stopped)), Some(Ineligible::ApplyStopped));
+        // Stopped with nothing left to apply: the lag (0) decides.
+        stopped.replication.as_mut().unwrap().applied_all_received = true;
+        stopped.lag_s = Some(0);
+        assert_eq!(ineligible(&facts(&stopped)), None);
+    }
+
+    #[test]
+    fn faults_divergence_and_health_come_first() {
+        let db = replica_of("192.0.2.11", Some(0));
+        let f = Facts {
+            fault: Some("promotion failed: x"),
+            diverged: Some("y"),
+            ..facts(&db)
+        };
+        assert_eq!(
+            ineligible(&f),
+            Some(Ineligible::Fault("promotion failed: x".into()))
+        );
+        let f = Facts {
+            diverged: Some("y"),
+            ..facts(&db)
+        };
+        assert_eq!(ineligible(&f), Some(Ineligible::Diverged("y".into())));
+        let down = DbStatus {
+            healthy: false,
+            problem: Some("down: timed out".into()),
+            ..db.clone()
+        };
+        assert_eq!(
+            ineligible(&facts(&down)),
+            Some(Ineligible::Unhealthy("down: timed out".into()))
+        );
+    }
+
+    #[test]
+    fn a_starting_cluster_waits_for_reports_then_the_most_advanced_stands() {
+        let mut primary = replica_of("x", None);
+        primary.replication = None;
+        let wait = ColdStart {
+            missing: vec!["db1".into()],
+            left: Duration::from_millis(900),
+        };
+        let f = Facts {
+            last_owner: None,
+            cold_start: Some(wait.clone()),
+            ..facts(&primary)
+        };
+        assert_eq!(ineligible(&f), Some(Ineligible::ColdStart(wait)));
+        let f = Facts {
+            last_owner: None,
+            highest_writable: (12, "db1"),
+            ..facts(&primary)
+        };
+        assert_eq!(
+            ineligible(&f),
+            Some(Ineligible::Behind {
+                position: 10,
+                best: 12,
+                on: "db1".into()
+            })
+        );
+        let f = Facts {
+            last_owner: None,
+            highest_writable: (10, "db1"),
+            ..facts(&primary)
+        };
+        assert_eq!(ineligible(&f), None, "as far as the best writable peer");
+    }
+
+    #[test]
+    fn gate_mode_wants_a_writable_database() {
+        let mut db = replica_of("192.0.2.11", Some(0));
+        let f = Facts {
+            mode: MysqlMode::Gate,
+            ..facts(&db)
+        };
+        assert_eq!(ineligible(&f), Some(Ineligible::ReadOnly));
+        db.read_only = Some(false);
+        let f = Facts {
+            mode: MysqlMode::Gate,
+            ..facts(&db)
+        };
+        assert_eq!(ineligible(&f), None);
+    }
+}
