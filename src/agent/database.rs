@@ -255,17 +255,32 @@ impl Agent {
 
     /// A cluster starting (no owner seen yet): the first owner must be the most advanced
     /// database, so nobody stands before every other database host has reported a healthy
-    /// database — or until it has had time to (a lease, `rise` checks and a check timeout from
+    /// database (and every one that ranks above it has said it may own) — or until it has had
+    /// time to (a lease, `rise` checks and a check timeout from
     /// this agent's start): a host that is down does not hold the others back for long.
+    fn my_priority(&self) -> u8 {
+        self.config.nodes[usize::from(self.me)].priority
+    }
+
     fn cold_start(&self, now: Instant, mysql: &Mysql) -> Option<gate::ColdStart> {
         let window = self.config.cluster.lease + mysql.check_interval * mysql.rise + mysql.check_timeout;
         let left = (self.started + window).saturating_since(now);
         if left.is_zero() {
             return None;
         }
+        // A peer that ranks above this node (more data, or as much and a higher priority)
+        // must also have said it may own: its heartbeat can come a moment after its database
+        // report, and standing in between would let this node win before it.
+        let peers = self.core.peers();
+        let mine = (self.db.as_ref().map_or(0, |db| db.borrow().position), self.my_priority());
+        let waits_for = |i: usize| {
+            let healthy = self.peer_db[i].as_ref().is_some_and(|(_, r)| r.healthy);
+            let outranks = (peers[i].position, peers[i].priority) > mine;
+            !healthy || (outranks && !peers[i].eligible)
+        };
         let missing: Vec<String> = (0..self.config.nodes.len())
             .filter(|&i| i != usize::from(self.me) && !self.config.nodes[i].witness)
-            .filter(|&i| !self.peer_db[i].as_ref().is_some_and(|(_, r)| r.healthy))
+            .filter(|&i| waits_for(i))
             .map(|i| self.id(i as crate::core::NodeIdx).to_string())
             .collect();
         (!missing.is_empty()).then_some(gate::ColdStart { missing, left })
@@ -373,10 +388,12 @@ impl Agent {
             return;
         }
         self.watch_divergence();
-        let writable = self
-            .db
-            .as_ref()
-            .is_some_and(|db| db.borrow().read_only == Some(false));
+        // Seen writable by the last check (a failed check keeps the last value it saw, which
+        // says nothing about a server that is gone).
+        let writable = self.db.as_ref().is_some_and(|db| {
+            let db = db.borrow();
+            db.read_only == Some(false) && db.problem.is_none()
+        });
         let owns_it = self.promoted.is_some() && self.core.role() == RoleKind::Owner;
         if writable && !owns_it {
             tracing::warn!("the database is writable but this node does not own: fencing it (read_only ON)");
