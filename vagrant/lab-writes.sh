@@ -9,8 +9,8 @@ MYSQL_PWD=$(cat ~/.lab-app-password) || exit 1
 export MYSQL_PWD
 acked=$(mktemp)
 trap 'rm -f "$acked"' EXIT
-# Each statement gets at most 5 s, whatever the server does.
-db() { timeout 5 mariadb --no-defaults -h "$vip" -uapp -N -B --connect-timeout=1 lab "$@"; }
+# Each statement gets at most 5 s (then SIGTERM, and SIGKILL 1 s later), whatever the server does.
+db() { timeout -k 1 5 mariadb --no-defaults -h "$vip" -uapp -N -B --connect-timeout=1 lab "$@"; }
 server="CONCAT(@@hostname, ' (server ', @@server_id, ')')"
 
 check() {
