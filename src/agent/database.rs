@@ -272,7 +272,10 @@ impl Agent {
         // must also have said it may own: its heartbeat can come a moment after its database
         // report, and standing in between would let this node win before it.
         let peers = self.core.peers();
-        let mine = (self.db.as_ref().map_or(0, |db| db.borrow().position), self.my_priority());
+        let mine = (
+            self.db.as_ref().map_or(0, |db| db.borrow().position),
+            self.my_priority(),
+        );
         let waits_for = |i: usize| {
             let healthy = self.peer_db[i].as_ref().is_some_and(|(_, r)| r.healthy);
             let outranks = (peers[i].position, peers[i].priority) > mine;
@@ -291,7 +294,7 @@ impl Agent {
         let (mysql, _) = self.mysql.as_ref()?;
         let status = self.db.as_ref()?.borrow();
         let fault = self.db_fault.as_ref().filter(|(_, until)| now < *until);
-        let owner = self.last_owner.map(|(_, o)| o);
+        let owner = self.owners.last_owner.map(|(_, o)| o);
         let owner_address = owner.map(|o| self.config.nodes[usize::from(o)].address.to_string());
         let facts = gate::Facts {
             mode: mysql.mode,
@@ -304,59 +307,43 @@ impl Agent {
                 .zip(owner_address.as_deref())
                 .map(|(o, a)| (o, self.id(o), a)),
             cold_start: self.cold_start(now, mysql),
-            highest_writable: (self.highest_position.0, self.id(self.highest_position.1)),
+            highest_writable: self
+                .owners
+                .highest_writable
+                .map_or((0, ""), |(p, n)| (p, self.id(n))),
         };
         gate::ineligible(&facts).map(|why| why.to_string())
     }
 
-    /// Remembers the highest position any peer has reported while its database was writable
-    /// (a primary) in this run. Replicas are not counted: one that streams from this node's
-    /// database is at most as far, give or take the writes between two checks.
+    /// Notes who owned last and the positions of writable peers (`gate::Owners`); a new last
+    /// holder is persisted, since the region and anti-flap rules follow it, also after a restart.
     pub(super) fn note_positions(&mut self) {
         self.note_owner();
         for (i, view) in self.core.peers().iter().enumerate() {
             let writable = self.peer_db[i].as_ref().is_some_and(|(_, r)| r.writable);
-            if i != usize::from(self.me) && writable && view.position > self.highest_position.0 {
-                self.highest_position = (view.position, i as crate::core::NodeIdx);
+            if i != usize::from(self.me) && writable {
+                self.owners
+                    .note_writable(i as crate::core::NodeIdx, view.position);
             }
         }
     }
 
-    /// Remembers the owner of the newest term seen — from this node's own vote, its own
-    /// ownership, or a peer claiming a lease — even after that owner releases or falls
-    /// silent: its database holds the newest history.
     pub(super) fn note_owner(&mut self) {
-        let mut seen: Vec<(Term, crate::core::NodeIdx)> = Vec::new();
         let persisted = self.core.persisted();
-        // A vote for itself is a candidacy: whether it won shows in the role.
-        let voted = persisted.voted_for.filter(|v| *v != self.me);
-        if let Some(v) = voted {
-            seen.push((persisted.term, v));
+        let seen = gate::Seen {
+            vote: persisted.voted_for.map(|v| (persisted.term, v)),
+            owning: (self.core.role() == RoleKind::Owner).then(|| self.core.term()),
+            claims: (self.core.peers().iter().enumerate())
+                .filter(|(i, view)| view.lease_claim && view.owner == Some(*i as crate::core::NodeIdx))
+                .map(|(i, view)| (view.term, i as crate::core::NodeIdx))
+                .collect(),
+            live: self.live_holder(),
+        };
+        if let Some(holder) = self.owners.observe(self.me, &seen)
+            && let Err(e) = self.state.set_last_holder(Some(holder))
+        {
+            tracing::error!("{e}");
         }
-        if self.core.role() == RoleKind::Owner {
-            seen.push((self.core.term(), self.me));
-        }
-        for (i, view) in self.core.peers().iter().enumerate() {
-            let i = i as crate::core::NodeIdx;
-            if view.lease_claim && view.owner == Some(i) {
-                seen.push((view.term, i));
-            }
-        }
-        for (i, candidate) in seen.into_iter().enumerate() {
-            if self.last_owner.is_none_or(|(t, _)| candidate.0 > t) {
-                self.last_owner = Some(candidate);
-            }
-            // Every entry but a vote is a lease actually held.
-            let voted = i == 0 && voted.is_some();
-            if !voted && self.last_holder.is_none_or(|(t, _)| candidate.0 > t) {
-                self.last_holder = Some(candidate);
-                // The region and anti-flap rules follow it, also after a restart.
-                if let Err(e) = self.state.set_last_holder(Some(candidate)) {
-                    tracing::error!("{e}");
-                }
-            }
-        }
-        self.last_owner = newest_owner(self.last_owner, self.live_holder());
     }
 
     /// The lease held right now, as this node knows it: its own, or the one it acknowledges.
@@ -428,7 +415,7 @@ impl Agent {
         let Some(db) = &self.db else { return };
         let replication = db.borrow().replication.clone();
         let Some(r) = replication else { return };
-        let last_owner = self.last_owner.map(|(_, o)| o).filter(|o| *o != self.me);
+        let last_owner = self.owners.last_owner.map(|(_, o)| o).filter(|o| *o != self.me);
         let from_owner =
             last_owner.is_some_and(|o| r.source == self.config.nodes[usize::from(o)].address.to_string());
         if r.io_errno == Some(1236) && self.diverged.is_none() {
@@ -754,34 +741,5 @@ impl Agent {
                 actions::kill_clients(&mysql, &password, deadline).await,
             ));
         });
-    }
-}
-
-/// The newest owner, given the one remembered (`last`, perhaps only voted for) and the lease
-/// held right now (`live`). Terms are won in increasing order, and no term is won while a lease
-/// is live, so a remembered vote for a term above the live lease's never won: the live holder
-/// is the newest owner whenever there is one — a node back from a partition follows the owner
-/// it acknowledges, not the candidate it once voted for.
-fn newest_owner(
-    last: Option<(Term, crate::core::NodeIdx)>,
-    live: Option<(Term, crate::core::NodeIdx)>,
-) -> Option<(Term, crate::core::NodeIdx)> {
-    live.or(last)
-}
-
-#[cfg(test)]
-mod newest_owner_tests {
-    use super::newest_owner;
-
-    #[test]
-    fn a_live_lease_older_than_a_remembered_vote_names_the_owner() {
-        // Voted for node 2 in term 5, now acknowledges node 1's lease of term 3.
-        assert_eq!(newest_owner(Some((5, 2)), Some((3, 1))), Some((3, 1)));
-        assert_eq!(newest_owner(Some((3, 1)), Some((3, 1))), Some((3, 1)));
-        assert_eq!(newest_owner(Some((2, 0)), Some((3, 1))), Some((3, 1)));
-        // No live lease: the remembered owner stands, even after it fell silent.
-        assert_eq!(newest_owner(Some((5, 2)), None), Some((5, 2)));
-        assert_eq!(newest_owner(None, Some((3, 1))), Some((3, 1)));
-        assert_eq!(newest_owner(None, None), None);
     }
 }

@@ -38,7 +38,7 @@ impl Agent {
     /// This node may take over only when named: a window is on, and another node owned last
     /// (taking over from itself moves no data and is no failover).
     pub(super) fn failover_blocked(&self) -> bool {
-        !self.failover_block_left().is_zero() && self.last_holder.is_some_and(|(_, o)| o != self.me)
+        !self.failover_block_left().is_zero() && self.owners.last_holder.is_some_and(|(_, o)| o != self.me)
     }
 
     /// Ownership of `term` was won: an automatic failover when no releasing owner named this
@@ -50,15 +50,16 @@ impl Agent {
             if view.lease_claim
                 && view.owner == Some(i)
                 && view.term < term
-                && self.last_holder.is_none_or(|(t, _)| view.term > t)
+                && self.owners.last_holder.is_none_or(|(t, _)| view.term > t)
             {
-                self.last_holder = Some((view.term, i));
+                self.owners.last_holder = Some((view.term, i));
             }
         }
         let before = self
+            .owners
             .last_holder
             .filter(|(t, _)| *t < term)
-            .or(self.last_owner.filter(|(t, _)| *t < term))
+            .or(self.owners.last_owner.filter(|(t, _)| *t < term))
             .map(|(_, o)| o);
         self.note_owner();
         self.takeover = match before {
@@ -153,7 +154,7 @@ impl Agent {
             });
         }
         if region {
-            self.region_override = self.last_holder.map(|(t, _)| t);
+            self.region_override = self.owners.last_holder.map(|(t, _)| t);
             tracing::warn!("an operator lets ownership move to this node's region");
             done.push("this node may take over from the last owner's region");
         }

@@ -179,13 +179,10 @@ struct Agent {
     /// that the database diverged from the owner of a term (it then never owns).
     rejoining: bool,
     rejoin_cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// The highest database position any peer has reported in this run, and whose.
-    highest_position: (u64, NodeIdx),
-    /// The owner of the newest term seen (by vote, own ownership or a peer's claim).
-    last_owner: Option<(Term, NodeIdx)>,
-    /// The node that held the lease of the newest term seen held (own ownership or a peer's
-    /// claim; votes do not count): whom a new owner takes over from.
-    last_holder: Option<(Term, NodeIdx)>,
+    /// Who owned last (`gate::owners`): the owner of the newest term seen, the newest lease
+    /// actually held (whom a new owner takes over from; persisted), and the highest position a
+    /// writable peer reported in this run.
+    owners: crate::gate::Owners,
     /// Promote mode: the term just won by taking over from another node unnamed (an automatic
     /// failover), and from whom; the anti-flap window opens once it is promoted.
     takeover: Option<(Term, NodeIdx)>,
@@ -362,9 +359,7 @@ impl Agent {
             promotion_cancel: None,
             rejoining: false,
             rejoin_cancel: None,
-            highest_position: (0, me),
-            last_owner: None,
-            last_holder,
+            owners: crate::gate::Owners::new(last_holder),
             takeover: None,
             failover_block_until,
             transitions: BTreeMap::new(),
@@ -454,7 +449,8 @@ impl Agent {
     /// Whether the node that last held the lease (votes do not count) is in another region.
     fn last_owner_elsewhere(&self) -> bool {
         let region = |n: NodeIdx| &self.config.nodes[usize::from(n)].region;
-        self.last_holder
+        self.owners
+            .last_holder
             .is_some_and(|(_, o)| o != self.me && region(o) != region(self.me))
     }
 
@@ -468,7 +464,7 @@ impl Agent {
     pub(super) fn region_blocked(&self) -> bool {
         self.last_owner_elsewhere()
             && !self.config.cluster.cross_region_failover
-            && self.region_override != self.last_holder.map(|(t, _)| t)
+            && self.region_override != self.owners.last_holder.map(|(t, _)| t)
     }
 
     /// Why this node may take ownership only when a releasing owner names it, if so.
@@ -480,7 +476,7 @@ impl Agent {
             ));
         }
         if self.region_blocked() {
-            let owner = self.last_holder.map_or(self.me, |(_, o)| o);
+            let owner = self.owners.last_holder.map_or(self.me, |(_, o)| o);
             return Some(format!(
                 "the last owner {} is in region {:?}, this node in {:?}: cross_region_failover is off, so only \
                  a switchover moves ownership here (or, while no node owns, `vipgate failover-ack` on this node)",

@@ -5,8 +5,10 @@
 //!
 //! [`eligibility`]: may this node's database own, and if not, why — the rule that keeps a
 //! lagging replica, a former primary that has not rejoined, or a diverged database from
-//! being promoted.
+//! being promoted. [`owners`]: who owned last, which those rules judge against.
 
 pub mod eligibility;
+pub mod owners;
 
 pub use eligibility::{ColdStart, Facts, Ineligible, ineligible};
+pub use owners::{Owner, Owners, Seen};
