@@ -418,7 +418,8 @@ impl Agent {
         let last_owner = self.owners.last_owner.map(|(_, o)| o).filter(|o| *o != self.me);
         let from_owner =
             last_owner.is_some_and(|o| r.source == self.config.nodes[usize::from(o)].address.to_string());
-        if r.io_errno == Some(1236) && self.diverged.is_none() {
+        if r.io_errno == Some(crate::mysql::dialect::code::SOURCE_REFUSES_POSITION) && self.diverged.is_none()
+        {
             let message = format!(
                 "the source {} refuses this database's position ({}); manual action needed",
                 r.source,

@@ -34,7 +34,7 @@ pub(super) fn start(counts: Counts) -> mpsc::UnboundedSender<Event> {
                     event.name,
                     match &result {
                         Ok(()) => "ok",
-                        Err(e) if e.contains("timed out") => "timed out",
+                        Err(HookError::TimedOut { .. }) => "timed out",
                         Err(_) => "failed",
                     }
                 );
@@ -105,13 +105,26 @@ fn inheritable_handled(cleared: std::io::Result<()>, no_new_privs: bool) -> std:
 /// Runs `script EVENT NODE TERM` with the event's variables (and PATH, nothing else of the
 /// agent's environment, and none of its capabilities); the whole process group is killed at
 /// the timeout.
+/// Why a hook did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum HookError {
+    #[error("cannot start it: {0}")]
+    Start(#[source] std::io::Error),
+    #[error("exited with {0}")]
+    Exited(std::process::ExitStatus),
+    #[error("cannot wait for it: {0}")]
+    Wait(#[source] std::io::Error),
+    #[error("timed out after {} ms and was killed", .after.as_millis())]
+    TimedOut { after: Duration },
+}
+
 pub(super) async fn run(
     script: &Path,
     event: &str,
     term: Term,
     env: &[(String, String)],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), HookError> {
     let node = env
         .iter()
         .find(|(k, _)| k == "VIPGATE_NODE")
@@ -132,11 +145,11 @@ pub(super) async fn run(
     unsafe {
         command.pre_exec(drop_capabilities);
     }
-    let mut child = command.spawn().map_err(|e| format!("cannot start it: {e}"))?;
+    let mut child = command.spawn().map_err(HookError::Start)?;
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => Err(format!("exited with {status}")),
-        Ok(Err(e)) => Err(format!("cannot wait for it: {e}")),
+        Ok(Ok(status)) => Err(HookError::Exited(status)),
+        Ok(Err(e)) => Err(HookError::Wait(e)),
         Err(_) => {
             if let Some(pid) = child.id() {
                 let _ = nix::sys::signal::killpg(
@@ -145,10 +158,7 @@ pub(super) async fn run(
                 );
             }
             let _ = child.wait().await;
-            Err(format!(
-                "timed out after {} ms and was killed",
-                timeout.as_millis()
-            ))
+            Err(HookError::TimedOut { after: timeout })
         }
     }
 }

@@ -9,6 +9,7 @@
 use crate::config::MysqlMode;
 use crate::core::NodeIdx;
 use crate::mysql::DbStatus;
+use crate::mysql::dialect::code;
 use std::fmt;
 use std::time::Duration;
 
@@ -136,7 +137,7 @@ fn promote_mode(f: &Facts) -> Option<Ineligible> {
     let last_owner = f.last_owner.map(|(node, _, _)| node);
     let owner_is_source = |source: &str| f.last_owner.is_none_or(|(_, _, address)| source == address);
     match f.db.replication.as_ref() {
-        Some(r) if r.io_errno == Some(1236) => Some(Ineligible::PositionRefused),
+        Some(r) if r.io_errno == Some(code::SOURCE_REFUSES_POSITION) => Some(Ineligible::PositionRefused),
         Some(r) if !r.sql_running && !r.applied_all_received => Some(Ineligible::ApplyStopped),
         // A replica of the last owner: its lag decides (the last known lag once the source is
         // gone, 0 once everything received is applied).
@@ -249,7 +250,7 @@ mod tests {
     #[test]
     fn refused_positions_and_stopped_appliers_keep_a_replica_out() {
         let mut refused = replica_of("192.0.2.11", Some(0));
-        refused.replication.as_mut().unwrap().io_errno = Some(1236);
+        refused.replication.as_mut().unwrap().io_errno = Some(code::SOURCE_REFUSES_POSITION);
         assert_eq!(ineligible(&facts(&refused)), Some(Ineligible::PositionRefused));
         let mut stopped = replica_of("192.0.2.11", Some(2));
         let r = stopped.replication.as_mut().unwrap();

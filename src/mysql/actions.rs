@@ -4,6 +4,7 @@
 //! runs them as tasks and gets their outcome back as an event. Only this node's database is
 //! ever touched.
 
+use super::dialect::{Dialect, code};
 use super::probe::{self, Row};
 use super::{options, server_code};
 use crate::config::{Mysql, Secret};
@@ -41,10 +42,10 @@ async fn bounded<T>(
     }
 }
 
-async fn is_mariadb(c: &mut Conn, deadline: Instant) -> Result<bool, String> {
+async fn dialect(c: &mut Conn, deadline: Instant) -> Result<Dialect, String> {
     let v: Option<String> =
         bounded(deadline, "reading the version", c.query_first("SELECT @@version")).await?;
-    Ok(probe::is_mariadb(&v.unwrap_or_default()))
+    Ok(Dialect::of_version(&v.unwrap_or_default()))
 }
 
 /// Why a fence did not complete.
@@ -90,19 +91,15 @@ pub async fn fence(
     // With writes refused, this is the database's final position: a planned successor waits
     // for exactly this.
     let mut c = connect(config, password, deadline).await.map_err(failed)?;
-    let mariadb = is_mariadb(&mut c, deadline).await.map_err(failed)?;
-    let gtid = executed(&mut c, mariadb, deadline).await.map_err(failed)?;
+    let dialect = dialect(&mut c, deadline).await.map_err(failed)?;
+    let gtid = executed(&mut c, dialect, deadline).await.map_err(failed)?;
     let _ = timeout_at(deadline, c.disconnect()).await;
     Ok((probe::gtid_position(&gtid).map_err(failed)?, gtid))
 }
 
-/// The local executed GTIDs (MariaDB: `gtid_current_pos`; MySQL: `gtid_executed`).
-async fn executed(c: &mut Conn, mariadb: bool, deadline: Instant) -> Result<String, String> {
-    let sql = if mariadb {
-        "SELECT @@global.gtid_current_pos"
-    } else {
-        "SELECT @@global.gtid_executed"
-    };
+/// The local executed GTIDs.
+async fn executed(c: &mut Conn, dialect: Dialect, deadline: Instant) -> Result<String, String> {
+    let sql = dialect.executed_gtids();
     let gtid: Option<String> = bounded(deadline, sql, c.query_first(sql)).await?;
     Ok(gtid.unwrap_or_default())
 }
@@ -111,15 +108,15 @@ async fn executed(c: &mut Conn, mariadb: bool, deadline: Instant) -> Result<Stri
 /// primary's `executed` read it). `None` when that cannot be told, e.g. a set cut for the wire.
 async fn has_applied(
     c: &mut Conn,
-    mariadb: bool,
+    dialect: Dialect,
     target: &str,
     deadline: Instant,
 ) -> Result<Option<bool>, String> {
     if target.is_empty() || target.ends_with('…') {
         return Ok(None);
     }
-    if mariadb {
-        let local = executed(c, mariadb, deadline).await?;
+    if dialect == Dialect::MariaDb {
+        let local = executed(c, dialect, deadline).await?;
         return Ok(mariadb_covers(&local, target));
     }
     let covered: Option<i64> = bounded(
@@ -157,12 +154,8 @@ async fn fence_on(
     password: &Option<Secret>,
     deadline: Instant,
 ) -> Result<(), String> {
-    let mariadb = is_mariadb(&mut c, deadline).await?;
-    let sql = if mariadb {
-        "SET GLOBAL read_only = ON"
-    } else {
-        "SET GLOBAL super_read_only = ON"
-    };
+    let dialect = dialect(&mut c, deadline).await?;
+    let sql = dialect.fence();
     let now = Instant::now();
     let first_try = now + deadline.saturating_duration_since(now) / 2;
     match timeout_at(first_try, c.query_drop(sql)).await {
@@ -182,24 +175,11 @@ async fn fence_on(
             let mut c = connect(config, password, deadline).await?;
             // The replica side goes on: this server will replicate next, and a later rejoin
             // only keeps semi-sync where one of its sides is on.
-            let semi_sync_off: &[&str] = if mariadb {
-                &[
-                    "SET GLOBAL rpl_semi_sync_master_enabled = OFF",
-                    "SET GLOBAL rpl_semi_sync_slave_enabled = ON",
-                ]
-            } else {
-                &[
-                    "SET GLOBAL rpl_semi_sync_source_enabled = OFF",
-                    "SET GLOBAL rpl_semi_sync_master_enabled = OFF",
-                    "SET GLOBAL rpl_semi_sync_replica_enabled = ON",
-                    "SET GLOBAL rpl_semi_sync_slave_enabled = ON",
-                ]
-            };
-            for off in semi_sync_off {
+            for off in dialect.semi_sync_off_for_fence() {
                 match timeout_at(deadline, c.query_drop(*off)).await {
                     Ok(Ok(())) => {}
                     // Not loaded here (unknown variable): nothing to switch off.
-                    Ok(Err(e)) if server_code(&e) == Some(1193) => {}
+                    Ok(Err(e)) if server_code(&e) == Some(code::UNKNOWN_SYSTEM_VARIABLE) => {}
                     Ok(Err(e)) => return Err(format!("{off}: {e}")),
                     Err(_) => return Err(format!("{off}: no answer before the deadline")),
                 }
@@ -235,15 +215,15 @@ pub async fn promote(
 ) -> Result<Promoted, String> {
     let started = Instant::now();
     let mut c = connect(config, password, catchup_deadline).await?;
-    let mariadb = is_mariadb(&mut c, catchup_deadline).await?;
+    let dialect = dialect(&mut c, catchup_deadline).await?;
     if let Some((target, gtid)) = wait_for {
         loop {
             if cancelled.load(Ordering::SeqCst) {
                 return Err("ownership ended while waiting for the old primary's final position".into());
             }
             // Exactly the old primary's GTIDs where they came along; else as many transactions.
-            let now = probe::gtid_position(&executed(&mut c, mariadb, catchup_deadline).await?)?;
-            let done = match has_applied(&mut c, mariadb, &gtid, catchup_deadline).await? {
+            let now = probe::gtid_position(&executed(&mut c, dialect, catchup_deadline).await?)?;
+            let done = match has_applied(&mut c, dialect, &gtid, catchup_deadline).await? {
                 Some(covered) => covered,
                 None => now >= target,
             };
@@ -265,11 +245,11 @@ pub async fn promote(
         }
     }
     let mut stopped = false;
-    let result = promote_on(&mut c, mariadb, catchup_deadline, cancelled, &mut stopped).await;
+    let result = promote_on(&mut c, dialect, catchup_deadline, cancelled, &mut stopped).await;
     if result.is_err() && stopped {
         // Not promoted: keep receiving from the current source, or this replica would fall
         // silently behind a primary that may still be alive.
-        let start = if mariadb { "START SLAVE" } else { "START REPLICA" };
+        let start = dialect.start_replica();
         let again = Instant::now() + Duration::from_secs(1);
         if let Err(e) = bounded(again, start, c.query_drop(start)).await {
             tracing::error!("after the failed promotion, replication could not be restarted: {e}");
@@ -288,7 +268,7 @@ pub async fn promote(
 
 async fn promote_on(
     c: &mut Conn,
-    mariadb: bool,
+    dialect: Dialect,
     deadline: Instant,
     cancelled: &AtomicBool,
     stopped: &mut bool,
@@ -308,21 +288,17 @@ async fn promote_on(
         if let Err(e) = kill_io_thread(c, deadline).await {
             tracing::warn!("{e}; stopping it normally");
         }
-        stop_io_thread(c, mariadb, probe::source_endpoint(&row), deadline).await?;
+        stop_io_thread(c, dialect, probe::source_endpoint(&row), deadline).await?;
         let row = replica_row(c, deadline).await?.unwrap_or_default();
         let replica = probe::replication(&row)?;
         applied = replica.received_gtid.clone();
         if !replica.applied_all_received {
-            wait_applied(c, mariadb, &replica.received_gtid, deadline, cancelled).await?;
+            wait_applied(c, dialect, &replica.received_gtid, deadline, cancelled).await?;
         }
         check()?;
-        stop(c, mariadb, "", deadline).await?;
+        stop(c, dialect, "", deadline).await?;
     }
-    let writable = if mariadb {
-        "SET GLOBAL read_only = OFF"
-    } else {
-        "SET GLOBAL super_read_only = OFF, GLOBAL read_only = OFF"
-    };
+    let writable = dialect.unfence();
     check()?;
     // Before the first write: this primary's commits wait for a replica's acknowledgement.
     if let Err(e) = semi_sync_for(c, Role::Primary, deadline).await {
@@ -370,14 +346,14 @@ async fn semi_sync_for(c: &mut Conn, role: Role, deadline: Instant) -> Result<()
 }
 
 /// `STOP REPLICA [thread]`, or `STOP SLAVE` where the server predates the new name.
-async fn stop(c: &mut Conn, mariadb: bool, thread: &str, deadline: Instant) -> Result<(), String> {
+async fn stop(c: &mut Conn, dialect: Dialect, thread: &str, deadline: Instant) -> Result<(), String> {
     let old = format!("STOP SLAVE {thread}");
-    if !mariadb {
+    if dialect == Dialect::MySql {
         let new = format!("STOP REPLICA {thread}");
         match timeout_at(deadline, c.query_drop(new.as_str())).await {
             Ok(Ok(())) => return Ok(()),
             // Before MySQL 8.0.22.
-            Ok(Err(e)) if server_code(&e) == Some(1064) => {}
+            Ok(Err(e)) if server_code(&e) == Some(code::PARSE_ERROR) => {}
             Ok(Err(e)) => return Err(format!("{new}: {e}")),
             Err(_) => return Err(format!("{new}: no answer before the deadline")),
         }
@@ -392,7 +368,7 @@ async fn stop(c: &mut Conn, mariadb: bool, thread: &str, deadline: Instant) -> R
 /// (measured: 2.0 s in most host-crash runs). A reset connection fails at once.
 async fn stop_io_thread(
     c: &mut Conn,
-    mariadb: bool,
+    dialect: Dialect,
     source: Option<(String, u16)>,
     deadline: Instant,
 ) -> Result<(), String> {
@@ -400,7 +376,7 @@ async fn stop_io_thread(
         Some((host, port)) => source_addresses(host, *port, deadline).await,
         None => Vec::new(),
     };
-    let stopping = stop(c, mariadb, "IO_THREAD", deadline);
+    let stopping = stop(c, dialect, "IO_THREAD", deadline);
     tokio::pin!(stopping);
     let mut resetting = !targets.is_empty();
     loop {
@@ -458,7 +434,7 @@ async fn kill_io_thread(c: &mut Conn, deadline: Instant) -> Result<(), String> {
     for id in ids {
         match timeout_at(deadline, c.query_drop(format!("KILL {id}"))).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) if server_code(&e) == Some(1094) => {}
+            Ok(Err(e)) if server_code(&e) == Some(code::NO_SUCH_THREAD) => {}
             Ok(Err(e)) => failed = Some(format!("KILL {id} (replication I/O thread): {e}")),
             Err(_) => return Err("killing the replication I/O thread: no answer before the deadline".into()),
         }
@@ -469,7 +445,7 @@ async fn kill_io_thread(c: &mut Conn, deadline: Instant) -> Result<(), String> {
 async fn replica_row(c: &mut Conn, deadline: Instant) -> Result<Option<Row>, String> {
     let rows: Vec<mysql_async::Row> = match timeout_at(deadline, c.query("SHOW REPLICA STATUS")).await {
         Ok(Ok(rows)) => rows,
-        Ok(Err(e)) if server_code(&e) == Some(1064) => {
+        Ok(Err(e)) if server_code(&e) == Some(code::PARSE_ERROR) => {
             bounded(deadline, "SHOW SLAVE STATUS", c.query("SHOW SLAVE STATUS")).await?
         }
         Ok(Err(e)) => return Err(format!("SHOW REPLICA STATUS: {e}")),
@@ -482,7 +458,7 @@ async fn replica_row(c: &mut Conn, deadline: Instant) -> Result<Option<Row>, Str
 /// so that a cancelled promotion stops waiting at once.
 async fn wait_applied(
     c: &mut Conn,
-    mariadb: bool,
+    dialect: Dialect,
     received: &str,
     deadline: Instant,
     cancelled: &AtomicBool,
@@ -492,12 +468,7 @@ async fn wait_applied(
             "the replica has unapplied events but reports no received GTIDs; catch-up needs GTIDs".into(),
         );
     }
-    // MASTER_GTID_WAIT answers 0 when done, -1 on timeout; WAIT_FOR_EXECUTED_GTID_SET 0 and 1.
-    let sql = if mariadb {
-        "SELECT MASTER_GTID_WAIT(?, ?)"
-    } else {
-        "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
-    };
+    let sql = dialect.wait_for_gtids();
     const SLICE: f64 = 0.2;
     loop {
         if cancelled.load(Ordering::SeqCst) {
@@ -565,7 +536,7 @@ pub async fn kill_clients(
             Ok(Ok(())) => killed += 1,
             // Gone already (1094 unknown thread) is fine; one we may not kill (1095, e.g. a
             // MySQL SYSTEM_USER session) must not stop the others being killed.
-            Ok(Err(e)) if server_code(&e) == Some(1094) => {}
+            Ok(Err(e)) if server_code(&e) == Some(code::NO_SUCH_THREAD) => {}
             Ok(Err(e)) => tracing::warn!("KILL {id} ({user}): {e}"),
             Err(_) => return Err("killing connections: no answer before the deadline".into()),
         }
@@ -681,10 +652,6 @@ async fn source_binlog_state(source: &Source<'_>, deadline: Instant) -> Result<S
 }
 
 /// A SQL string literal, for a session with `NO_BACKSLASH_ESCAPES`.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// Re-points this (fenced) database's replication at `source`, but only if it has no
 /// transactions `source` lacks. MySQL compares GTID sets first; MariaDB asks the source to
 /// stream from this server's own position (`current_pos`), which in strict mode the source
@@ -697,72 +664,10 @@ pub async fn rejoin(
     cancelled: &AtomicBool,
 ) -> Result<Rejoin, String> {
     let mut c = connect(config, password, deadline).await?;
-    let mariadb = is_mariadb(&mut c, deadline).await?;
-    // MariaDB: compare binlog states first. Without an answer, connecting decides (the new
-    // primary refuses a position it lacks with error 1236), only without a count.
-    if mariadb {
-        let local: Option<String> = bounded(
-            deadline,
-            "reading gtid_binlog_state",
-            c.query_first("SELECT @@GLOBAL.gtid_binlog_state"),
-        )
-        .await?;
-        match source_binlog_state(source, deadline).await {
-            Ok(remote) => match mariadb_extra(&local.unwrap_or_default(), &remote) {
-                Some((ranges, count)) if count > 0 => {
-                    return Ok(Rejoin::Diverged {
-                        detail: format!("transactions the new primary lacks: {}", ranges.join(", ")),
-                        count: Some(count),
-                    });
-                }
-                _ => {}
-            },
-            Err(e) => tracing::warn!("{e}; comparing positions by connecting instead"),
-        }
+    let dialect = dialect(&mut c, deadline).await?;
+    if let Some(diverged) = divergence(&mut c, dialect, source, deadline).await? {
+        return Ok(diverged);
     }
-    if !mariadb {
-        if source.gtid.ends_with('…') {
-            return Err("the new primary's GTID set is too long to compare from its report".into());
-        }
-        let extra: Option<String> = bounded(
-            deadline,
-            "comparing GTID sets",
-            c.exec_first("SELECT GTID_SUBTRACT(@@GLOBAL.gtid_executed, ?)", (source.gtid,)),
-        )
-        .await?;
-        let extra = extra.unwrap_or_default();
-        if !extra.trim().is_empty() {
-            return Ok(Rejoin::Diverged {
-                count: probe::gtid_position(&extra).ok(),
-                detail: format!("transactions the new primary lacks: {}", extra.trim()),
-            });
-        }
-    }
-    let (change, start) = if mariadb {
-        (
-            format!(
-                "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, \
-                 MASTER_USE_GTID=current_pos",
-                quote(&source.host),
-                source.port,
-                quote(source.user),
-                quote(source.password)
-            ),
-            "START SLAVE",
-        )
-    } else {
-        (
-            format!(
-                "CHANGE REPLICATION SOURCE TO SOURCE_HOST={}, SOURCE_PORT={}, SOURCE_USER={}, SOURCE_PASSWORD={}, \
-                 SOURCE_AUTO_POSITION=1, GET_SOURCE_PUBLIC_KEY=1",
-                quote(&source.host),
-                source.port,
-                quote(source.user),
-                quote(source.password)
-            ),
-            "START REPLICA",
-        )
-    };
     let check = || {
         if cancelled.load(Ordering::SeqCst) {
             Err("this node became owner".to_string())
@@ -771,10 +676,70 @@ pub async fn rejoin(
         }
     };
     check()?;
-    if let Err(e) = kill_io_thread(&mut c, deadline).await {
+    repoint(&mut c, dialect, source, deadline, &check).await?;
+    let result = await_replicating(&mut c, dialect, deadline, cancelled).await;
+    if matches!(result, Ok(Rejoin::Replicating)) {
+        let _ = timeout_at(deadline, c.disconnect()).await;
+    }
+    result
+}
+
+/// Transactions this database has that `source` lacks, when that can be told before
+/// connecting. MariaDB compares binlog states; without an answer, connecting decides (the new
+/// primary refuses a position it lacks with error 1236), only without a count. MySQL subtracts
+/// the source's GTID set from its own.
+async fn divergence(
+    c: &mut Conn,
+    dialect: Dialect,
+    source: &Source<'_>,
+    deadline: Instant,
+) -> Result<Option<Rejoin>, String> {
+    let lacking = |detail: &str, count| Rejoin::Diverged {
+        detail: format!("transactions the new primary lacks: {detail}"),
+        count,
+    };
+    if dialect == Dialect::MariaDb {
+        let local: Option<String> = bounded(
+            deadline,
+            "reading gtid_binlog_state",
+            c.query_first("SELECT @@GLOBAL.gtid_binlog_state"),
+        )
+        .await?;
+        return Ok(match source_binlog_state(source, deadline).await {
+            Ok(remote) => mariadb_extra(&local.unwrap_or_default(), &remote)
+                .filter(|(_, count)| *count > 0)
+                .map(|(ranges, count)| lacking(&ranges.join(", "), Some(count))),
+            Err(e) => {
+                tracing::warn!("{e}; comparing positions by connecting instead");
+                None
+            }
+        });
+    }
+    if source.gtid.ends_with('…') {
+        return Err("the new primary's GTID set is too long to compare from its report".into());
+    }
+    let extra: Option<String> = bounded(
+        deadline,
+        "comparing GTID sets",
+        c.exec_first("SELECT GTID_SUBTRACT(@@GLOBAL.gtid_executed, ?)", (source.gtid,)),
+    )
+    .await?;
+    let extra = extra.unwrap_or_default();
+    Ok((!extra.trim().is_empty()).then(|| lacking(extra.trim(), probe::gtid_position(&extra).ok())))
+}
+
+/// Stops replication, points it at `source` and starts it; `check` before each change.
+async fn repoint(
+    c: &mut Conn,
+    dialect: Dialect,
+    source: &Source<'_>,
+    deadline: Instant,
+    check: &(impl Fn() -> Result<(), String> + Sync),
+) -> Result<(), String> {
+    if let Err(e) = kill_io_thread(c, deadline).await {
         tracing::warn!("{e}; stopping it normally");
     }
-    stop(&mut c, mariadb, "", deadline).await?;
+    stop(c, dialect, "", deadline).await?;
     check()?;
     // Quotes are doubled rather than backslash-escaped, which holds whatever the sql_mode.
     bounded(
@@ -783,26 +748,31 @@ pub async fn rejoin(
         c.query_drop("SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',NO_BACKSLASH_ESCAPES')"),
     )
     .await?;
+    let change = dialect.change_source(&source.host, source.port, source.user, source.password);
     bounded(deadline, "CHANGE MASTER", c.query_drop(change)).await?;
     check()?;
     // Before the I/O thread connects: only then does it offer acknowledgements.
-    if let Err(e) = semi_sync_for(&mut c, Role::Replica, deadline).await {
+    if let Err(e) = semi_sync_for(c, Role::Replica, deadline).await {
         tracing::error!("{e}: this replica does not acknowledge semi-synchronously");
     }
-    bounded(deadline, start, c.query_drop(start)).await?;
+    let start = dialect.start_replica();
+    bounded(deadline, start, c.query_drop(start)).await
+}
+
+/// Waits for the I/O thread to connect and stay connected for three polls (the source may
+/// refuse a moment after it starts), or to be refused (error 1236: divergence).
+async fn await_replicating(
+    c: &mut Conn,
+    dialect: Dialect,
+    deadline: Instant,
+    cancelled: &AtomicBool,
+) -> Result<Rejoin, String> {
     let mut running_polls = 0;
-    // Wait for the I/O thread to connect (or to be refused).
     loop {
-        let row = replica_row(&mut c, deadline).await?.unwrap_or_default();
-        let errno = row
-            .iter()
-            .find(|(n, _)| n == "Last_IO_Errno")
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0);
+        let row = replica_row(c, deadline).await?.unwrap_or_default();
         let replica = probe::replication(&row)?;
-        if errno == 1236 {
-            stop(&mut c, mariadb, "", deadline).await?;
+        if replica.io_errno == Some(code::SOURCE_REFUSES_POSITION) {
+            stop(c, dialect, "", deadline).await?;
             return Ok(Rejoin::Diverged {
                 detail: replica
                     .last_error
@@ -810,11 +780,9 @@ pub async fn rejoin(
                 count: None,
             });
         }
-        // The source may refuse a moment after the I/O thread starts: it must stay up.
-        if replica.io_running && replica.sql_running && errno == 0 {
+        if replica.io_running && replica.sql_running && replica.io_errno.is_none() {
             running_polls += 1;
             if running_polls >= 3 {
-                let _ = timeout_at(deadline, c.disconnect()).await;
                 return Ok(Rejoin::Replicating);
             }
         } else {
@@ -825,7 +793,7 @@ pub async fn rejoin(
             return Err("this node became owner".into());
         }
         if Instant::now() + Duration::from_millis(100) >= deadline {
-            let _ = stop(&mut c, mariadb, "", deadline).await;
+            let _ = stop(c, dialect, "", deadline).await;
             return Err(format!(
                 "replication did not start: {}",
                 replica

@@ -10,6 +10,7 @@
 
 pub mod actions;
 pub mod check;
+pub mod dialect;
 pub mod probe;
 
 use crate::config::{Endpoint, Mysql, Secret};
@@ -296,7 +297,7 @@ async fn observe(c: &mut Conn) -> Result<Observation, mysql_async::Error> {
     let rows: Vec<mysql_async::Row> = match c.query("SHOW REPLICA STATUS").await {
         Ok(rows) => rows,
         // Before MySQL 8.0.22 / MariaDB 10.5.1.
-        Err(e) if server_code(&e) == Some(1064) => c.query("SHOW SLAVE STATUS").await?,
+        Err(e) if server_code(&e) == Some(dialect::code::PARSE_ERROR) => c.query("SHOW SLAVE STATUS").await?,
         Err(e) => return Err(e),
     };
     let replication = match rows.first() {
