@@ -5,7 +5,8 @@
 //! Database actions run as tasks (`crate::mysql::actions`) with deadlines and come back as
 //! [`Outcome`]s, so a hung database never stops heartbeats.
 
-use super::{Agent, clock};
+use super::Agent;
+use crate::clock;
 use crate::config::{Mysql, MysqlMode, Secret};
 use crate::core::{Instant, RoleKind, Term};
 use crate::gate;

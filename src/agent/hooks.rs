@@ -166,7 +166,7 @@ pub(super) async fn run(
 impl Agent {
     /// The variables every hook gets, describing this node and the cluster now.
     pub(super) fn hook_env(&self, reason: Option<&str>) -> Vec<(String, String)> {
-        let now = super::clock::now();
+        let now = crate::clock::now();
         let mut env = vec![
             ("VIPGATE_NODE".to_string(), self.id(self.me).to_string()),
             ("VIPGATE_CLUSTER".to_string(), self.config.cluster.name.clone()),

@@ -8,7 +8,6 @@
 //! VIP task removes the VIP at the lease end even if this loop stalls (the kernel lifetime on
 //! the address covers a frozen process).
 
-pub mod clock;
 mod database;
 mod dns_push;
 mod failover_block;
@@ -18,6 +17,7 @@ mod service;
 mod start;
 pub mod state;
 
+use crate::clock;
 use crate::config::{Config, Mysql, Secret};
 use crate::control::{self, DnsStatus, GrantStatus, PeerDb, PeerStatus, Request, Status};
 use crate::core::{

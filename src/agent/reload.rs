@@ -3,7 +3,8 @@
 //! broken file changes nothing: the agent goes on with the configuration it has. Nothing here
 //! touches a held VIP.
 
-use super::{Agent, Command, clock};
+use super::{Agent, Command};
+use crate::clock;
 use crate::config::{Config, restart_needed};
 use std::sync::Arc;
 

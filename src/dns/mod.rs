@@ -14,7 +14,7 @@ pub mod zone;
 
 pub use tcp::CAPS as TCP_CAPS;
 
-use crate::agent::clock;
+use crate::clock;
 use crate::core::Instant;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;

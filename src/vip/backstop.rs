@@ -7,7 +7,7 @@
 //! own fence socket, so no other effect can hold it up.
 
 use super::{Fence, Lease, MAX_SLEEP, OP_TIMEOUT, Report, VipStatus, remove_vip};
-use crate::agent::clock;
+use crate::clock;
 use crate::config::Vip;
 use std::sync::{Arc, Mutex};
 

@@ -26,7 +26,7 @@ pub mod fence;
 pub mod lease;
 pub mod netlink;
 
-use crate::agent::clock;
+use crate::clock;
 use crate::config::{Announce, Vip};
 use crate::core::{Instant, Term};
 use fence::Fence;
