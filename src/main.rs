@@ -183,9 +183,13 @@ fn main() -> ExitCode {
             state,
             config,
             socket,
-        } => command(&config, socket, &format!("maintenance {state}")).map(|m| println!("{m}")),
+        } => {
+            let line = vipgate::control::Command::Maintenance(state == "on").to_string();
+            command(&config, socket, &line).map(|m| println!("{m}"))
+        }
         Command::FailoverAck { config, socket } => {
-            command(&config, socket, "failover-ack").map(|m| println!("{m}"))
+            let line = vipgate::control::Command::FailoverAck.to_string();
+            command(&config, socket, &line).map(|m| println!("{m}"))
         }
     };
     match result {
@@ -379,10 +383,7 @@ fn switchover(
     timeout: std::time::Duration,
 ) -> Result<(), String> {
     let socket = socket_of(file, socket)?;
-    let line = match to {
-        Some(node) => format!("switchover {node}"),
-        None => "switchover".to_string(),
-    };
+    let line = vipgate::control::Command::Switchover(to.map(str::to_string)).to_string();
     let started = std::time::Instant::now();
     println!("{}", command(file, Some(socket.clone()), &line)?);
     loop {

@@ -959,50 +959,51 @@ impl Agent {
             Ok(message) => serde_json::json!({ "ok": true, "message": message }).to_string(),
             Err(error) => serde_json::json!({ "ok": false, "error": error }).to_string(),
         };
-        let words: Vec<&str> = command.split_whitespace().collect();
-        Ok(match words.as_slice() {
-            ["status"] => serde_json::to_string(&self.status(now)).expect("status serialises"),
-            ["metrics"] => control::metrics::render(&self.status(now)),
-            ["maintenance", on @ ("on" | "off")] => {
-                let on = *on == "on";
-                if let Err(e) = self.state.set_maintenance(on) {
-                    return Ok(reply(Err(format!("nothing changed: {e}"))));
-                }
-                self.maintenance = on;
-                let owner = self.core.role() == RoleKind::Owner;
-                if on {
-                    tracing::warn!(
-                        "maintenance on: this node will not own{}",
-                        if owner { "; handing over" } else { "" }
-                    );
-                    if owner {
-                        self.step(now, Event::Release { to: None })?;
-                    }
-                } else {
-                    tracing::info!("maintenance off: this node may own again");
-                }
-                let health = self.health(now);
-                self.step(now, health)?;
-                reply(Ok(if on && owner {
-                    "maintenance on; handing ownership over".into()
-                } else {
-                    format!("maintenance {}", if on { "on" } else { "off" })
-                }))
-            }
-            ["switchover", rest @ ..] if rest.len() <= 1 => {
-                reply(self.switchover(now, rest.first().copied()))
-            }
-            ["reload"] => reply(self.reload()),
-            ["failover-ack"] => {
+        let command = match control::Command::parse(command) {
+            Ok(c) => c,
+            Err(e) => return Ok(reply(Err(e))),
+        };
+        Ok(match command {
+            control::Command::Status => serde_json::to_string(&self.status(now)).expect("status serialises"),
+            control::Command::Metrics => control::metrics::render(&self.status(now)),
+            control::Command::Maintenance(on) => reply(self.set_maintenance(now, on)?),
+            control::Command::Switchover(to) => reply(self.switchover(now, to.as_deref())),
+            control::Command::Reload => reply(self.reload()),
+            control::Command::FailoverAck => {
                 let answer = self.failover_ack(now);
                 let health = self.health(now);
                 self.step(now, health)?;
                 reply(answer)
             }
-            _ => reply(Err(format!(
-                "unknown command {command:?}; try: status, maintenance on|off, switchover [NODE], failover-ack, reload"
-            ))),
         })
+    }
+
+    /// `maintenance on|off`. Only a failure to step is an error of the agent; one to persist
+    /// is the answer.
+    fn set_maintenance(&mut self, now: Instant, on: bool) -> Result<Result<String, String>, String> {
+        if let Err(e) = self.state.set_maintenance(on) {
+            return Ok(Err(format!("nothing changed: {e}")));
+        }
+        self.maintenance = on;
+        let owner = self.core.role() == RoleKind::Owner;
+        if on {
+            tracing::warn!(
+                "maintenance on: this node will not own{}",
+                if owner { "; handing over" } else { "" }
+            );
+            if owner {
+                self.step(now, Event::Release { to: None })?;
+            }
+        } else {
+            tracing::info!("maintenance off: this node may own again");
+        }
+        let health = self.health(now);
+        self.step(now, health)?;
+        Ok(Ok(if on && owner {
+            "maintenance on; handing ownership over".into()
+        } else {
+            format!("maintenance {}", if on { "on" } else { "off" })
+        }))
     }
 
     /// Planned hand-over from this (owning) node to `to`, or to the best candidate.

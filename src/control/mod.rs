@@ -5,8 +5,11 @@
 //! bounded in size and time, and answered by the agent loop from its own state, so what the
 //! CLI prints is exactly what the agent acts on.
 
+pub mod command;
 pub mod http;
 pub mod metrics;
+
+pub use command::Command;
 
 use crate::mysql::DbStatus;
 use crate::vip::VipStatus;
@@ -170,7 +173,7 @@ pub struct Request {
 
 /// Commands that change nothing, open to the `status_group` too.
 fn read_only(command: &str) -> bool {
-    matches!(command.split_whitespace().next(), Some("status" | "metrics"))
+    Command::parse(command).is_ok_and(|c| c.changes_nothing())
 }
 
 /// Binds the control socket (replacing a stale one) and serves it until the runtime stops.
