@@ -12,11 +12,8 @@
 
 use super::Agent;
 use crate::core::{DbReport, Instant, NodeIdx, Term};
+use crate::gate::window;
 use std::time::{Duration, SystemTime};
-
-/// The owner's figure is taken over when it moves the end by more than this: reports arrive
-/// every second, and their delay shifts the computed end a little each time.
-const RESYNC_MS: u64 = 5_000;
 
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -30,15 +27,13 @@ impl Agent {
         if !self.promote_mode() {
             return Duration::ZERO;
         }
-        self.failover_block_until.map_or(Duration::ZERO, |until| {
-            Duration::from_millis(until.saturating_sub(wall_ms()))
-        })
+        window::left(self.failover_block_until, wall_ms())
     }
 
     /// This node may take over only when named: a window is on, and another node owned last
     /// (taking over from itself moves no data and is no failover).
     pub(super) fn failover_blocked(&self) -> bool {
-        !self.failover_block_left().is_zero() && self.owners.last_holder.is_some_and(|(_, o)| o != self.me)
+        window::blocks(self.failover_block_left(), self.owners.last_holder, self.me)
     }
 
     /// Ownership of `term` was won: an automatic failover when no releasing owner named this
@@ -55,17 +50,15 @@ impl Agent {
                 self.owners.last_holder = Some((view.term, i));
             }
         }
-        let before = self
-            .owners
-            .last_holder
-            .filter(|(t, _)| *t < term)
-            .or(self.owners.last_owner.filter(|(t, _)| *t < term))
-            .map(|(_, o)| o);
+        let takeover = window::takeover(
+            term,
+            named,
+            self.me,
+            self.owners.last_holder,
+            self.owners.last_owner,
+        );
         self.note_owner();
-        self.takeover = match before {
-            Some(from) if !named && from != self.me => Some((term, from)),
-            _ => None,
-        };
+        self.takeover = takeover;
     }
 
     /// The database of `term` is promoted: if that was an automatic failover, open the window.
@@ -100,14 +93,9 @@ impl Agent {
             return;
         }
         let left_ms = report.failover_block_ms;
-        let until = (left_ms > 0).then(|| wall_ms().saturating_add(u64::from(left_ms)));
-        let changed = match (self.failover_block_until, until) {
-            (Some(a), Some(b)) => a.abs_diff(b) > RESYNC_MS,
-            (a, b) => a.is_some() != b.is_some(),
-        };
-        if !changed {
+        let Some(until) = window::follow(self.failover_block_until, left_ms, wall_ms()) else {
             return;
-        }
+        };
         match until {
             Some(_) => tracing::warn!(
                 "the owner {} reports an anti-flap window of {} s: this node takes over only when named",

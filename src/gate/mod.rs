@@ -5,10 +5,12 @@
 //!
 //! [`eligibility`]: may this node's database own, and if not, why — the rule that keeps a
 //! lagging replica, a former primary that has not rejoined, or a diverged database from
-//! being promoted. [`owners`]: who owned last, which those rules judge against.
+//! being promoted. [`owners`]: who owned last, which those rules judge against. [`window`]:
+//! the anti-flap window after an automatic failover.
 
 pub mod eligibility;
 pub mod owners;
+pub mod window;
 
 pub use eligibility::{ColdStart, Facts, Ineligible, ineligible};
 pub use owners::{Owner, Owners, Seen};
