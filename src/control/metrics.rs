@@ -1,7 +1,8 @@
 //! `GET /metrics`: the agent's status in the Prometheus text format (version 0.0.4), rendered
 //! from the same [`Status`] that `vipgate status` prints.
 
-use super::Status;
+use super::{DnsStatus, Status};
+use crate::mysql::DbStatus;
 use std::fmt::Write as _;
 
 /// A label value, escaped as the format wants.
@@ -41,6 +42,21 @@ fn flag(b: bool) -> f64 {
 
 pub fn render(s: &Status) -> String {
     let mut o = Out(String::new());
+    ownership(&mut o, s);
+    counters(&mut o, s);
+    peers(&mut o, s);
+    vips(&mut o, s);
+    if let Some(db) = &s.database {
+        database(&mut o, db);
+    }
+    if let Some(dns) = &s.dns {
+        self::dns(&mut o, dns);
+    }
+    o.0
+}
+
+/// Role, term, owner, lease, eligibility and the database-side flags.
+fn ownership(o: &mut Out, s: &Status) {
     o.family("vipgate_info", "gauge", "This agent: node and cluster.");
     o.sample("vipgate_info", &[("node", &s.node), ("cluster", &s.cluster)], 1.0);
     o.family("vipgate_role", "gauge", "1 for this agent's current role.");
@@ -100,6 +116,10 @@ pub fn render(s: &Status) -> String {
         "What is left of the anti-flap window.",
         s.failover_block_remaining_ms.unwrap_or(0) as f64 / 1000.0,
     );
+}
+
+/// Transitions, hooks and datagrams.
+fn counters(o: &mut Out, s: &Status) {
     o.family(
         "vipgate_transitions_total",
         "counter",
@@ -151,6 +171,10 @@ pub fn render(s: &Status) -> String {
         "Votes granted plus lease acknowledgements sent.",
         s.grants_sent as f64,
     );
+}
+
+/// Peers heard, round trips, and how long the last promotion and fence took.
+fn peers(o: &mut Out, s: &Status) {
     o.family(
         "vipgate_peer_last_heard_seconds",
         "gauge",
@@ -187,6 +211,9 @@ pub fn render(s: &Status) -> String {
             *ms as f64 / 1000.0,
         );
     }
+}
+
+fn vips(o: &mut Out, s: &Status) {
     o.one(
         "vipgate_vips_held",
         "gauge",
@@ -223,71 +250,72 @@ pub fn render(s: &Status) -> String {
         "Times the backstop removed the VIPs at the lease deadline because no renewal or release came.",
         s.vip.backstop_fired as f64,
     );
-    if let Some(db) = &s.database {
+}
+
+fn database(o: &mut Out, db: &DbStatus) {
+    o.one(
+        "vipgate_db_healthy",
+        "gauge",
+        "1 while the database counts as healthy.",
+        flag(db.healthy),
+    );
+    o.one(
+        "vipgate_db_writable",
+        "gauge",
+        "1 while the database is writable (read_only OFF).",
+        flag(db.read_only == Some(false)),
+    );
+    o.one(
+        "vipgate_db_checks_total",
+        "counter",
+        "Health checks run.",
+        db.checks as f64,
+    );
+    o.one(
+        "vipgate_db_check_seconds",
+        "gauge",
+        "How long the last successful health check took.",
+        db.last_check_ms.unwrap_or(0) as f64 / 1000.0,
+    );
+    if let Some(lag) = db.lag_s {
         o.one(
-            "vipgate_db_healthy",
+            "vipgate_db_lag_seconds",
             "gauge",
-            "1 while the database counts as healthy.",
-            flag(db.healthy),
-        );
-        o.one(
-            "vipgate_db_writable",
-            "gauge",
-            "1 while the database is writable (read_only OFF).",
-            flag(db.read_only == Some(false)),
-        );
-        o.one(
-            "vipgate_db_checks_total",
-            "counter",
-            "Health checks run.",
-            db.checks as f64,
-        );
-        o.one(
-            "vipgate_db_check_seconds",
-            "gauge",
-            "How long the last successful health check took.",
-            db.last_check_ms.unwrap_or(0) as f64 / 1000.0,
-        );
-        if let Some(lag) = db.lag_s {
-            o.one(
-                "vipgate_db_lag_seconds",
-                "gauge",
-                "Replica lag behind its source.",
-                lag as f64,
-            );
-        }
-    }
-    if let Some(dns) = &s.dns {
-        o.family(
-            "vipgate_dns_answers_total",
-            "counter",
-            "DNS answers sent, by response code.",
-        );
-        for (rcode, n) in &dns.answers {
-            o.sample("vipgate_dns_answers_total", &[("rcode", rcode)], *n as f64);
-        }
-        o.family(
-            "vipgate_dns_limited_total",
-            "counter",
-            "DNS queries not answered in full: over the source's rate, answer truncated (too large for the query), not DNS.",
-        );
-        for (reason, n) in &dns.limited {
-            o.sample("vipgate_dns_limited_total", &[("reason", reason)], *n as f64);
-        }
-        o.one(
-            "vipgate_dns_answering_primary",
-            "gauge",
-            "1 while this agent answers the primary record (it knows the owner with quorum).",
-            flag(dns.primary_for.is_some()),
-        );
-        o.one(
-            "vipgate_dns_serial",
-            "gauge",
-            "The SOA serial published.",
-            f64::from(dns.serial),
+            "Replica lag behind its source.",
+            lag as f64,
         );
     }
-    o.0
+}
+
+fn dns(o: &mut Out, dns: &DnsStatus) {
+    o.family(
+        "vipgate_dns_answers_total",
+        "counter",
+        "DNS answers sent, by response code.",
+    );
+    for (rcode, n) in &dns.answers {
+        o.sample("vipgate_dns_answers_total", &[("rcode", rcode)], *n as f64);
+    }
+    o.family(
+        "vipgate_dns_limited_total",
+        "counter",
+        "DNS queries not answered in full: over the source's rate, answer truncated (too large for the query), not DNS.",
+    );
+    for (reason, n) in &dns.limited {
+        o.sample("vipgate_dns_limited_total", &[("reason", reason)], *n as f64);
+    }
+    o.one(
+        "vipgate_dns_answering_primary",
+        "gauge",
+        "1 while this agent answers the primary record (it knows the owner with quorum).",
+        flag(dns.primary_for.is_some()),
+    );
+    o.one(
+        "vipgate_dns_serial",
+        "gauge",
+        "The SOA serial published.",
+        f64::from(dns.serial),
+    );
 }
 
 #[cfg(test)]
