@@ -1066,74 +1066,10 @@ impl Agent {
             RoleKind::Releasing => "releasing",
         };
         let lease = self.config.cluster.lease;
-        let peers = self
-            .config
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, node)| {
-                let i = i as NodeIdx;
-                if i == self.me {
-                    return PeerStatus {
-                        id: node.id.clone(),
-                        address: node.address.to_string(),
-                        witness: node.witness,
-                        last_heard_ms: Some(0),
-                        term: self.core.term(),
-                        owner: self.core.owner(now).map(|o| self.id(o).to_string()),
-                        role: role.to_string(),
-                        eligible: self.core.eligible(),
-                        position: self.db.as_ref().map_or(0, |db| db.borrow().position),
-                        priority: node.priority,
-                        region: node.region.clone(),
-                        rtt_us: None,
-                        database: self.db.as_ref().map(|db| {
-                            peer_db(
-                                &db_report(&db.borrow(), self.failover_block_left()),
-                                Duration::ZERO,
-                            )
-                        }),
-                    };
-                }
-                let view = self.core.peers()[usize::from(i)];
-                let since = view.last_heard.map(|t| now.saturating_since(t));
-                let role = if since.is_none_or(|d| d > lease) {
-                    "silent"
-                } else if node.witness {
-                    "witness"
-                } else if view.lease_claim && view.owner == Some(i) {
-                    "owner"
-                } else {
-                    "follower"
-                };
-                PeerStatus {
-                    id: node.id.clone(),
-                    address: node.address.to_string(),
-                    witness: node.witness,
-                    last_heard_ms: since.map(ms),
-                    term: view.term,
-                    owner: view.owner.map(|o| self.id(o).to_string()),
-                    role: role.to_string(),
-                    eligible: view.eligible,
-                    position: view.position,
-                    priority: view.priority,
-                    region: node.region.clone(),
-                    rtt_us: self.rtt_us[usize::from(i)],
-                    database: self.peer_db[usize::from(i)]
-                        .as_ref()
-                        .map(|(at, report)| peer_db(report, now.saturating_since(*at))),
-                }
-            })
+        let peers = (0..self.config.nodes.len() as NodeIdx)
+            .map(|i| self.peer_status(now, i, role))
             .collect();
-        let mut dropped: BTreeMap<String, u64> = self
-            .receiver
-            .drops()
-            .iter()
-            .map(|(r, n)| (r.as_str().to_string(), n))
-            .collect();
-        if self.send_errors > 0 {
-            dropped.insert("send failed".into(), self.send_errors);
-        }
+        let dropped = self.drop_counts();
         let grant = self.core.grant().filter(|g| now < g.until && g.to != self.me);
         Status {
             node: self.id(self.me).to_string(),
@@ -1184,5 +1120,76 @@ impl Agent {
             step_ms: self.step_ms.clone(),
             hook_runs: self.hook_runs.lock().expect("hook counts").clone(),
         }
+    }
+
+    /// One line of the status's peer table: this node as it knows itself, or a peer as last
+    /// heard.
+    fn peer_status(&self, now: Instant, i: NodeIdx, my_role: &str) -> PeerStatus {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let node = &self.config.nodes[usize::from(i)];
+        if i == self.me {
+            return PeerStatus {
+                id: node.id.clone(),
+                address: node.address.to_string(),
+                witness: node.witness,
+                last_heard_ms: Some(0),
+                term: self.core.term(),
+                owner: self.core.owner(now).map(|o| self.id(o).to_string()),
+                role: my_role.to_string(),
+                eligible: self.core.eligible(),
+                position: self.db.as_ref().map_or(0, |db| db.borrow().position),
+                priority: node.priority,
+                region: node.region.clone(),
+                rtt_us: None,
+                database: self.db.as_ref().map(|db| {
+                    peer_db(
+                        &db_report(&db.borrow(), self.failover_block_left()),
+                        Duration::ZERO,
+                    )
+                }),
+            };
+        }
+        let view = self.core.peers()[usize::from(i)];
+        let since = view.last_heard.map(|t| now.saturating_since(t));
+        let role = if since.is_none_or(|d| d > self.config.cluster.lease) {
+            "silent"
+        } else if node.witness {
+            "witness"
+        } else if view.lease_claim && view.owner == Some(i) {
+            "owner"
+        } else {
+            "follower"
+        };
+        PeerStatus {
+            id: node.id.clone(),
+            address: node.address.to_string(),
+            witness: node.witness,
+            last_heard_ms: since.map(ms),
+            term: view.term,
+            owner: view.owner.map(|o| self.id(o).to_string()),
+            role: role.to_string(),
+            eligible: view.eligible,
+            position: view.position,
+            priority: view.priority,
+            region: node.region.clone(),
+            rtt_us: self.rtt_us[usize::from(i)],
+            database: self.peer_db[usize::from(i)]
+                .as_ref()
+                .map(|(at, report)| peer_db(report, now.saturating_since(*at))),
+        }
+    }
+
+    /// Datagrams dropped, by reason (and sends that failed).
+    fn drop_counts(&self) -> BTreeMap<String, u64> {
+        let mut dropped: BTreeMap<String, u64> = self
+            .receiver
+            .drops()
+            .iter()
+            .map(|(r, n)| (r.as_str().to_string(), n))
+            .collect();
+        if self.send_errors > 0 {
+            dropped.insert("send failed".into(), self.send_errors);
+        }
+        dropped
     }
 }
