@@ -567,93 +567,8 @@ impl Agent {
     pub(super) fn on_db_outcome(&mut self, now: Instant, outcome: Outcome) -> Result<(), String> {
         match outcome {
             Outcome::Promoted { term, result } => self.on_promoted(now, term, result),
-            Outcome::Fenced { term, result } => {
-                self.step_ended("fence");
-                match (&result, term) {
-                    (Ok((p, gtid)), Some(t)) => {
-                        tracing::info!(
-                            term = t,
-                            "database fenced (read_only ON) at {gtid} ({p} transactions)"
-                        )
-                    }
-                    (Ok(_), None) => tracing::info!("database fenced (read_only ON)"),
-                    (Err(e), None) => {
-                        tracing::error!("could not fence the database: {e}; retrying with the next check")
-                    }
-                    (Err(e @ actions::FenceError::NotRunning(_)), Some(t)) => tracing::warn!(
-                        term = t,
-                        "{e}: it takes no writes, so the release goes on without waiting for the lease to run out"
-                    ),
-                    (Err(e), Some(_)) => tracing::error!(
-                        "could not fence the database: {e}; a release waits for the lease to run out"
-                    ),
-                }
-                if result.is_ok() {
-                    self.hook("fence", term.unwrap_or(self.core.term()), None);
-                }
-                if term.is_none() {
-                    self.fencing = false;
-                    return Ok(());
-                }
-                if let (Err(actions::FenceError::NotRunning(_)), Some(t)) = (&result, term)
-                    && let Some(p) = &mut self.pending_release
-                    && p.term == t
-                {
-                    p.fence_done = true;
-                    p.not_running = true;
-                }
-                if let (Ok((position, gtid)), Some(t)) = (&result, term) {
-                    self.kill_clients_later(t);
-                    if let Some(p) = &mut self.pending_release
-                        && p.term == t
-                    {
-                        p.fence_done = true;
-                        p.final_position = Some(*position);
-                        p.final_gtid = gtid.clone();
-                        // The release announces this final position to the successor.
-                        let eligible = self.ineligible_reason(now).is_none();
-                        self.step(
-                            now,
-                            crate::core::Event::Health {
-                                eligible,
-                                position: *position,
-                                blocked: self.sent_flags.0,
-                                preferred: self.sent_flags.1,
-                            },
-                        )?;
-                    }
-                }
-                self.complete_release(now)
-            }
-            Outcome::Rejoined { term, owner, result } => {
-                self.rejoining = false;
-                self.rejoin_cancel = None;
-                match result {
-                    Ok(actions::Rejoin::Replicating) => {
-                        tracing::info!(term, "the database replicates from {owner}");
-                        self.set_diverged(None);
-                    }
-                    Ok(actions::Rejoin::Diverged { detail, count }) => {
-                        let count = count.map_or("an unknown number of".to_string(), |n| n.to_string());
-                        let message = format!(
-                            "{count} transaction(s) that {owner} lacks ({detail}); manual action needed"
-                        );
-                        tracing::error!(
-                            term,
-                            "diverged: this database stays read_only and out of replication: {message}"
-                        );
-                        self.diverged = Some((term, message.clone()));
-                        self.set_diverged(Some(message));
-                        let health = self.health(now);
-                        return self.step(now, health);
-                    }
-                    Err(e) => {
-                        tracing::warn!(term, "could not re-point replication at {owner}: {e}; retrying");
-                        self.rejoin_retry_at = now + REJOIN_RETRY;
-                    }
-                }
-                Ok(())
-            }
+            Outcome::Fenced { term, result } => self.on_fenced(now, term, result),
+            Outcome::Rejoined { term, owner, result } => self.on_rejoined(now, term, owner, result),
             Outcome::KillDue { term } => {
                 self.kill_now(term);
                 Ok(())
@@ -666,6 +581,107 @@ impl Agent {
                 Ok(())
             }
         }
+    }
+
+    /// A fence's outcome: `term` for the fence of a release of that term, which completes
+    /// (with the final position) once the fence is done or the database found not running.
+    fn on_fenced(
+        &mut self,
+        now: Instant,
+        term: Option<Term>,
+        result: Result<(u64, String), actions::FenceError>,
+    ) -> Result<(), String> {
+        self.step_ended("fence");
+        match (&result, term) {
+            (Ok((p, gtid)), Some(t)) => {
+                tracing::info!(
+                    term = t,
+                    "database fenced (read_only ON) at {gtid} ({p} transactions)"
+                )
+            }
+            (Ok(_), None) => tracing::info!("database fenced (read_only ON)"),
+            (Err(e), None) => {
+                tracing::error!("could not fence the database: {e}; retrying with the next check")
+            }
+            (Err(e @ actions::FenceError::NotRunning(_)), Some(t)) => tracing::warn!(
+                term = t,
+                "{e}: it takes no writes, so the release goes on without waiting for the lease to run out"
+            ),
+            (Err(e), Some(_)) => {
+                tracing::error!("could not fence the database: {e}; a release waits for the lease to run out")
+            }
+        }
+        if result.is_ok() {
+            self.hook("fence", term.unwrap_or(self.core.term()), None);
+        }
+        if term.is_none() {
+            self.fencing = false;
+            return Ok(());
+        }
+        if let (Err(actions::FenceError::NotRunning(_)), Some(t)) = (&result, term)
+            && let Some(p) = &mut self.pending_release
+            && p.term == t
+        {
+            p.fence_done = true;
+            p.not_running = true;
+        }
+        if let (Ok((position, gtid)), Some(t)) = (&result, term) {
+            self.kill_clients_later(t);
+            if let Some(p) = &mut self.pending_release
+                && p.term == t
+            {
+                p.fence_done = true;
+                p.final_position = Some(*position);
+                p.final_gtid = gtid.clone();
+                // The release announces this final position to the successor.
+                let eligible = self.ineligible_reason(now).is_none();
+                self.step(
+                    now,
+                    crate::core::Event::Health {
+                        eligible,
+                        position: *position,
+                        blocked: self.sent_flags.0,
+                        preferred: self.sent_flags.1,
+                    },
+                )?;
+            }
+        }
+        self.complete_release(now)
+    }
+
+    fn on_rejoined(
+        &mut self,
+        now: Instant,
+        term: Term,
+        owner: String,
+        result: Result<actions::Rejoin, String>,
+    ) -> Result<(), String> {
+        self.rejoining = false;
+        self.rejoin_cancel = None;
+        match result {
+            Ok(actions::Rejoin::Replicating) => {
+                tracing::info!(term, "the database replicates from {owner}");
+                self.set_diverged(None);
+            }
+            Ok(actions::Rejoin::Diverged { detail, count }) => {
+                let count = count.map_or("an unknown number of".to_string(), |n| n.to_string());
+                let message =
+                    format!("{count} transaction(s) that {owner} lacks ({detail}); manual action needed");
+                tracing::error!(
+                    term,
+                    "diverged: this database stays read_only and out of replication: {message}"
+                );
+                self.diverged = Some((term, message.clone()));
+                self.set_diverged(Some(message));
+                let health = self.health(now);
+                return self.step(now, health);
+            }
+            Err(e) => {
+                tracing::warn!(term, "could not re-point replication at {owner}: {e}; retrying");
+                self.rejoin_retry_at = now + REJOIN_RETRY;
+            }
+        }
+        Ok(())
     }
 
     fn on_promoted(

@@ -171,47 +171,7 @@ async fn run(mut updates: watch::Receiver<Mysql>, password: Option<Secret>, tx: 
         // counts at the steady interval.
         let quick = matches!(check, Check::Down(_));
         status.checks += 1;
-        match check {
-            Check::Ok(o) => {
-                gauge.record(true);
-                status.problem = None;
-                status.version = Some(o.version);
-                status.read_only = Some(o.read_only);
-                status.super_read_only = o.super_read_only;
-                status.lag_s = o
-                    .replication
-                    .as_ref()
-                    .and_then(|r| match (r.io_running, r.seconds_behind) {
-                        (true, Some(s)) => Some(s),
-                        _ if r.applied_all_received => Some(0),
-                        _ => status.lag_s,
-                    });
-                io_stopped_since = match &o.replication {
-                    Some(r) if !r.io_running => Some(io_stopped_since.unwrap_or(started)),
-                    _ => None,
-                };
-                status.io_stopped_ms = o.replication.as_ref().map(|_| {
-                    io_stopped_since.map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX))
-                });
-                status.replication = o.replication;
-                status.gtid = Some(o.gtid);
-                status.position = o.position;
-                status.semi_sync_source = o.semi_sync_source;
-                status.last_check_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-            }
-            Check::Refusing(e) => {
-                gauge.record(false);
-                status.problem = Some(format!("refusing: {e}"));
-            }
-            Check::Down(e) => {
-                gauge.record(false);
-                status.problem = Some(format!("down: {e}"));
-            }
-            Check::Gone(e) => {
-                gauge.record_gone();
-                status.problem = Some(format!("not running: {e}"));
-            }
-        }
+        record(&mut status, &mut gauge, check, started, &mut io_stopped_since);
         status.healthy = gauge.healthy();
         // A healthy database whose check found it down is checked again soon, not a whole
         // interval later: `fall` failures then take `fall` check times, not `fall` intervals.
@@ -226,6 +186,57 @@ async fn run(mut updates: watch::Receiver<Mysql>, password: Option<Secret>, tx: 
         }
         if tx.send(status.clone()).is_err() {
             return;
+        }
+    }
+}
+
+/// Takes one check's outcome into the status and the gauge.
+fn record(
+    status: &mut DbStatus,
+    gauge: &mut Gauge,
+    check: Check,
+    started: Instant,
+    io_stopped_since: &mut Option<Instant>,
+) {
+    match check {
+        Check::Ok(o) => {
+            gauge.record(true);
+            status.problem = None;
+            status.version = Some(o.version);
+            status.read_only = Some(o.read_only);
+            status.super_read_only = o.super_read_only;
+            status.lag_s = o
+                .replication
+                .as_ref()
+                .and_then(|r| match (r.io_running, r.seconds_behind) {
+                    (true, Some(s)) => Some(s),
+                    _ if r.applied_all_received => Some(0),
+                    _ => status.lag_s,
+                });
+            *io_stopped_since = match &o.replication {
+                Some(r) if !r.io_running => Some(io_stopped_since.unwrap_or(started)),
+                _ => None,
+            };
+            status.io_stopped_ms = o.replication.as_ref().map(|_| {
+                io_stopped_since.map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX))
+            });
+            status.replication = o.replication;
+            status.gtid = Some(o.gtid);
+            status.position = o.position;
+            status.semi_sync_source = o.semi_sync_source;
+            status.last_check_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        }
+        Check::Refusing(e) => {
+            gauge.record(false);
+            status.problem = Some(format!("refusing: {e}"));
+        }
+        Check::Down(e) => {
+            gauge.record(false);
+            status.problem = Some(format!("down: {e}"));
+        }
+        Check::Gone(e) => {
+            gauge.record_gone();
+            status.problem = Some(format!("not running: {e}"));
         }
     }
 }
