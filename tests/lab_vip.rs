@@ -440,6 +440,16 @@ fn status_prints_a_table_and_json() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
+    // db2 learns the owner from db1's first renewal after the election, and
+    // grants from then on: wait for that before reading the table.
+    let learned = |json: &serde_json::Value| json["owner"] == "db1" && json["grant"].is_object();
+    assert!(
+        wait_for(Duration::from_secs(3), || {
+            serde_json::from_str(&run(&["--json"])).is_ok_and(|j| learned(&j))
+        }),
+        "db2 never saw db1 as owner with a grant:\n{}",
+        run(&["--json"])
+    );
     let table = run(&[]);
     assert!(table.starts_with("db2 (lab)  follower"), "{table}");
     assert!(table.contains("owner db1"), "{table}");
