@@ -8,16 +8,16 @@
 use super::Agent;
 use crate::clock;
 use crate::config::{Mysql, MysqlMode, Secret};
-use crate::core::{Instant, RoleKind, Term};
+use crate::core::{Instant, NodeIdx, RoleKind, Term};
 use crate::gate;
+use crate::gate::machine::Action as GateAction;
+pub(super) use crate::gate::machine::Event as GateEvent;
 use crate::mysql::actions;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// After a failed promotion the node stays ineligible this long (or one lease, if longer).
-const PROMOTE_FAULT_BACKOFF: Duration = Duration::from_secs(10);
 /// Between attempts of a fence that failed.
 const FENCE_RETRY: Duration = Duration::from_millis(100);
 /// Bound on killing client connections after a fence.
@@ -58,8 +58,6 @@ pub(super) type Veto = (std::path::PathBuf, Duration, Vec<(String, String)>);
 
 /// Bound on one rejoin attempt (re-pointing and waiting for the I/O thread to connect).
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// After a failed rejoin attempt, the next one waits this long.
-const REJOIN_RETRY: Duration = Duration::from_secs(5);
 
 /// Bound on fencing the local database at start.
 const START_FENCE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -235,16 +233,38 @@ pub(super) enum Outcome {
         term: Option<Term>,
         result: Result<(u64, String), actions::FenceError>,
     },
-    /// `kill_grace` has passed since the fence of a release of `term`.
-    KillDue {
-        term: Term,
-    },
     Killed(Result<u32, String>),
     Rejoined {
         term: Term,
         owner: String,
         result: Result<actions::Rejoin, String>,
     },
+}
+
+/// The gate's settings, from the configuration (again after a reload).
+pub(super) fn gate_settings(
+    config: &crate::config::Config,
+    me: crate::core::NodeIdx,
+) -> gate::machine::Settings {
+    let mysql = config
+        .mysql
+        .as_ref()
+        .filter(|_| !config.nodes[usize::from(me)].witness);
+    gate::machine::Settings {
+        mode: mysql.map_or(MysqlMode::Gate, |m| m.mode),
+        me,
+        sources: config.nodes.iter().map(|n| n.address.to_string()).collect(),
+        replication: mysql.is_some_and(|m| m.replication.is_some()),
+        lease: config.cluster.lease,
+        // Long enough for every peer's next check to be reported (see `fence_until`).
+        fence_settle: mysql.map_or(Duration::ZERO, |m| {
+            m.check_interval + m.check_timeout + config.cluster.interval
+        }),
+        fence_budget: mysql.map_or(Duration::from_secs(1), |m| {
+            m.check_timeout.max(Duration::from_secs(1))
+        }),
+        kill_grace: mysql.map_or(Duration::ZERO, |m| m.kill_grace),
+    }
 }
 
 impl Agent {
@@ -278,14 +298,14 @@ impl Agent {
             self.my_priority(),
         );
         let waits_for = |i: usize| {
-            let healthy = self.peer_db[i].as_ref().is_some_and(|(_, r)| r.healthy);
+            let healthy = self.gate.peer(i as NodeIdx).is_some_and(|(_, r)| r.healthy);
             let outranks = (peers[i].position, peers[i].priority) > mine;
             !healthy || (outranks && !peers[i].eligible)
         };
         let missing: Vec<String> = (0..self.config.nodes.len())
             .filter(|&i| i != usize::from(self.me) && !self.config.nodes[i].witness)
             .filter(|&i| waits_for(i))
-            .map(|i| self.id(i as crate::core::NodeIdx).to_string())
+            .map(|i| self.id(i as NodeIdx).to_string())
             .collect();
         (!missing.is_empty()).then_some(gate::ColdStart { missing, left })
     }
@@ -294,7 +314,6 @@ impl Agent {
     pub(super) fn database_ineligible(&self, now: Instant) -> Option<String> {
         let (mysql, _) = self.mysql.as_ref()?;
         let status = self.db.as_ref()?.borrow();
-        let fault = self.db_fault.as_ref().filter(|(_, until)| now < *until);
         let owner = self.owners.last_owner.map(|(_, o)| o);
         let owner_address = owner.map(|o| self.config.nodes[usize::from(o)].address.to_string());
         let facts = gate::Facts {
@@ -302,8 +321,8 @@ impl Agent {
             me: self.me,
             db: &status,
             max_lag: mysql.max_lag,
-            fault: fault.map(|(e, _)| e.as_str()),
-            diverged: self.diverged.as_ref().map(|(_, d)| d.as_str()),
+            fault: self.gate.fault(now),
+            diverged: self.gate.diverged(),
             last_owner: owner
                 .zip(owner_address.as_deref())
                 .map(|(o, a)| (o, self.id(o), a)),
@@ -321,10 +340,9 @@ impl Agent {
     pub(super) fn note_positions(&mut self) {
         self.note_owner();
         for (i, view) in self.core.peers().iter().enumerate() {
-            let writable = self.peer_db[i].as_ref().is_some_and(|(_, r)| r.writable);
+            let writable = self.gate.peer(i as NodeIdx).is_some_and(|(_, r)| r.writable);
             if i != usize::from(self.me) && writable {
-                self.owners
-                    .note_writable(i as crate::core::NodeIdx, view.position);
+                self.owners.note_writable(i as NodeIdx, view.position);
             }
         }
     }
@@ -335,8 +353,8 @@ impl Agent {
             vote: persisted.voted_for.map(|v| (persisted.term, v)),
             owning: (self.core.role() == RoleKind::Owner).then(|| self.core.term()),
             claims: (self.core.peers().iter().enumerate())
-                .filter(|(i, view)| view.lease_claim && view.owner == Some(*i as crate::core::NodeIdx))
-                .map(|(i, view)| (view.term, i as crate::core::NodeIdx))
+                .filter(|(i, view)| view.lease_claim && view.owner == Some(*i as NodeIdx))
+                .map(|(i, view)| (view.term, i as NodeIdx))
                 .collect(),
             live: self.live_holder(),
         };
@@ -348,7 +366,7 @@ impl Agent {
     }
 
     /// The lease held right now, as this node knows it: its own, or the one it acknowledges.
-    fn live_holder(&self) -> Option<(Term, crate::core::NodeIdx)> {
+    fn live_holder(&self) -> Option<(Term, NodeIdx)> {
         let now = clock::now();
         if self.core.holds_lease(now) {
             return Some((self.core.term(), self.me));
@@ -357,133 +375,87 @@ impl Agent {
         Some((grant.term, grant.to))
     }
 
-    /// A new probe result: in promote mode, fence a writable database this node does not own.
-    pub(super) fn on_db_status(&mut self, now: Instant) {
-        let healthy = self.db.as_ref().is_some_and(|db| db.borrow().healthy);
-        if self.db_was_healthy.map_or(healthy, |was| was != healthy) {
-            let problem = self.db.as_ref().and_then(|db| db.borrow().problem.clone());
-            let event = if healthy { "db_healthy" } else { "db_unhealthy" };
-            self.hook(event, self.core.term(), problem.as_deref());
-        }
-        self.db_was_healthy = Some(healthy);
-        if let Some((_, until)) = &self.db_fault
-            && now >= *until
-        {
-            self.db_fault = None;
-        }
-        if !self.promote_mode() || self.fencing || self.promoting.is_some() || self.pending_release.is_some()
-        {
-            return;
-        }
-        self.watch_divergence();
-        // Seen writable by the last check (a failed check keeps the last value it saw, which
-        // says nothing about a server that is gone).
-        let writable = self.db.as_ref().is_some_and(|db| {
-            let db = db.borrow();
-            db.read_only == Some(false) && db.problem.is_none()
-        });
-        let owns_it = self.promoted.is_some() && self.core.role() == RoleKind::Owner;
-        if writable && !owns_it {
-            tracing::warn!("the database is writable but this node does not own: fencing it (read_only ON)");
-            self.fencing = true;
-            let timeout = self
-                .mysql
-                .as_ref()
-                .map_or(Duration::from_secs(1), |(m, _)| m.check_timeout);
-            self.start_fence(None, clock::now() + timeout.max(Duration::from_secs(1)));
-            return;
-        }
-        self.maybe_rejoin(now);
-    }
-
-    /// Persists a divergence finding (or its end), so that a restart does not forget it.
-    fn set_diverged(&mut self, why: Option<String>) {
-        if why.is_none() {
-            self.diverged = None;
-        }
-        if let Some(w) = &why {
-            self.hook("diverged", self.core.term(), Some(w));
-        }
-        if let Err(e) = self.state.set_diverged(why) {
-            tracing::error!("{e}");
+    /// The core as the gate sees it, after a step.
+    pub(super) fn core_view(&self, now: Instant) -> gate::machine::CoreView {
+        gate::machine::CoreView {
+            role: self.core.role(),
+            term: self.core.term(),
+            owner: self.core.owner(now),
+            grant_term: self.core.grant().map(|g| g.term),
+            last_owner: self.owners.last_owner.map(|(_, o)| o),
         }
     }
 
-    /// Divergence the replication threads reveal on their own (the source refusing this
-    /// database's position, error 1236), and its end: replicating cleanly from the last owner,
-    /// e.g. after an operator repaired it.
-    fn watch_divergence(&mut self) {
-        let Some(db) = &self.db else { return };
-        let replication = db.borrow().replication.clone();
-        let Some(r) = replication else { return };
-        let last_owner = self.owners.last_owner.map(|(_, o)| o).filter(|o| *o != self.me);
-        let from_owner =
-            last_owner.is_some_and(|o| r.source == self.config.nodes[usize::from(o)].address.to_string());
-        if r.io_errno == Some(crate::mysql::dialect::code::SOURCE_REFUSES_POSITION) && self.diverged.is_none()
-        {
-            let message = format!(
-                "the source {} refuses this database's position ({}); manual action needed",
-                r.source,
-                r.last_error.clone().unwrap_or_default()
-            );
-            tracing::error!("diverged: {message}");
-            self.diverged = Some((self.core.term(), message.clone()));
-            self.set_diverged(Some(message));
-        } else if self.diverged.is_some()
-            && from_owner
-            && r.io_running
-            && r.sql_running
-            && r.io_errno.is_none()
-        {
-            tracing::info!("the database replicates cleanly from the owner again: no longer diverged");
-            self.set_diverged(None);
+    /// Feeds one event to the gate and carries out what it asks, in order.
+    pub(super) fn gate_step(&mut self, now: Instant, event: GateEvent) -> Result<(), String> {
+        for action in self.gate.handle(now, event) {
+            self.gate_action(now, action)?;
         }
+        Ok(())
     }
 
-    /// A fenced database that does not replicate from the current owner's re-points itself
-    /// there — unless it has diverged (then it stays out, and says so).
-    fn maybe_rejoin(&mut self, now: Instant) {
-        let Some((mysql, _)) = &self.mysql else { return };
-        if mysql.replication.is_none() || self.rejoining || now < self.rejoin_retry_at {
-            return;
+    fn gate_action(&mut self, now: Instant, action: GateAction) -> Result<(), String> {
+        match action {
+            GateAction::Fence { release, by, settle } => self.start_fence(release, by, settle),
+            GateAction::CancelPromotion => {
+                if let Some(cancel) = self.promotion_cancel.take() {
+                    cancel.store(true, Ordering::SeqCst);
+                }
+            }
+            GateAction::Promote { term, wait_for } => self.start_promotion(term, wait_for),
+            GateAction::CancelRejoin => {
+                if let Some(cancel) = self.rejoin_cancel.take() {
+                    cancel.store(true, Ordering::SeqCst);
+                }
+            }
+            GateAction::Rejoin { term, owner, gtid } => self.start_rejoin(term, owner, gtid),
+            GateAction::KillClients { term } => self.kill_now(term),
+            GateAction::Serve { term } => {
+                self.update_dns(now);
+                if let Some((t, until)) = self.lease
+                    && t == term
+                {
+                    self.vip(super::Command::Hold { term, until });
+                }
+            }
+            GateAction::OpenWindow { term, from } => self.start_failover_block(term, from),
+            GateAction::PersistDiverged(why) => {
+                if let Some(w) = &why {
+                    tracing::error!("diverged: this database stays read_only and out of replication: {w}");
+                } else {
+                    tracing::info!("the database replicates cleanly from the owner: no longer diverged");
+                }
+                if let Err(e) = self.state.set_diverged(why) {
+                    tracing::error!("{e}");
+                }
+            }
+            GateAction::Hook { event, term, detail } => {
+                self.hook(event, term.unwrap_or(self.core.term()), detail.as_deref())
+            }
+            GateAction::Reconsider => {
+                let health = self.health(now);
+                self.step(now, health)?;
+            }
+            GateAction::ReleaseFenced { term, final_data } => {
+                if let Some(p) = &mut self.pending_release
+                    && p.term == term
+                {
+                    p.final_data = Some(final_data);
+                }
+                self.complete_release(now)?;
+            }
         }
-        if self.core.role() != RoleKind::Follower {
-            return;
-        }
-        let Some(owner) = self.core.owner(now).filter(|o| *o != self.me) else {
-            return;
-        };
-        let term = self.core.grant().map_or(self.core.term(), |g| g.term);
-        if self.diverged.as_ref().is_some_and(|(t, _)| *t == term) {
-            return;
-        }
-        let Some((at, report)) = &self.peer_db[usize::from(owner)] else {
-            return;
-        };
-        let fresh = now.saturating_since(*at) < self.config.cluster.lease * 3;
-        if !(fresh && report.healthy && report.writable) {
-            return;
-        }
-        let host = self.config.nodes[usize::from(owner)].address.to_string();
-        let Some(db) = &self.db else { return };
-        let status = db.borrow();
-        if !status.healthy || status.read_only != Some(true) {
-            return;
-        }
-        // Already pointed at the owner: its threads are its own business (a stopped thread shows
-        // in status and in eligibility); re-pointing would only interrupt it.
-        if status.replication.as_ref().is_some_and(|r| r.source == host) {
-            return;
-        }
-        let gtid = report.gtid.clone();
-        drop(status);
+        Ok(())
+    }
+
+    fn start_rejoin(&mut self, term: Term, owner: NodeIdx, gtid: String) {
         let Some(jobs) = &self.db_jobs else { return };
+        let host = self.config.nodes[usize::from(owner)].address.to_string();
         let owner = self.id(owner).to_string();
         tracing::info!(
             term,
             "re-pointing replication at the owner {owner} ({host}) if this database has not diverged"
         );
-        self.rejoining = true;
         let cancelled = Arc::new(AtomicBool::new(false));
         self.rejoin_cancel = Some(cancelled.clone());
         let _ = jobs.send(Job::Rejoin {
@@ -495,27 +467,15 @@ impl Agent {
         });
     }
 
-    pub(super) fn start_promotion(&mut self, term: Term) {
+    fn start_promotion(&mut self, term: Term, wait_for: Option<(u64, String)>) {
         let Some(jobs) = &self.db_jobs else { return };
         tracing::info!(
             term,
             "became owner: promoting the database before adding the VIPs"
         );
-        // A rejoin still waiting for its source must not hold the promotion up.
-        if let Some(cancel) = self.rejoin_cancel.take() {
-            cancel.store(true, Ordering::SeqCst);
-        }
-        self.promoting = Some(term);
-        self.promoted = None;
         self.step_started.insert("promotion", clock::now());
         let cancelled = Arc::new(AtomicBool::new(false));
         self.promotion_cancel = Some(cancelled.clone());
-        // Handed over by name a moment ago: wait for everything the old primary wrote.
-        let wait_for = self
-            .handover_position
-            .take()
-            .filter(|(_, _, at)| clock::now().saturating_since(*at) < self.config.cluster.lease * 2)
-            .map(|(p, gtid, _)| (p, gtid));
         if let Some((p, gtid)) = &wait_for {
             tracing::info!(
                 term,
@@ -546,51 +506,40 @@ impl Agent {
         });
     }
 
-    /// Fences the database (read_only ON) before `by`, after any job already queued; a
-    /// promotion in progress is cancelled first.
-    pub(super) fn start_fence(&mut self, term: Option<Term>, by: Instant) {
+    /// Fences the database (read_only ON) before `by`, after any job already queued.
+    fn start_fence(&mut self, term: Option<Term>, by: Instant, settle: Duration) {
         let Some(jobs) = &self.db_jobs else { return };
-        if let Some(cancel) = self.promotion_cancel.take() {
-            cancel.store(true, Ordering::SeqCst);
+        if term.is_none() {
+            tracing::warn!("the database is writable but this node does not own: fencing it (read_only ON)");
         }
-        self.promoting = None;
-        self.promoted = None;
         self.step_started.insert("fence", clock::now());
         let budget = clock::until(by).max(Duration::from_millis(10));
-        // Long enough for every peer's next check to be reported (see `fence_until`).
-        let settle = self.mysql.as_ref().map_or(Duration::ZERO, |(m, _)| {
-            m.check_interval + m.check_timeout + self.config.cluster.interval
-        });
         let _ = jobs.send(Job::Fence { term, budget, settle });
     }
 
     pub(super) fn on_db_outcome(&mut self, now: Instant, outcome: Outcome) -> Result<(), String> {
-        match outcome {
-            Outcome::Promoted { term, result } => self.on_promoted(now, term, result),
-            Outcome::Fenced { term, result } => self.on_fenced(now, term, result),
-            Outcome::Rejoined { term, owner, result } => self.on_rejoined(now, term, owner, result),
-            Outcome::KillDue { term } => {
-                self.kill_now(term);
-                Ok(())
-            }
+        let event = match outcome {
+            Outcome::Promoted { term, result } => self.promoted_event(term, result),
+            Outcome::Fenced { term, result } => self.fenced_event(term, result),
+            Outcome::Rejoined { term, owner, result } => rejoined_event(term, &owner, result),
             Outcome::Killed(result) => {
                 match result {
                     Ok(n) => tracing::info!("killed {n} client connection(s) of the fenced database"),
                     Err(e) => tracing::error!("killing client connections: {e}"),
                 }
-                Ok(())
+                return Ok(());
             }
-        }
+        };
+        self.gate_step(now, event)
     }
 
     /// A fence's outcome: `term` for the fence of a release of that term, which completes
     /// (with the final position) once the fence is done or the database found not running.
-    fn on_fenced(
+    fn fenced_event(
         &mut self,
-        now: Instant,
         term: Option<Term>,
         result: Result<(u64, String), actions::FenceError>,
-    ) -> Result<(), String> {
+    ) -> GateEvent {
         self.step_ended("fence");
         match (&result, term) {
             (Ok((p, gtid)), Some(t)) => {
@@ -611,147 +560,46 @@ impl Agent {
                 tracing::error!("could not fence the database: {e}; a release waits for the lease to run out")
             }
         }
-        if result.is_ok() {
-            self.hook("fence", term.unwrap_or(self.core.term()), None);
+        let result = result.map_err(|e| match e {
+            actions::FenceError::NotRunning(_) => gate::machine::FenceFailure::NotRunning,
+            actions::FenceError::Failed(_) => gate::machine::FenceFailure::Failed,
+        });
+        GateEvent::Fenced {
+            release: term,
+            result,
         }
-        if term.is_none() {
-            self.fencing = false;
-            return Ok(());
-        }
-        if let (Err(actions::FenceError::NotRunning(_)), Some(t)) = (&result, term)
-            && let Some(p) = &mut self.pending_release
-            && p.term == t
-        {
-            p.fence_done = true;
-            p.not_running = true;
-        }
-        if let (Ok((position, gtid)), Some(t)) = (&result, term) {
-            self.kill_clients_later(t);
-            if let Some(p) = &mut self.pending_release
-                && p.term == t
-            {
-                p.fence_done = true;
-                p.final_position = Some(*position);
-                p.final_gtid = gtid.clone();
-                // The release announces this final position to the successor.
-                let eligible = self.ineligible_reason(now).is_none();
-                self.step(
-                    now,
-                    crate::core::Event::Health {
-                        eligible,
-                        position: *position,
-                        blocked: self.sent_flags.0,
-                        preferred: self.sent_flags.1,
-                    },
-                )?;
-            }
-        }
-        self.complete_release(now)
     }
 
-    fn on_rejoined(
-        &mut self,
-        now: Instant,
-        term: Term,
-        owner: String,
-        result: Result<actions::Rejoin, String>,
-    ) -> Result<(), String> {
-        self.rejoining = false;
-        self.rejoin_cancel = None;
-        match result {
-            Ok(actions::Rejoin::Replicating) => {
-                tracing::info!(term, "the database replicates from {owner}");
-                self.set_diverged(None);
-            }
-            Ok(actions::Rejoin::Diverged { detail, count }) => {
-                let count = count.map_or("an unknown number of".to_string(), |n| n.to_string());
-                let message =
-                    format!("{count} transaction(s) that {owner} lacks ({detail}); manual action needed");
-                tracing::error!(
-                    term,
-                    "diverged: this database stays read_only and out of replication: {message}"
-                );
-                self.diverged = Some((term, message.clone()));
-                self.set_diverged(Some(message));
-                let health = self.health(now);
-                return self.step(now, health);
-            }
-            Err(e) => {
-                tracing::warn!(term, "could not re-point replication at {owner}: {e}; retrying");
-                self.rejoin_retry_at = now + REJOIN_RETRY;
-            }
-        }
-        Ok(())
-    }
-
-    fn on_promoted(
-        &mut self,
-        now: Instant,
-        term: Term,
-        result: Result<actions::Promoted, String>,
-    ) -> Result<(), String> {
-        if self.promoting != Some(term) {
-            // Ownership of `term` ended while promoting. If the database was made writable
-            // anyway, the next health check sees it and fences it (unless this node owns again
-            // and is promoting, in which case it is about to be writable by right).
+    fn promoted_event(&mut self, term: Term, result: Result<actions::Promoted, String>) -> GateEvent {
+        if self.gate.phase() != gate::Phase::Promoting(term) {
             if result.is_ok() {
                 tracing::warn!(term, "a promotion finished after its ownership ended");
             }
-            return Ok(());
-        }
-        self.promoting = None;
-        self.promotion_cancel = None;
-        self.step_ended("promotion");
-        match result {
-            Ok(p) => {
-                tracing::info!(
+        } else {
+            self.promotion_cancel = None;
+            self.step_ended("promotion");
+            match &result {
+                Ok(p) => tracing::info!(
                     term,
                     applied = %p.applied,
                     "database promoted (caught up in {} ms, read_only OFF): adding the VIPs",
                     p.caught_up_in.as_millis()
-                );
-                self.promoted = Some(term);
-                self.hook("owner", term, None);
-                self.start_failover_block(term);
-                self.update_dns(now);
-                if let Some((t, until)) = self.lease
-                    && t == term
-                {
-                    self.vip(super::Command::Hold { term, until });
-                }
-                Ok(())
+                ),
+                Err(e) => tracing::error!(term, "promotion failed: {e}; giving ownership up"),
             }
-            Err(e) => {
-                tracing::error!(term, "promotion failed: {e}; giving ownership up");
-                let backoff = PROMOTE_FAULT_BACKOFF.max(self.config.cluster.lease);
-                self.db_fault = Some((format!("promotion failed: {e}"), now + backoff));
-                let health = self.health(now);
-                self.step(now, health)
-            }
+        }
+        GateEvent::Promoted {
+            term,
+            result: result.map(|_| ()),
         }
     }
 
-    /// Kills client connections `kill_grace` after the fence of a release of `term`: they
-    /// cannot write any more, and should reconnect — through the VIP, to the new primary.
-    fn kill_clients_later(&self, term: Term) {
-        let Some((mysql, _)) = &self.mysql else { return };
-        let grace = mysql.kill_grace;
-        let tx = self.db_outcomes_tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let _ = tx.send(Outcome::KillDue { term });
-        });
-    }
-
-    /// The grace after a fence is over: kill, unless this node has been promoted since.
+    /// The grace after a fence is over (the gate checked that this node does not own again).
     fn kill_now(&self, term: Term) {
-        if self.promoting.is_some() || self.promoted.is_some() {
-            tracing::info!(term, "not killing client connections: this node owns again");
-            return;
-        }
         let Some((mysql, password)) = self.mysql.clone() else {
             return;
         };
+        tracing::info!(term, "killing the client connections of the fenced database");
         let tx = self.db_outcomes_tx.clone();
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + KILL_TIMEOUT;
@@ -760,4 +608,24 @@ impl Agent {
             ));
         });
     }
+}
+
+fn rejoined_event(term: Term, owner: &str, result: Result<actions::Rejoin, String>) -> GateEvent {
+    let result = match result {
+        Ok(actions::Rejoin::Replicating) => {
+            tracing::info!(term, "the database replicates from {owner}");
+            gate::machine::Rejoined::Replicating
+        }
+        Ok(actions::Rejoin::Diverged { detail, count }) => {
+            let count = count.map_or("an unknown number of".to_string(), |n| n.to_string());
+            gate::machine::Rejoined::Diverged(format!(
+                "{count} transaction(s) that {owner} lacks ({detail}); manual action needed"
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(term, "could not re-point replication at {owner}: {e}; retrying");
+            gate::machine::Rejoined::Failed
+        }
+    };
+    GateEvent::Rejoined { term, result }
 }

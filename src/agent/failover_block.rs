@@ -36,9 +36,10 @@ impl Agent {
         window::blocks(self.failover_block_left(), self.owners.last_holder, self.me)
     }
 
-    /// Ownership of `term` was won: an automatic failover when no releasing owner named this
-    /// node and someone else held the lease before. The window starts once it is promoted.
-    pub(super) fn note_acquire(&mut self, term: Term, named: bool) {
+    /// Ownership of `term` was won: an automatic failover (and from whom) when no releasing
+    /// owner named this node and someone else held the lease before. The window starts once it
+    /// is promoted (`gate::Action::OpenWindow`).
+    pub(super) fn note_acquire(&mut self, term: Term, named: bool) -> Option<(Term, NodeIdx)> {
         // Peers' claims not noted yet count; this node's own new ownership must not.
         for (i, view) in self.core.peers().iter().enumerate() {
             let i = i as NodeIdx;
@@ -58,19 +59,17 @@ impl Agent {
             self.owners.last_owner,
         );
         self.note_owner();
-        self.takeover = takeover;
+        takeover
     }
 
-    /// The database of `term` is promoted: if that was an automatic failover, open the window.
-    pub(super) fn start_failover_block(&mut self, term: Term) {
-        let Some((t, from)) = self.takeover.take() else {
-            return;
-        };
+    /// The database of `term`, won by an automatic failover from `from`, is promoted: the
+    /// window opens.
+    pub(super) fn start_failover_block(&mut self, term: Term, from: NodeIdx) {
         let window = self
             .mysql
             .as_ref()
             .map_or(Duration::ZERO, |(m, _)| m.failover_block);
-        if t != term || window.is_zero() {
+        if window.is_zero() {
             return;
         }
         tracing::warn!(

@@ -35,21 +35,13 @@ use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
-/// A release in progress: done when the VIP is gone and the database fenced (or found not
-/// running).
+/// A release in progress: done when the VIP is gone and the gate has finished the database's
+/// part (fenced, found not running, or not consulted).
 struct PendingRelease {
     term: Term,
     vip_done: bool,
-    fence_done: bool,
-    /// The fenced database's final position: what the release announces, whatever a later
-    /// (or older) health check says; `None` when unknown (no database consulted, or one that is
-    /// not running), and the successor then waits for nothing beyond what it received.
-    final_position: Option<u64>,
-    /// And its GTIDs, which the release carries too.
-    final_gtid: String,
-    /// The database was found not running (for a check interval and more): it takes no
-    /// writes, and its final position is unknown.
-    not_running: bool,
+    /// What the release announces of the database (`gate::Action::ReleaseFenced`).
+    final_data: Option<FinalData>,
 }
 
 /// Database reports go out on change, and at least this often.
@@ -155,8 +147,6 @@ struct Agent {
     stopping: Option<Instant>,
     /// `vipgate maintenance on`: never eligible (persisted).
     maintenance: bool,
-    /// A current release: the old owner's final data position (count, GTIDs), and when it came.
-    handover_position: Option<(u64, String, Instant)>,
     /// The number of the last `Drop` sent to the VIP task and its deadline: only its
     /// confirmation completes the release.
     drop_seq: u64,
@@ -164,28 +154,19 @@ struct Agent {
     pending_release: Option<PendingRelease>,
     /// The lease this node holds as owner (term, end), as the core last granted it.
     lease: Option<(Term, Instant)>,
-    /// Promote mode: the term whose promotion is running, or done.
-    promoting: Option<Term>,
-    promoted: Option<Term>,
-    /// Promote mode: a fence of a database this node does not own is running.
-    fencing: bool,
-    /// A failed promotion, and until when it keeps this node ineligible.
-    db_fault: Option<(String, Instant)>,
+    /// The database policy (promote, fence, rejoin, divergence), pure; this agent carries out
+    /// what it decides.
+    gate: crate::gate::Gate,
     mysql: Option<(Mysql, Option<Secret>)>,
     /// Promote mode: the queue of database changes, run one at a time.
     db_jobs: Option<mpsc::UnboundedSender<database::Job>>,
     promotion_cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// Promote mode: a rejoin attempt is running; when the next may start; and, once found,
-    /// that the database diverged from the owner of a term (it then never owns).
-    rejoining: bool,
+    /// Promote mode: cancels the rejoin attempt running, if any.
     rejoin_cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Who owned last (`gate::owners`): the owner of the newest term seen, the newest lease
     /// actually held (whom a new owner takes over from; persisted), and the highest position a
     /// writable peer reported in this run.
     owners: crate::gate::Owners,
-    /// Promote mode: the term just won by taking over from another node unnamed (an automatic
-    /// failover), and from whom; the anti-flap window opens once it is promoted.
-    takeover: Option<(Term, NodeIdx)>,
     /// Promote mode: no automatic takeover before this wall-clock time (Unix ms; persisted).
     failover_block_until: Option<u64>,
     /// Ownership transitions by reason, for metrics.
@@ -200,23 +181,18 @@ struct Agent {
     /// The hook runner, and its runs by event and result.
     hooks: mpsc::UnboundedSender<hooks::Event>,
     hook_runs: hooks::Counts,
-    /// The database's health as last seen, for the db_healthy / db_unhealthy hooks.
-    db_was_healthy: Option<bool>,
     /// (blocked, preferred) as last given to the core.
     sent_flags: (bool, bool),
     /// systemd readiness and watchdog.
     service: service::Service,
     /// `vipgate failover-ack` let this node take over from another region's owner of this term.
     region_override: Option<Term>,
-    rejoin_retry_at: Instant,
-    diverged: Option<(Term, String)>,
     db_outcomes_tx: mpsc::UnboundedSender<database::Outcome>,
     db_outcomes: mpsc::UnboundedReceiver<database::Outcome>,
     /// The local database's latest health check, if the database gates this node.
     db: Option<watch::Receiver<DbStatus>>,
-    /// The last database report sent, and each peer's latest.
+    /// The last database report sent.
     last_report: Option<(Instant, DbReport)>,
-    peer_db: Vec<Option<(Instant, DbReport)>>,
     /// `[dns.update]`: the pusher, the term of the running (or finished) push and its cancel
     /// flag, and the latest result for status.
     dns_push: Option<Arc<crate::dns::update::Updater>>,
@@ -284,7 +260,12 @@ impl Agent {
         let maintenance = state.maintenance();
         let failover_block_until = state.failover_block_until_ms();
         let last_holder = state.last_holder();
-        let diverged = state.diverged().map(|d| (0, d.to_string()));
+        let now = clock::now();
+        let gate = crate::gate::Gate::new(
+            database::gate_settings(&config, me),
+            state.diverged().map(str::to_string),
+            now,
+        );
         let replication_password = config.read_replication_password().map_err(|e| e.to_string())?;
 
         let (dns_view, dns_zone, dns_counters) = start::dns(&config, me).await?;
@@ -306,7 +287,6 @@ impl Agent {
         let status_group = config.control.status_group.as_ref().map(|(_, gid)| *gid);
         control::serve(&config.control.socket, status_group, control_tx)?;
 
-        let now = clock::now();
         let seed = boot ^ u64::from(std::process::id()).rotate_left(32) ^ now.as_micros();
         let core = Core::new(config.core_settings(me, seed), state.persistent(), now);
         tracing::info!(
@@ -341,15 +321,11 @@ impl Agent {
             control,
             stopping: None,
             maintenance,
-            handover_position: None,
             drop_seq: 0,
             release_by: None,
             pending_release: None,
             lease: None,
-            promoting: None,
-            promoted: None,
-            fencing: false,
-            db_fault: None,
+            gate,
             db_jobs: mysql
                 .as_ref()
                 .filter(|(m, _)| m.mode == crate::config::MysqlMode::Promote)
@@ -357,10 +333,8 @@ impl Agent {
                     database::start_worker(m.clone(), p.clone(), replication_password, db_outcomes_tx.clone())
                 }),
             promotion_cancel: None,
-            rejoining: false,
             rejoin_cancel: None,
             owners: crate::gate::Owners::new(last_holder),
-            takeover: None,
             failover_block_until,
             transitions: BTreeMap::new(),
             heartbeat_sent: std::collections::VecDeque::new(),
@@ -369,18 +343,14 @@ impl Agent {
             step_started: BTreeMap::new(),
             hooks: hooks::start(hook_runs.clone()),
             hook_runs,
-            db_was_healthy: None,
             sent_flags: (false, true),
             service: service::Service::new(now),
             region_override: None,
-            rejoin_retry_at: now,
-            diverged,
             mysql,
             db_outcomes_tx,
             db_outcomes,
             db,
             last_report: None,
-            peer_db: vec![None; config.nodes.len()],
             dns_view,
             dns_zone,
             dns_counters,
@@ -491,16 +461,12 @@ impl Agent {
     fn health(&mut self, now: Instant) -> Event {
         self.note_positions();
         self.sent_flags = self.takeover_flags();
-        let probed = self.db.as_ref().map_or(0, |db| db.borrow().position);
         Event::Health {
             eligible: self.ineligible_reason(now).is_none(),
             blocked: self.sent_flags.0,
             preferred: self.sent_flags.1,
-            position: self
-                .pending_release
-                .as_ref()
-                .and_then(|p| p.final_position)
-                .unwrap_or(probed),
+            // During a release, the fenced final position.
+            position: self.gate.position(),
         }
     }
 
@@ -523,6 +489,9 @@ impl Agent {
             if let Some(stop) = self.stopping {
                 deadline = deadline.min(stop);
             }
+            if let Some(due) = self.gate.next_deadline() {
+                deadline = deadline.min(due.max(now));
+            }
             if let Some(due) = self.service.next_due(self.ready_at()) {
                 deadline = deadline.min(due.max(now));
             }
@@ -539,7 +508,8 @@ impl Agent {
                 }
                 Ok(()) = db_changed(&mut self.db) => {
                     let now = clock::now();
-                    self.on_db_status(now);
+                    let status = self.db.as_ref().map(|db| db.borrow().clone()).unwrap_or_default();
+                    self.gate_step(now, database::GateEvent::Probed(status))?;
                     let health = self.health(now);
                     self.step(now, health)?;
                 }
@@ -575,6 +545,9 @@ impl Agent {
                     if now >= tick_at {
                         self.step(now, Event::Tick)?;
                     }
+                    if self.gate.next_deadline().is_some_and(|due| now >= due) {
+                        self.gate_step(now, database::GateEvent::Tick)?;
+                    }
                 }
             }
             self.notify_service(clock::now());
@@ -605,7 +578,7 @@ impl Agent {
             Some((from, Message::DbReport(report))) => {
                 self.received += 1;
                 self.follow_failover_block(now, from, &report);
-                self.peer_db[usize::from(from)] = Some((now, report));
+                self.gate_step(now, database::GateEvent::Peer { from, report })?;
                 self.update_dns(now);
                 Ok(())
             }
@@ -618,9 +591,10 @@ impl Agent {
                 // successor or not).
                 if let Message::Release(r) = &message
                     && r.term >= self.core.term()
-                    && let Some(p) = r.final_position
+                    && let Some(position) = r.final_position
                 {
-                    self.handover_position = Some((p, r.final_gtid.clone(), now));
+                    let gtid = r.final_gtid.clone();
+                    self.gate_step(now, database::GateEvent::HandedOver { position, gtid })?;
                 }
                 self.step(now, Event::Received { from, message })
             }
@@ -646,18 +620,14 @@ impl Agent {
     /// Reports the pending release to the core once every part of it is done.
     fn complete_release(&mut self, now: Instant) -> Result<(), String> {
         match &self.pending_release {
-            Some(p) if p.vip_done && p.fence_done => {
-                let final_data = match (p.final_position, p.not_running) {
-                    (Some(position), _) => FinalData::Fenced {
-                        position,
-                        gtid: p.final_gtid.clone(),
-                    },
-                    (None, true) => FinalData::Unknown,
-                    (None, false) => FinalData::NotConsulted,
-                };
+            Some(PendingRelease {
+                term,
+                vip_done: true,
+                final_data: Some(final_data),
+            }) => {
                 let released = Event::Released {
-                    term: p.term,
-                    final_data,
+                    term: *term,
+                    final_data: final_data.clone(),
                 };
                 self.pending_release = None;
                 self.release_by = None;
@@ -745,6 +715,8 @@ impl Agent {
         // Whether this node may take over on its own (and how it ranks) follows the last
         // owner, which any message may change: tell the core at once.
         self.note_owner();
+        let view = self.core_view(now);
+        self.gate_step(now, database::GateEvent::Core(view))?;
         if self.takeover_flags() != self.sent_flags {
             let health = self.health(now);
             self.step(now, health)?;
@@ -783,23 +755,18 @@ impl Agent {
                 named,
             } => {
                 self.lease = Some((term, lease_end));
-                self.note_acquire(term, named);
+                let takeover = self.note_acquire(term, named);
                 *self.transitions.entry("acquired".into()).or_default() += 1;
-                if self.promote_mode() {
-                    self.start_promotion(term);
-                } else {
+                if !self.promote_mode() {
                     tracing::info!(term, "became owner: adding the VIPs");
-                    self.hook("owner", term, None);
-                    self.vip(Command::Hold {
-                        term,
-                        until: lease_end,
-                    });
                 }
+                // In promote mode the gate promotes first; the VIP follows (`Serve`).
+                self.gate_step(now, database::GateEvent::Acquired { term, takeover })?;
             }
             Action::Renewed { term, lease_end } => {
                 self.lease = Some((term, lease_end));
                 // In promote mode the VIP follows only once the database is writable.
-                if !self.promote_mode() || self.promoted == Some(term) {
+                if self.gate.serves(term) {
                     self.vip(Command::Hold {
                         term,
                         until: lease_end,
@@ -821,10 +788,7 @@ impl Agent {
                 self.pending_release = Some(PendingRelease {
                     term,
                     vip_done: self.vips.is_none(),
-                    fence_done: !self.promote_mode(),
-                    final_position: None,
-                    final_gtid: String::new(),
-                    not_running: false,
+                    final_data: None,
                 });
                 if let Some(vips) = &self.vips {
                     self.drop_seq += 1;
@@ -836,9 +800,7 @@ impl Agent {
                     );
                     vips.drop(term, lease_end, self.drop_seq, !planned);
                 }
-                if self.promote_mode() {
-                    self.start_fence(Some(term), lease_end);
-                }
+                self.gate_step(now, database::GateEvent::Releasing { term, by: lease_end })?;
                 return self.complete_release(now);
             }
         }
@@ -896,9 +858,9 @@ impl Agent {
         let owner = held.or(granted).filter(|(o, term, _)| {
             !self.promote_mode()
                 || if *o == self.me {
-                    self.promoted == Some(*term)
+                    self.gate.phase() == crate::gate::Phase::Promoted(*term)
                 } else {
-                    self.peer_db[usize::from(*o)].as_ref().is_some_and(|(at, r)| {
+                    self.gate.peer(*o).is_some_and(|(at, r)| {
                         r.writable && now.saturating_since(*at) < self.config.cluster.lease * 3
                     })
                 }
@@ -1104,7 +1066,7 @@ impl Agent {
                 .map(|v| v.status.lock().expect("status lock").clone())
                 .unwrap_or_default(),
             database: self.db.as_ref().map(|db| db.borrow().clone()),
-            diverged: self.diverged.as_ref().map(|(_, d)| d.clone()),
+            diverged: self.gate.diverged().map(str::to_string),
             maintenance: self.maintenance,
             dns: (self.dns_view.is_some() || self.dns_push.is_some()).then(|| self.dns_status(now)),
             failover_block_remaining_ms: Some(ms(self.failover_block_left())).filter(|&m| m > 0),
@@ -1173,8 +1135,9 @@ impl Agent {
             priority: view.priority,
             region: node.region.clone(),
             rtt_us: self.rtt_us[usize::from(i)],
-            database: self.peer_db[usize::from(i)]
-                .as_ref()
+            database: self
+                .gate
+                .peer(i)
                 .map(|(at, report)| peer_db(report, now.saturating_since(*at))),
         }
     }

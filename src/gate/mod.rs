@@ -9,8 +9,10 @@
 //! the anti-flap window after an automatic failover.
 
 pub mod eligibility;
+pub mod machine;
 pub mod owners;
 pub mod window;
 
 pub use eligibility::{ColdStart, Facts, Ineligible, ineligible};
+pub use machine::{Gate, Phase};
 pub use owners::{Owner, Owners, Seen};
