@@ -310,11 +310,16 @@ impl Agent {
         (!missing.is_empty()).then_some(gate::ColdStart { missing, left })
     }
 
-    /// Why the database keeps this node from owning, if it does (`gate::ineligible`).
+    /// Why the database keeps this node from owning, if it does.
     pub(super) fn database_ineligible(&self, now: Instant) -> Option<String> {
+        self.database_why(now).map(|why| why.to_string())
+    }
+
+    /// The same, typed (`gate::ineligible`).
+    pub(super) fn database_why(&self, now: Instant) -> Option<gate::Ineligible> {
         let (mysql, _) = self.mysql.as_ref()?;
         let status = self.db.as_ref()?.borrow();
-        let owner = self.owners.last_owner.map(|(_, o)| o);
+        let owner = self.owners.history().map(|(_, o)| o);
         let owner_address = owner.map(|o| self.config.nodes[usize::from(o)].address.to_string());
         let facts = gate::Facts {
             mode: mysql.mode,
@@ -331,8 +336,54 @@ impl Agent {
                 .owners
                 .highest_writable
                 .map_or((0, ""), |(p, n)| (p, self.id(n))),
+            ahead: self.ahead(now).map(|(p, n)| (p, self.id(n))),
+            catching_up: self.gate.catching_up(),
+            owner_live: self.core.owner(now).is_some(),
+            floor: self.owners.primary_floor,
         };
-        gate::ineligible(&facts).map(|why| why.to_string())
+        gate::ineligible(&facts)
+    }
+
+    /// Whether the local database replicates the last primary's history (`Owners::history`): a
+    /// read_only replica of it whose position it has not refused, and not diverged.
+    pub(super) fn follows_owner(&self) -> bool {
+        let Some(owner) = self.owners.history().map(|(_, o)| o).filter(|o| *o != self.me) else {
+            return false;
+        };
+        let Some(db) = self.gate.db() else { return false };
+        let address = self.config.nodes[usize::from(owner)].address.to_string();
+        let refused = Some(crate::mysql::dialect::code::SOURCE_REFUSES_POSITION);
+        db.read_only == Some(true)
+            && self.gate.diverged().is_none()
+            && db
+                .replication
+                .as_ref()
+                .is_some_and(|r| r.source == address && r.io_errno != refused)
+    }
+
+    /// The most advanced peer that replicates the last owner's history, as it last reported,
+    /// and cannot stand itself — silent or down since, or not eligible (lagging, say): what it
+    /// received may be nowhere else. A live, eligible peer is left to the ranking, which puts
+    /// the most advanced first. None once an operator let this node stand anyway (`vipgate
+    /// failover-ack`, for this term).
+    pub(super) fn ahead(&self, now: Instant) -> Option<(u64, NodeIdx)> {
+        let last_owner = self.owners.history();
+        if self.behind_override.is_some() && self.behind_override == last_owner.map(|(t, _)| t) {
+            return None;
+        }
+        let peers = self.core.peers();
+        (0..self.config.nodes.len() as NodeIdx)
+            .filter(|i| *i != self.me && Some(*i) != last_owner.map(|(_, o)| o))
+            .filter(|i| self.gate.peer(*i).is_some_and(|(_, r)| r.follows_owner))
+            .filter(|i| {
+                let p = &peers[usize::from(*i)];
+                let live = p
+                    .last_heard
+                    .is_some_and(|t| now.saturating_since(t) < self.config.cluster.lease);
+                !(live && p.eligible)
+            })
+            .map(|i| (peers[usize::from(i)].position, i))
+            .max()
     }
 
     /// Notes who owned last and the positions of writable peers (`gate::Owners`); a new last
@@ -411,6 +462,8 @@ impl Agent {
             GateAction::Rejoin { term, owner, gtid } => self.start_rejoin(term, owner, gtid),
             GateAction::KillClients { term } => self.kill_now(term),
             GateAction::Serve { term } => {
+                let position = self.gate.position();
+                self.owners.note_primary((term, self.me), position);
                 self.update_dns(now);
                 if let Some((t, until)) = self.lease
                     && t == term

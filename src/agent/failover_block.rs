@@ -115,10 +115,16 @@ impl Agent {
     /// with no owner, so that it may take over.
     /// Also lifts, on a node while no node owns, the cross-region block for the last owner's
     /// term: the operator decides that the primary may move to this region.
+    /// And, on a node while no node owns, a peer replica that received more but is down (or
+    /// lagging): the operator accepts losing what only that peer has.
     pub(super) fn failover_ack(&mut self, now: Instant) -> Result<String, String> {
         let window = !self.failover_block_left().is_zero();
         let region = self.region_blocked();
-        if !window && !region {
+        let behind = matches!(
+            self.database_why(now),
+            Some(crate::gate::Ineligible::BehindPeer { .. })
+        );
+        if !window && !region && !behind {
             return Ok("no failover block is in effect".into());
         }
         if let Some(o) = self.core.owner(now).filter(|o| *o != self.me) {
@@ -144,6 +150,14 @@ impl Agent {
             self.region_override = self.owners.last_holder.map(|(t, _)| t);
             tracing::warn!("an operator lets ownership move to this node's region");
             done.push("this node may take over from the last owner's region");
+        }
+        if behind {
+            self.behind_override = self.owners.history().map(|(t, _)| t);
+            tracing::warn!(
+                "an operator lets this node stand although a peer replica received more: what only that peer \
+                 has is lost"
+            );
+            done.push("this node may stand although a peer replica received more (what only it has is lost)");
         }
         Ok(done.join("; "))
     }

@@ -48,7 +48,7 @@ struct PendingRelease {
 const DB_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// What peers are told about a database status.
-fn db_report(db: &DbStatus, failover_block: Duration) -> DbReport {
+fn db_report(db: &DbStatus, failover_block: Duration, follows_owner: bool) -> DbReport {
     let replicating = db
         .replication
         .as_ref()
@@ -58,6 +58,7 @@ fn db_report(db: &DbStatus, failover_block: Duration) -> DbReport {
         writable: db.read_only == Some(false),
         replicating,
         lag_s: db.lag_s.map(|s| u32::try_from(s).unwrap_or(u32::MAX)),
+        follows_owner,
         failover_block_ms: u32::try_from(failover_block.as_millis()).unwrap_or(u32::MAX),
         gtid: crate::net::wire::cut_gtid(db.gtid.as_deref().unwrap_or_default()).into_owned(),
     }
@@ -187,6 +188,9 @@ struct Agent {
     service: service::Service,
     /// `vipgate failover-ack` let this node take over from another region's owner of this term.
     region_override: Option<Term>,
+    /// `vipgate failover-ack` let this node stand although a peer replica that is down had
+    /// received more, for the last owner of this term.
+    behind_override: Option<Term>,
     db_outcomes_tx: mpsc::UnboundedSender<database::Outcome>,
     db_outcomes: mpsc::UnboundedReceiver<database::Outcome>,
     /// The local database's latest health check, if the database gates this node.
@@ -346,6 +350,7 @@ impl Agent {
             sent_flags: (false, true),
             service: service::Service::new(now),
             region_override: None,
+            behind_override: None,
             mysql,
             db_outcomes_tx,
             db_outcomes,
@@ -578,7 +583,19 @@ impl Agent {
             Some((from, Message::DbReport(report))) => {
                 self.received += 1;
                 self.follow_failover_block(now, from, &report);
-                self.gate_step(now, database::GateEvent::Peer { from, report })?;
+                let view = self.core.peers()[usize::from(from)];
+                if report.writable && self.core.owner(now) == Some(from) {
+                    self.owners.note_primary((view.term, from), view.position);
+                }
+                let position = view.position;
+                self.gate_step(
+                    now,
+                    database::GateEvent::Peer {
+                        from,
+                        report,
+                        position,
+                    },
+                )?;
                 self.update_dns(now);
                 Ok(())
             }
@@ -819,7 +836,7 @@ impl Agent {
     /// every [`DB_REPORT_EVERY`].
     fn report_db(&mut self, now: Instant) {
         let Some(db) = &self.db else { return };
-        let report = db_report(&db.borrow(), self.failover_block_left());
+        let report = db_report(&db.borrow(), self.failover_block_left(), self.follows_owner());
         let due = match &self.last_report {
             Some((at, last)) => *last != report || now.saturating_since(*at) >= DB_REPORT_EVERY,
             None => true,
@@ -1105,7 +1122,7 @@ impl Agent {
                 rtt_us: None,
                 database: self.db.as_ref().map(|db| {
                     peer_db(
-                        &db_report(&db.borrow(), self.failover_block_left()),
+                        &db_report(&db.borrow(), self.failover_block_left(), self.follows_owner()),
                         Duration::ZERO,
                     )
                 }),

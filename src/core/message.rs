@@ -106,6 +106,10 @@ pub struct DbReport {
     pub replicating: bool,
     /// Seconds behind its source, when replicating and known.
     pub lag_s: Option<u32>,
+    /// A replica of the last owner's history (its source is the last owner, which has not
+    /// refused its position, and it has not diverged): what it received counts against
+    /// candidates that lack it.
+    pub follows_owner: bool,
     /// What is left of the sender's anti-flap window (0: none). Peers follow the owner's.
     pub failover_block_ms: u32,
     /// Executed GTIDs (at most [`MAX_REPORT_GTID`] bytes).

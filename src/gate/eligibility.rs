@@ -34,6 +34,18 @@ pub struct Facts<'a> {
     pub cold_start: Option<ColdStart>,
     /// The highest position a writable peer reported in this run, and that peer's id.
     pub highest_writable: (u64, &'a str),
+    /// The highest position among peers that replicate the last owner's history and cannot
+    /// stand themselves (down, silent or not eligible since), as they last reported, and that
+    /// peer's id. Live, eligible peers are left to the ranking.
+    pub ahead: Option<(u64, &'a str)>,
+    /// An owner holds a live lease: replicas of it keep receiving, and how far each got says
+    /// nothing yet.
+    pub owner_live: bool,
+    /// Rejoined the last owner: the position it had then, which this database must reach
+    /// (`gate::Gate::catching_up`).
+    pub catching_up: Option<u64>,
+    /// The last owner's position when it was first seen primary (`Owners::primary_floor`).
+    pub floor: u64,
 }
 
 /// A cluster starting: the database hosts not heard healthy yet, and how long the wait lasts.
@@ -66,6 +78,23 @@ pub enum Ineligible {
         position: u64,
         best: u64,
         on: String,
+    },
+    /// Cannot receive from the last owner any more, and a peer replica received more: it has
+    /// transactions this database lacks (acknowledged writes, with semi-sync).
+    BehindPeer {
+        position: u64,
+        best: u64,
+        on: String,
+    },
+    /// Below the last owner's position when it became primary: it did not follow it.
+    BelowPrimary {
+        position: u64,
+        floor: u64,
+    },
+    /// Re-pointed at the last owner and not yet as far as it was then.
+    CatchingUp {
+        position: u64,
+        target: u64,
     },
     /// Not a replica of the last owner (a former primary, a replica of someone else).
     MustRejoin {
@@ -101,6 +130,21 @@ impl fmt::Display for Ineligible {
             Ineligible::Behind { position, best, on } => write!(
                 f,
                 "database behind a writable one (position {position} < {best} on {on}) and not replicating"
+            ),
+            Ineligible::BehindPeer { position, best, on } => write!(
+                f,
+                "replica cut from its source and behind {on} (position {position} < {best}): {on} has \
+                 transactions it lacks; waiting until {on} can own, or `vipgate failover-ack` here to \
+                 promote this one anyway"
+            ),
+            Ineligible::BelowPrimary { position, floor } => write!(
+                f,
+                "position {position} is below the last owner's {floor} when it became primary: this \
+                 replica did not follow it"
+            ),
+            Ineligible::CatchingUp { position, target } => write!(
+                f,
+                "catching up after rejoining the owner: position {position} of at least {target}"
             ),
             Ineligible::MustRejoin { owner } => write!(
                 f,
@@ -139,16 +183,25 @@ fn promote_mode(f: &Facts) -> Option<Ineligible> {
     match f.db.replication.as_ref() {
         Some(r) if r.io_errno == Some(code::SOURCE_REFUSES_POSITION) => Some(Ineligible::PositionRefused),
         Some(r) if !r.sql_running && !r.applied_all_received => Some(Ineligible::ApplyStopped),
-        // A replica of the last owner: its lag decides (the last known lag once the source is
-        // gone, 0 once everything received is applied).
-        Some(r) if owner_is_source(&r.source) && last_owner != Some(f.me) => {
-            let max_ms = u64::try_from(f.max_lag.as_millis()).unwrap_or(u64::MAX);
-            match f.db.lag_s {
-                Some(lag) if lag.saturating_mul(1000) <= max_ms => None,
-                Some(lag_s) => Some(Ineligible::Lagging { lag_s, max_ms }),
-                None => Some(Ineligible::LagUnknown),
+        // A replica of the last owner that cannot receive any more (the owner is gone, or its
+        // link is), or with no owner to receive from: a peer replica that received more holds
+        // transactions it lacks. Its lag would say nothing: 0 once it applied the little it
+        // received.
+        Some(r)
+            if owner_is_source(&r.source) && last_owner != Some(f.me) && (!r.io_running || !f.owner_live) =>
+        {
+            match f.ahead {
+                Some((best, on)) if best > f.db.position => Some(Ineligible::BehindPeer {
+                    position: f.db.position,
+                    best,
+                    on: on.to_string(),
+                }),
+                _ => lagging(f),
             }
         }
+        // A replica of the last owner: its lag decides (the last known lag once the source is
+        // gone, 0 once everything received is applied).
+        Some(r) if owner_is_source(&r.source) && last_owner != Some(f.me) => lagging(f),
         // This node was the last owner: its database is the newest history.
         _ if last_owner == Some(f.me) => None,
         // Never saw an owner (a cluster starting): the most advanced database wins; one behind
@@ -166,6 +219,28 @@ fn promote_mode(f: &Facts) -> Option<Ineligible> {
         _ => Some(Ineligible::MustRejoin {
             owner: f.last_owner.map_or("?", |(_, id, _)| id).to_string(),
         }),
+    }
+}
+
+/// A replica of the last owner, judged by how far it got since it rejoined, then by its lag.
+fn lagging(f: &Facts) -> Option<Ineligible> {
+    if f.db.position < f.floor {
+        return Some(Ineligible::BelowPrimary {
+            position: f.db.position,
+            floor: f.floor,
+        });
+    }
+    if let Some(target) = f.catching_up.filter(|t| f.db.position < *t) {
+        return Some(Ineligible::CatchingUp {
+            position: f.db.position,
+            target,
+        });
+    }
+    let max_ms = u64::try_from(f.max_lag.as_millis()).unwrap_or(u64::MAX);
+    match f.db.lag_s {
+        Some(lag) if lag.saturating_mul(1000) <= max_ms => None,
+        Some(lag_s) => Some(Ineligible::Lagging { lag_s, max_ms }),
+        None => Some(Ineligible::LagUnknown),
     }
 }
 
@@ -208,7 +283,85 @@ mod tests {
             last_owner: Some(OWNER),
             cold_start: None,
             highest_writable: (0, ""),
+            ahead: None,
+            owner_live: true,
+            catching_up: None,
+            floor: 0,
         }
+    }
+
+    #[test]
+    fn a_rejoined_replica_is_out_until_it_has_what_the_owner_had_then() {
+        let replica = replica_of("192.0.2.11", Some(0));
+        let f = |target| Facts {
+            catching_up: Some(target),
+            ..facts(&replica)
+        };
+        assert_eq!(
+            ineligible(&f(14)),
+            Some(Ineligible::CatchingUp {
+                position: 10,
+                target: 14
+            })
+        );
+        assert_eq!(ineligible(&f(10)), None);
+        // Below where the owner was when it became primary: it never followed it.
+        let f = Facts {
+            floor: 11,
+            ..facts(&replica)
+        };
+        assert_eq!(
+            ineligible(&f),
+            Some(Ineligible::BelowPrimary {
+                position: 10,
+                floor: 11
+            })
+        );
+    }
+
+    #[test]
+    fn a_replica_cut_from_its_source_is_out_while_a_peer_replica_received_more() {
+        let mut cut = replica_of("192.0.2.11", Some(0));
+        if let Some(r) = &mut cut.replication {
+            r.io_running = false;
+        }
+        let ahead = |best| Facts {
+            ahead: Some((best, "db3")),
+            ..facts(&cut)
+        };
+        assert_eq!(
+            ineligible(&ahead(14)),
+            Some(Ineligible::BehindPeer {
+                position: 10,
+                best: 14,
+                on: "db3".into()
+            })
+        );
+        assert!(
+            ineligible(&ahead(14))
+                .unwrap()
+                .to_string()
+                .contains("db3 has transactions it lacks")
+        );
+        assert_eq!(
+            ineligible(&ahead(10)),
+            None,
+            "as far as the peer: its lag decides"
+        );
+        assert_eq!(ineligible(&facts(&cut)), None, "no peer replica heard");
+        // Still receiving from a live owner: it may catch up, and its lag decides.
+        let receiving = replica_of("192.0.2.11", Some(0));
+        let live = Facts {
+            ahead: Some((14, "db3")),
+            ..facts(&receiving)
+        };
+        assert_eq!(ineligible(&live), None);
+        // Receiving again from a source whose lease lapsed: no owner, so it counts.
+        let lapsed = Facts {
+            owner_live: false,
+            ..live
+        };
+        assert!(matches!(ineligible(&lapsed), Some(Ineligible::BehindPeer { .. })));
     }
 
     #[test]

@@ -84,10 +84,11 @@ pub enum Event {
     Probed(DbStatus),
     /// The core's state after a step.
     Core(CoreView),
-    /// A peer's database report.
+    /// A peer's database report, and the position its heartbeats advertise.
     Peer {
         from: NodeIdx,
         report: DbReport,
+        position: u64,
     },
     /// This node won `term`; `takeover`: from whom, if it was an automatic failover.
     Acquired {
@@ -189,7 +190,13 @@ pub struct Gate {
     db: Option<DbStatus>,
     was_healthy: Option<bool>,
     peers: Vec<Option<(Instant, DbReport)>>,
+    positions: Vec<u64>,
     phase: Phase,
+    /// A rejoined database must reach the owner's position at the rejoin before it may own:
+    /// until then it lacks transactions the owner had (acknowledged ones among them). The
+    /// target of a rejoin running, then of the one done.
+    rejoin_target: u64,
+    catch_up: Option<u64>,
     /// A rejoin is running (its term), and when the next may start.
     rejoining: Option<Term>,
     rejoin_at: Instant,
@@ -218,7 +225,10 @@ impl Gate {
             db: None,
             was_healthy: None,
             peers: vec![None; nodes],
+            positions: vec![0; nodes],
             phase: Phase::Idle,
+            rejoin_target: 0,
+            catch_up: None,
             rejoining: None,
             rejoin_at: now,
             fault: None,
@@ -252,6 +262,11 @@ impl Gate {
             .as_ref()
             .filter(|(_, until)| now < *until)
             .map(|(e, _)| e.as_str())
+    }
+
+    /// The position a rejoined database must reach before it may own, while it has not.
+    pub fn catching_up(&self) -> Option<u64> {
+        self.catch_up
     }
 
     pub fn diverged(&self) -> Option<&str> {
@@ -290,9 +305,14 @@ impl Gate {
                     self.final_position = None;
                 }
             }
-            Event::Peer { from, report } => {
+            Event::Peer {
+                from,
+                report,
+                position,
+            } => {
                 if let Some(slot) = self.peers.get_mut(usize::from(from)) {
                     *slot = Some((now, report));
+                    self.positions[usize::from(from)] = position;
                 }
             }
             Event::Acquired { term, takeover } => self.on_acquired(now, term, takeover, &mut out),
@@ -320,6 +340,9 @@ impl Gate {
             out.push(hook(event, Some(self.core.term), status.problem.clone()));
         }
         self.was_healthy = Some(status.healthy);
+        if self.catch_up.is_some_and(|target| status.position >= target) {
+            self.catch_up = None;
+        }
         self.db = Some(status);
         if self.fault.as_ref().is_some_and(|(_, until)| now >= *until) {
             self.fault = None;
@@ -424,6 +447,7 @@ impl Gate {
             return;
         }
         self.rejoining = Some(term);
+        self.rejoin_target = self.positions[usize::from(owner)];
         out.push(Action::Rejoin { term, owner, gtid });
     }
 
@@ -444,6 +468,7 @@ impl Gate {
             out.push(Action::CancelRejoin);
         }
         self.takeover = takeover;
+        self.catch_up = None;
         self.phase = Phase::Promoting(term);
         // Handed over a moment ago: wait for everything the old primary wrote.
         let wait_for = self
@@ -538,8 +563,13 @@ impl Gate {
             self.rejoining = None;
         }
         match result {
-            Rejoined::Replicating if self.diverged.is_some() => self.set_diverged(term, None, out),
-            Rejoined::Replicating => {}
+            Rejoined::Replicating => {
+                let mine = self.db.as_ref().map_or(0, |db| db.position);
+                self.catch_up = (self.rejoin_target > mine).then_some(self.rejoin_target);
+                if self.diverged.is_some() {
+                    self.set_diverged(term, None, out);
+                }
+            }
             Rejoined::Diverged(message) => self.set_diverged(term, Some(message), out),
             Rejoined::Failed => self.rejoin_at = now + REJOIN_RETRY,
         }
@@ -617,6 +647,7 @@ mod tests {
     fn owner_report() -> Event {
         Event::Peer {
             from: OWNER,
+            position: 12,
             report: DbReport {
                 healthy: true,
                 writable: true,

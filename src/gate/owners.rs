@@ -5,6 +5,10 @@
 //! - the **last holder**, the newest lease actually held (a vote does not count): the region
 //!   rules and the anti-flap window follow it, and the agent persists it.
 //!
+//! - the **last primary**, the owner of the newest term whose database was seen writable: the
+//!   newest history *written*. An owner whose promotion failed wrote nothing, and replicas of
+//!   the primary before it still hold that primary's whole history: they are judged against it.
+//!
 //! Plus, for a cluster that never saw an owner, the highest position a writable peer reported.
 
 use crate::core::{NodeIdx, Position, Term};
@@ -16,6 +20,11 @@ pub type Owner = (Term, NodeIdx);
 pub struct Owners {
     pub last_owner: Option<Owner>,
     pub last_holder: Option<Owner>,
+    pub last_primary: Option<Owner>,
+    /// The last primary's position when this node learnt it was primary: everything written
+    /// before its term (every acknowledged write among it) is below; a replica that has not got
+    /// this far did not follow it.
+    pub primary_floor: Position,
     /// The highest position a writable peer reported in this run, and that peer.
     pub highest_writable: Option<(Position, NodeIdx)>,
 }
@@ -68,6 +77,24 @@ impl Owners {
         // acknowledges, not the candidate it once voted for.
         self.last_owner = seen.live.or(self.last_owner);
         (self.last_holder != before).then_some(self.last_holder).flatten()
+    }
+
+    /// The owner of `term` has a writable database (its own promotion, or its report), at
+    /// `position`.
+    pub fn note_primary(&mut self, owner: Owner, position: Position) {
+        if self.last_primary.is_none_or(|(t, _)| owner.0 > t) {
+            self.last_primary = Some(owner);
+            self.primary_floor = position;
+        }
+    }
+
+    /// Whose history eligibility is judged against: the last primary, else (none seen yet in
+    /// this run) the last owner.
+    pub fn history(&self) -> Option<Owner> {
+        match (self.last_primary, self.last_owner) {
+            (Some(p), _) => Some(p),
+            (None, o) => o,
+        }
     }
 
     /// A peer whose database is writable (a primary) reported `position`. Replicas are not
@@ -144,6 +171,40 @@ mod tests {
         // No live lease: the remembered owner stands, even after it fell silent.
         o.observe(ME, &Seen::default());
         assert_eq!(o.last_owner, Some((3, 0)));
+    }
+
+    #[test]
+    fn history_follows_the_last_owner_that_was_writable() {
+        let mut o = Owners::default();
+        o.observe(
+            ME,
+            &Seen {
+                claims: vec![(3, 0)],
+                ..Seen::default()
+            },
+        );
+        assert_eq!(o.history(), Some((3, 0)), "no primary seen yet: the last owner");
+        o.note_primary((3, 0), 40);
+        // Node 2 wins term 4 but never reports a writable database (its promotion failed).
+        o.observe(
+            ME,
+            &Seen {
+                claims: vec![(4, 2)],
+                ..Seen::default()
+            },
+        );
+        assert_eq!(o.last_owner, Some((4, 2)));
+        assert_eq!(o.history(), Some((3, 0)));
+        o.note_primary((2, 1), 50);
+        assert_eq!(o.history(), Some((3, 0)), "an older term changes nothing");
+        assert_eq!(o.primary_floor, 40);
+        o.note_primary((4, 2), 60);
+        o.note_primary((4, 2), 70);
+        assert_eq!(
+            (o.history(), o.primary_floor),
+            (Some((4, 2)), 60),
+            "the first report sets the floor"
+        );
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub struct DbStatus {
     pub lag_s: Option<u64>,
     /// Replicas: how long the I/O thread has been seen not running (0 while it runs).
     pub io_stopped_ms: Option<u64>,
-    /// Executed GTIDs, and the same as a transaction count (the ranking position).
+    /// Executed GTIDs; and the ranking position: the transactions executed or, on a replica,
+    /// received (applied or not), whichever count is higher.
     pub gtid: Option<String>,
     pub position: u64,
     pub semi_sync_source: Option<bool>,
@@ -324,7 +325,14 @@ async fn observe(c: &mut Conn) -> Result<Observation, mysql_async::Error> {
     let gtid = gtid
         .and_then(|r| to_row(&r).into_iter().next().and_then(|(_, v)| v))
         .unwrap_or_default();
-    let position = probe::gtid_position(&gtid).map_err(|e| mysql_async::Error::Other(e.into()))?;
+    let executed = probe::gtid_position(&gtid).map_err(|e| mysql_async::Error::Other(e.into()))?;
+    // What this server will have once it applies what it received: a replica that received a
+    // transaction has it (the promotion applies it), whether or not applied yet.
+    let received = replication
+        .as_ref()
+        .and_then(|r| probe::gtid_position(&r.received_gtid).ok())
+        .unwrap_or(0);
+    let position = executed.max(received);
     let semi: Vec<mysql_async::Row> = c
         .query("SHOW GLOBAL STATUS WHERE Variable_name IN ('Rpl_semi_sync_master_status', 'Rpl_semi_sync_source_status')")
         .await?;

@@ -21,7 +21,8 @@
 //! 4 blocked, 8 preferred), position u64, priority u8`; ack `term u64, owner ref, echo_seq u64`;
 //! vote request `term u64, position u64, priority u8`; vote `term u64, candidate ref, granted
 //! u8`; release `term u64, to ref, has_position u8, position u64, final gtid (length-prefixed,
-//! ≤ 200 bytes)`; db report `flags u8 (1 healthy, 2 writable, 4 replicating, 8 lag known), lag_s
+//! ≤ 200 bytes)`; db report `flags u8 (1 healthy, 2 writable, 4 replicating, 8 lag known, 16 follows the
+//! last owner), lag_s
 //! u32, failover_block_ms u32, gtid (length-prefixed, ≤ 200 bytes of UTF-8)`. Anything left
 //! over, any flag outside its set, or a missing node where one is required makes the datagram
 //! malformed.
@@ -44,7 +45,7 @@ use sha2::Sha256;
 type HmacSha256 = hmac::Hmac<Sha256>;
 
 pub const MAGIC: [u8; 2] = *b"VG";
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 pub const MAC_LEN: usize = 32;
 /// Larger datagrams are dropped unread. The largest valid one (64-byte names, a db report with
 /// the longest GTID text) is 473 bytes.
@@ -372,7 +373,8 @@ impl Codec {
                 let flags = u8::from(d.healthy)
                     | (u8::from(d.writable) << 1)
                     | (u8::from(d.replicating) << 2)
-                    | (u8::from(d.lag_s.is_some()) << 3);
+                    | (u8::from(d.lag_s.is_some()) << 3)
+                    | (u8::from(d.follows_owner) << 4);
                 w.push(flags);
                 w.extend_from_slice(&d.lag_s.unwrap_or(0).to_be_bytes());
                 w.extend_from_slice(&d.failover_block_ms.to_be_bytes());
@@ -433,7 +435,7 @@ impl Codec {
             }
             KIND_DB_REPORT => {
                 let flags = r.u8()?;
-                if flags & !0b1111 != 0 {
+                if flags & !0b1_1111 != 0 {
                     return Err(DropReason::Malformed);
                 }
                 let lag = r.u32()?;
@@ -444,6 +446,7 @@ impl Codec {
                     writable: flags & 2 != 0,
                     replicating: flags & 4 != 0,
                     lag_s: (flags & 8 != 0).then_some(lag),
+                    follows_owner: flags & 16 != 0,
                     failover_block_ms,
                     gtid: String::from_utf8(gtid.to_vec()).map_err(|_| DropReason::Malformed)?,
                 })
@@ -599,7 +602,7 @@ mod tests {
         let body = &bytes[..bytes.len() - MAC_LEN];
         let expected = concat!(
             "5647",
-            "02",
+            "03",
             "01", // magic, version, kind
             "07",
             "70726f642d6575", // cluster "prod-eu"
@@ -683,7 +686,7 @@ mod tests {
         assert_eq!(rx.decode(&[0u8; MAX_DATAGRAM + 1]), Err(DropReason::Oversized));
         assert_eq!(rx.decode(b"GET / HTTP/1.1\r\n\r\n"), Err(DropReason::NotVipgate));
 
-        for version in [1, 3] {
+        for version in [2, 4] {
             let mut v = good.clone();
             v[2] = version;
             assert_eq!(rx.decode(&v), Err(DropReason::UnknownVersion));
@@ -828,6 +831,7 @@ mod tests {
             writable: false,
             replicating: true,
             lag_s: Some(3),
+            follows_owner: true,
             failover_block_ms: 1,
             gtid: gtid.clone(),
         });
@@ -906,22 +910,23 @@ mod tests {
                     })
                 ),
             (
-                any::<[bool; 3]>(),
+                any::<[bool; 4]>(),
                 proptest::option::of(any::<u32>()),
                 any::<u32>(),
                 "[0-9a-f:,-]{0,200}"
             )
                 .prop_map(
-                    |([healthy, writable, replicating], lag_s, failover_block_ms, gtid)| Message::DbReport(
-                        DbReport {
+                    |([healthy, writable, replicating, follows_owner], lag_s, failover_block_ms, gtid)| {
+                        Message::DbReport(DbReport {
                             healthy,
                             writable,
                             replicating,
                             lag_s,
+                            follows_owner,
                             failover_block_ms,
-                            gtid
-                        }
-                    )
+                            gtid,
+                        })
+                    }
                 ),
         ]
     }
