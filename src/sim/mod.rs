@@ -20,6 +20,7 @@
 
 mod check;
 mod clock;
+pub mod db;
 mod host;
 mod tests;
 

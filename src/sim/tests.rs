@@ -5,7 +5,7 @@ use crate::core::Fault;
 use crate::vip::lease::faults::Shell;
 use std::time::Duration;
 
-fn env_u64(name: &str) -> Option<u64> {
+pub(in crate::sim) fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
     Some(
         v.parse()
@@ -13,17 +13,21 @@ fn env_u64(name: &str) -> Option<u64> {
     )
 }
 
-/// Runs `seeds` on all cores; returns every outcome or the first violation (lowest seed).
-fn run_seeds(seeds: std::ops::Range<u64>, mutation: Option<Mutation>) -> Result<Vec<Outcome>, Violation> {
+/// Runs `run` for every seed on all cores; the results in seed order.
+pub(in crate::sim) fn on_all_cores<T: Send>(
+    seeds: std::ops::Range<u64>,
+    run: impl Fn(u64) -> T + Sync,
+) -> Vec<T> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    let results: Vec<Vec<(u64, Result<Outcome, Violation>)>> = std::thread::scope(|s| {
+    let run = &run;
+    let results: Vec<Vec<(u64, T)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let seeds = seeds.clone();
                 s.spawn(move || {
                     seeds
                         .filter(|seed| seed % threads == t)
-                        .map(|seed| (seed, Sim::new(seed, mutation, false).run()))
+                        .map(|seed| (seed, run(seed)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -36,6 +40,13 @@ fn run_seeds(seeds: std::ops::Range<u64>, mutation: Option<Mutation>) -> Result<
     let mut all: Vec<_> = results.into_iter().flatten().collect();
     all.sort_by_key(|(seed, _)| *seed);
     all.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Runs `seeds` on all cores; returns every outcome or the first violation (lowest seed).
+fn run_seeds(seeds: std::ops::Range<u64>, mutation: Option<Mutation>) -> Result<Vec<Outcome>, Violation> {
+    on_all_cores(seeds, |seed| Sim::new(seed, mutation, false).run())
+        .into_iter()
+        .collect()
 }
 
 #[test]
