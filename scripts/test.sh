@@ -2,7 +2,8 @@
 # Runs vipgate's whole test suite on a fresh Debian machine, as root: installs what the tests
 # need (scripts/setup.sh), then unit, simulator, CLI and network-namespace lab tests.
 # The lab tests need root; run as another user they fail with a message saying so.
-# VIPGATE_SIM_SEEDS=N runs N simulator seeds (default 10000).
+# VIPGATE_SIM_SEEDS=N runs N simulator seeds (default 10000); VIPGATE_DB_SIM_SEEDS=N as many
+# seeds of the database simulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # vagrant validates the Vagrant lab's Vagrantfile; shellcheck checks every shell script.
