@@ -327,6 +327,18 @@ fn secs(ms: u64) -> String {
 /// The compact table `vipgate status` prints.
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
+    render_head(&mut out, s);
+    render_vips(&mut out, s);
+    render_services(&mut out, s);
+    let _ = writeln!(out);
+    render_peers(&mut out, s);
+    let _ = writeln!(out);
+    render_datagrams(&mut out, s);
+    out
+}
+
+/// Who this node is, whom it sees owning, its lease and why it may not own.
+fn render_head(out: &mut String, s: &Status) {
     let lease = match (s.lease_remaining_ms, &s.grant) {
         (Some(ms), _) => format!("lease {} left", secs(ms)),
         (None, Some(g)) => format!("granting {} (term {}) for {}", g.to, g.term, secs(g.remaining_ms)),
@@ -348,6 +360,10 @@ pub fn render(s: &Status) -> String {
             secs(s.quiet_remaining_ms)
         );
     }
+}
+
+/// The VIPs held, the kernel fence and the backstop.
+fn render_vips(out: &mut String, s: &Status) {
     let held = if s.vip.held.is_empty() {
         "none".to_string()
     } else {
@@ -373,6 +389,10 @@ pub fn render(s: &Status) -> String {
             s.vip.backstop_fired
         );
     }
+}
+
+/// The database, DNS, and what blocks a takeover.
+fn render_services(out: &mut String, s: &Status) {
     if let Some(db) = &s.database {
         let _ = writeln!(out, "database: {}", describe_db(db));
     }
@@ -383,40 +403,39 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(out, "DNS update: {u}");
     }
     if let Some(d) = s.dns.as_ref().filter(|d| !d.listen.is_empty()) {
+        let answers = (d.answers.iter().chain(&d.limited))
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let primary = (d.primary_for.as_ref()).map_or("SERVFAIL (no quorate owner known)".to_string(), |o| {
+            format!("→ {o}")
+        });
         let _ = writeln!(
             out,
-            "DNS on {}: primary record {} (serial {}); answers {}",
+            "DNS on {}: primary record {primary} (serial {}); answers {answers}",
             d.listen.join(", "),
-            d.primary_for
-                .as_ref()
-                .map_or("SERVFAIL (no quorate owner known)".to_string(), |o| format!(
-                    "→ {o}"
-                )),
             d.serial,
-            d.answers
-                .iter()
-                .chain(&d.limited)
-                .filter(|(_, n)| **n > 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
         );
     }
     if let Some(ms) = s.failover_block_remaining_ms {
+        let left = if ms >= 120_000 {
+            format!("{} min", ms.div_ceil(60_000))
+        } else {
+            secs(ms)
+        };
         let _ = writeln!(
             out,
-            "failover block: {} left after the last automatic failover; `vipgate failover-ack` lifts it",
-            if ms >= 120_000 {
-                format!("{} min", ms.div_ceil(60_000))
-            } else {
-                secs(ms)
-            }
+            "failover block: {left} left after the last automatic failover; `vipgate failover-ack` lifts it"
         );
     }
     if let Some(why) = &s.takeover_blocked_reason {
         let _ = writeln!(out, "takes over only when the owner names it: {why}");
     }
-    let _ = writeln!(out);
+}
+
+/// One row per member.
+fn render_peers(out: &mut String, s: &Status) {
     let _ = writeln!(
         out,
         "{:<12} {:<8} {:<10} {:<8} {:>6}  {:<10} {:>8}  {:<12} LAST HEARD",
@@ -430,57 +449,49 @@ pub fn render(s: &Status) -> String {
             (false, Some(ms)) => format!("{} ago", secs(ms)),
             (false, None) => "never".to_string(),
         };
-        let eligible = if p.witness {
-            "-"
-        } else if p.role == "silent" {
-            // What it said last may no longer hold.
-            "?"
-        } else if p.eligible {
-            "yes"
-        } else {
-            "no"
+        // What a silent node said last may no longer hold.
+        let silent = p.role == "silent";
+        let eligible = match (p.witness, silent, p.eligible) {
+            (true, _, _) => "-",
+            (false, true, _) => "?",
+            (false, false, true) => "yes",
+            (false, false, false) => "no",
         };
+        let priority = if p.witness {
+            "-".to_string()
+        } else {
+            p.priority.to_string()
+        };
+        let database = match &p.database {
+            None => "-".to_string(),
+            Some(_) if silent => "?".to_string(),
+            Some(db) => db.summary(),
+        };
+        let region = if p.region.is_empty() { "-" } else { &p.region };
+        let owner = p.owner.as_deref().unwrap_or("-");
         let _ = writeln!(
             out,
-            "{:<12} {:<8} {:<10} {:<8} {:>6}  {:<10} {:>8}  {:<12} {heard}",
-            name,
-            if p.region.is_empty() { "-" } else { &p.region },
-            p.role,
-            eligible,
-            p.term,
-            p.owner.as_deref().unwrap_or("-"),
-            if p.witness {
-                "-".to_string()
-            } else {
-                p.priority.to_string()
-            },
-            match (&p.database, p.role.as_str()) {
-                (None, _) => "-".to_string(),
-                // Its last report may no longer hold.
-                (Some(_), "silent") => "?".to_string(),
-                (Some(db), _) => db.summary(),
-            },
+            "{name:<12} {region:<8} {:<10} {eligible:<8} {:>6}  {owner:<10} {priority:>8}  {database:<12} {heard}",
+            p.role, p.term,
         );
     }
-    let _ = writeln!(out);
-    let dropped: Vec<String> = s
-        .dropped
-        .iter()
+}
+
+fn render_datagrams(out: &mut String, s: &Status) {
+    let dropped: Vec<String> = (s.dropped.iter())
         .filter(|(_, n)| **n > 0)
         .map(|(r, n)| format!("{r} {n}"))
         .collect();
+    let dropped = if dropped.is_empty() {
+        "none".to_string()
+    } else {
+        dropped.join(", ")
+    };
     let _ = writeln!(
         out,
-        "datagrams: sent {}, accepted {}, dropped {}",
-        s.sent,
-        s.received,
-        if dropped.is_empty() {
-            "none".to_string()
-        } else {
-            dropped.join(", ")
-        }
+        "datagrams: sent {}, accepted {}, dropped {dropped}",
+        s.sent, s.received
     );
-    out
 }
 
 /// One line about the local database for the status table.
@@ -521,6 +532,41 @@ fn describe_db(db: &DbStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_table_says_who_owns_what_each_peer_sees_and_what_blocks() {
+        let mut status: Status = serde_json::from_str(include_str!("metrics_test_status.json")).unwrap();
+        status.failover_block_remaining_ms = Some(3_600_000);
+        status.peers[1].role = "silent".into();
+        let text = render(&status);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("db1 (lab)  owner  term 4  owner db1  lease 0.85 s left"),
+            "{text}"
+        );
+        assert!(
+            text.contains("VIPs held: 192.0.2.50/24 on eth0  (announced 10 frames"),
+            "{text}"
+        );
+        assert!(text.contains("failover block: 60 min left"), "{text}");
+        let row = |id: &str| {
+            lines
+                .iter()
+                .find(|l| l.starts_with(id))
+                .copied()
+                .unwrap_or_default()
+        };
+        assert!(
+            row("db1*").contains("owner") && row("db1*").contains("(this node)"),
+            "{text}"
+        );
+        let db2: Vec<&str> = row("db2 ").split_whitespace().collect();
+        assert_eq!(db2[..4], ["db2", "-", "silent", "?"], "{text}");
+        assert!(
+            text.ends_with("datagrams: sent 100, accepted 90, dropped bad MAC 3\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_file_that_is_not_a_socket_is_left_alone_with_the_fix() {
