@@ -134,8 +134,45 @@ impl Mysql {
 }
 
 pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Option<Mysql> {
-    let at = |k| [Seg::Key("mysql"), Seg::Key(k)];
-    let mode = match raw.mode.as_str() {
+    let mode = mode(raw, p);
+    let endpoint = endpoint(raw, base, p);
+    if raw.user.is_empty() {
+        p.add(
+            &at("user"),
+            "is empty".into(),
+            "name the account vipgate uses (docs/mysql.md lists its GRANT)",
+        );
+    }
+    check_timings(raw, p);
+    let replication_port = replication_port(raw, p);
+    Some(Mysql {
+        mode: mode?,
+        endpoint: endpoint?,
+        user: raw.user.clone(),
+        password_file: raw.password_file.as_ref().map(|f| base.join(f)),
+        check_interval: Duration::from_millis(raw.check_interval_ms),
+        check_timeout: Duration::from_millis(raw.check_timeout_ms),
+        rise: raw.rise.clamp(1, 100) as u32,
+        fall: raw.fall.clamp(1, 100) as u32,
+        max_lag: Duration::from_millis(raw.max_lag_ms),
+        catchup_timeout: Duration::from_millis(raw.catchup_timeout_ms),
+        kill_grace: Duration::from_millis(raw.kill_grace_ms),
+        failover_block: Duration::from_millis(raw.failover_block_ms.min(MAX_FAILOVER_BLOCK_MS)),
+        replication: raw.replication_user.clone().map(|user| ReplicationAccount {
+            user,
+            password_file: raw.replication_password_file.as_ref().map(|f| base.join(f)),
+            port: replication_port,
+        }),
+    })
+}
+
+/// The path of a key of `[mysql]`.
+fn at(key: &'static str) -> [Seg<'static>; 2] {
+    [Seg::Key("mysql"), Seg::Key(key)]
+}
+
+fn mode(raw: &RawMysql, p: &mut Problems<'_>) -> Option<MysqlMode> {
+    match raw.mode.as_str() {
         "promote" => Some(MysqlMode::Promote),
         "gate" => Some(MysqlMode::Gate),
         "none" => None,
@@ -148,8 +185,12 @@ pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Opt
             );
             None
         }
-    };
-    let endpoint = match (&raw.socket, &raw.host) {
+    }
+}
+
+/// A Unix socket or a TCP host and port, never both.
+fn endpoint(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Option<Endpoint> {
+    match (&raw.socket, &raw.host) {
         (Some(_), Some(_)) => {
             p.add(
                 &at("socket"),
@@ -170,29 +211,22 @@ pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Opt
         }
         (None, host) => {
             let port = raw.port.unwrap_or(3306);
-            match u16::try_from(port).ok().filter(|p| *p > 0) {
-                Some(port) => Some(Endpoint::Tcp {
-                    host: host.clone().unwrap_or_else(|| "127.0.0.1".into()),
-                    port,
-                }),
-                None => {
-                    p.add(
-                        &at("port"),
-                        format!("{port} is not a TCP port"),
-                        "use 1 to 65535 (3306 is usual)",
-                    );
-                    None
-                }
-            }
+            let Some(port) = u16::try_from(port).ok().filter(|p| *p > 0) else {
+                p.add(
+                    &at("port"),
+                    format!("{port} is not a TCP port"),
+                    "use 1 to 65535 (3306 is usual)",
+                );
+                return None;
+            };
+            let host = host.clone().unwrap_or_else(|| "127.0.0.1".into());
+            Some(Endpoint::Tcp { host, port })
         }
-    };
-    if raw.user.is_empty() {
-        p.add(
-            &at("user"),
-            "is empty".into(),
-            "name the account vipgate uses (docs/mysql.md lists its GRANT)",
-        );
     }
+}
+
+/// Check interval and timeout, catch-up, the anti-flap window, rise and fall.
+fn check_timings(raw: &RawMysql, p: &mut Problems<'_>) {
     if raw.check_interval_ms < 50 {
         p.add(
             &at("check_interval_ms"),
@@ -210,36 +244,6 @@ pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Opt
             "a check must end before the next one starts; lower the timeout or raise the interval",
         );
     }
-    if raw.replication_user.as_deref() == Some("") {
-        p.add(
-            &at("replication_user"),
-            "is empty".into(),
-            "name the account replicas connect with (REPLICATION SLAVE), or remove the key to leave rejoining to an operator",
-        );
-    }
-    if raw.replication_user.is_none()
-        && (raw.replication_password_file.is_some() || raw.replication_port.is_some())
-    {
-        p.add(
-            &at("replication_user"),
-            "replication_password_file or replication_port is set without replication_user".into(),
-            "add replication_user, or remove the other replication_* keys",
-        );
-    }
-    let replication_port = match u16::try_from(raw.replication_port.unwrap_or(3306))
-        .ok()
-        .filter(|p| *p > 0)
-    {
-        Some(port) => port,
-        None => {
-            p.add(
-                &at("replication_port"),
-                format!("{:?} is not a TCP port", raw.replication_port),
-                "use the port the databases listen on (3306 is usual)",
-            );
-            3306
-        }
-    };
     if raw.catchup_timeout_ms < 100 {
         p.add(
             &at("catchup_timeout_ms"),
@@ -266,23 +270,36 @@ pub(super) fn validate(raw: &RawMysql, base: &Path, p: &mut Problems<'_>) -> Opt
             );
         }
     }
-    Some(Mysql {
-        mode: mode?,
-        endpoint: endpoint?,
-        user: raw.user.clone(),
-        password_file: raw.password_file.as_ref().map(|f| base.join(f)),
-        check_interval: Duration::from_millis(raw.check_interval_ms),
-        check_timeout: Duration::from_millis(raw.check_timeout_ms),
-        rise: raw.rise.clamp(1, 100) as u32,
-        fall: raw.fall.clamp(1, 100) as u32,
-        max_lag: Duration::from_millis(raw.max_lag_ms),
-        catchup_timeout: Duration::from_millis(raw.catchup_timeout_ms),
-        kill_grace: Duration::from_millis(raw.kill_grace_ms),
-        failover_block: Duration::from_millis(raw.failover_block_ms.min(MAX_FAILOVER_BLOCK_MS)),
-        replication: raw.replication_user.clone().map(|user| ReplicationAccount {
-            user,
-            password_file: raw.replication_password_file.as_ref().map(|f| base.join(f)),
-            port: replication_port,
-        }),
-    })
+}
+
+/// The replication account's keys, consistent; the port replicas connect to.
+fn replication_port(raw: &RawMysql, p: &mut Problems<'_>) -> u16 {
+    if raw.replication_user.as_deref() == Some("") {
+        p.add(
+            &at("replication_user"),
+            "is empty".into(),
+            "name the account replicas connect with (REPLICATION SLAVE), or remove the key to leave rejoining to an operator",
+        );
+    }
+    if raw.replication_user.is_none()
+        && (raw.replication_password_file.is_some() || raw.replication_port.is_some())
+    {
+        p.add(
+            &at("replication_user"),
+            "replication_password_file or replication_port is set without replication_user".into(),
+            "add replication_user, or remove the other replication_* keys",
+        );
+    }
+    let port = u16::try_from(raw.replication_port.unwrap_or(3306)).ok();
+    match port.filter(|p| *p > 0) {
+        Some(port) => port,
+        None => {
+            p.add(
+                &at("replication_port"),
+                format!("{:?} is not a TCP port", raw.replication_port),
+                "use the port the databases listen on (3306 is usual)",
+            );
+            3306
+        }
+    }
 }
