@@ -463,6 +463,13 @@ fn status_prints_a_table_and_json() {
     assert_eq!(json["owner"], "db1");
     assert_eq!(json["peers"].as_array().unwrap().len(), 3);
     assert!(json["grant"]["remaining_ms"].as_u64().is_some());
+    // The owner measures each voter's round trip: its heartbeat to the ack echoing it.
+    let timed = || {
+        let owner = lab.status("db1").expect("db1 answers");
+        let peers = owner.peers.iter().filter(|p| p.id != "db1" && p.rtt_us.is_some());
+        peers.count() == 2 && owner.sent > 0 && owner.received > 0
+    };
+    assert!(wait_for(Duration::from_secs(2), timed), "{:?}", lab.status("db1"));
 }
 
 #[test]

@@ -24,14 +24,13 @@ use crate::core::{
     Action, Core, DbReport, Event, FinalData, Instant, Message, NodeIdx, RoleKind, Term, Vote,
 };
 use crate::mysql::DbStatus;
-use crate::net::{Codec, Receiver};
+use crate::net::{Codec, Transport};
 use crate::vip::{self, Command, Report};
 use state::StateFile;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
@@ -124,15 +123,8 @@ struct Agent {
     core: Core,
     state: StateFile,
     started: Instant,
-    socket: UdpSocket,
-    peers: Vec<SocketAddr>,
-    codec: Codec,
-    receiver: Receiver,
-    boot: u64,
-    counter: u64,
-    sent: u64,
-    received: u64,
-    send_errors: u64,
+    /// The socket, the codec and receive filter, counters and round trips.
+    net: Transport,
     /// Votes granted and leases acknowledged, and how long after start the first one was.
     grants_sent: u64,
     first_grant: Option<Duration>,
@@ -172,10 +164,6 @@ struct Agent {
     failover_block_until: Option<u64>,
     /// Ownership transitions by reason, for metrics.
     transitions: BTreeMap<String, u64>,
-    /// The owner's recent lease-claiming heartbeats (seq, sent), and each peer's last round
-    /// trip (heartbeat to its ack), in microseconds.
-    heartbeat_sent: std::collections::VecDeque<(u64, Instant)>,
-    rtt_us: Vec<Option<u64>>,
     /// How long the last promotion and the last fence took (ms), and when the running ones began.
     step_ms: BTreeMap<String, u64>,
     step_started: BTreeMap<&'static str, Instant>,
@@ -248,7 +236,7 @@ impl Agent {
             ids.clone(),
             me,
         );
-        let receiver = Receiver::new(codec.clone(), ids.len());
+        let net = Transport::new(socket, peers, codec, me, boot);
 
         let (vips, vip_reports) = start::vips(&config, me).await?;
 
@@ -307,15 +295,7 @@ impl Agent {
             core,
             state,
             started: now,
-            socket,
-            peers,
-            codec,
-            receiver,
-            boot,
-            counter: 0,
-            sent: 0,
-            received: 0,
-            send_errors: 0,
+            net,
             grants_sent: 0,
             first_grant: None,
             vips,
@@ -341,8 +321,6 @@ impl Agent {
             owners: crate::gate::Owners::new(last_holder),
             failover_block_until,
             transitions: BTreeMap::new(),
-            heartbeat_sent: std::collections::VecDeque::new(),
-            rtt_us: vec![None; config.nodes.len()],
             step_ms: BTreeMap::new(),
             step_started: BTreeMap::new(),
             hooks: hooks::start(hook_runs.clone()),
@@ -501,9 +479,9 @@ impl Agent {
                 deadline = deadline.min(due.max(now));
             }
             tokio::select! {
-                received = self.socket.recv_from(&mut buf) => {
+                received = self.net.recv(&mut buf) => {
                     match received {
-                        Ok((n, _from)) => self.on_datagram(clock::now(), &buf[..n])?,
+                        Ok(n) => self.on_datagram(clock::now(), &buf[..n])?,
                         Err(e) => tracing::debug!("receiving: {e}"),
                     }
                 }
@@ -575,13 +553,12 @@ impl Agent {
     /// A datagram arrived: authenticated, de-duplicated messages go to the core (database
     /// reports to the shell); everything else is dropped and counted.
     fn on_datagram(&mut self, now: Instant, bytes: &[u8]) -> Result<(), String> {
-        let accepted = self.receiver.accept(bytes);
-        for notice in self.receiver.take_notices() {
+        let (accepted, notices) = self.net.accept(now, bytes);
+        for notice in notices {
             tracing::error!(peer = %notice.peer, "{}", notice.message);
         }
         match accepted {
             Some((from, Message::DbReport(report))) => {
-                self.received += 1;
                 self.follow_failover_block(now, from, &report);
                 let view = self.core.peers()[usize::from(from)];
                 if report.writable && self.core.owner(now) == Some(from) {
@@ -600,10 +577,6 @@ impl Agent {
                 Ok(())
             }
             Some((from, message)) => {
-                self.received += 1;
-                if let Message::Ack(a) = &message {
-                    self.note_rtt(now, from, a.echo_seq);
-                }
                 // Whoever wins next waits for the released database's final position (named
                 // successor or not).
                 if let Message::Release(r) = &message
@@ -752,15 +725,8 @@ impl Agent {
             Action::Persist(state) => self.state.save(state).map_err(|e| e.to_string())?,
             Action::Send { to, message } => self.send(to, &message),
             Action::Broadcast(message) => {
-                if let Message::Heartbeat(h) = &message
-                    && h.lease_claim
-                {
-                    // Acks echo this sequence number: their delay is the round trip.
-                    self.heartbeat_sent.push_back((h.seq, now));
-                    if self.heartbeat_sent.len() > 32 {
-                        self.heartbeat_sent.pop_front();
-                    }
-                }
+                // Acks echo a heartbeat's sequence number: their delay is the round trip.
+                self.net.note_broadcast(now, &message);
                 self.broadcast(&message);
                 if matches!(message, Message::Heartbeat(_)) {
                     self.report_db(now);
@@ -825,10 +791,8 @@ impl Agent {
     }
 
     fn broadcast(&mut self, message: &Message) {
-        for to in 0..self.peers.len() as NodeIdx {
-            if to != self.me {
-                self.send(to, message);
-            }
+        for to in self.net.others() {
+            self.send(to, message);
         }
     }
 
@@ -893,13 +857,6 @@ impl Agent {
         view.send_if_modified(|v| std::mem::replace(v, next) != next);
     }
 
-    fn note_rtt(&mut self, now: Instant, from: NodeIdx, echo: u64) {
-        if let Some((_, sent)) = self.heartbeat_sent.iter().find(|(seq, _)| *seq == echo) {
-            let us = u64::try_from(now.saturating_since(*sent).as_micros()).unwrap_or(u64::MAX);
-            self.rtt_us[usize::from(from)] = Some(us);
-        }
-    }
-
     /// A promotion or fence (`step`) ended: its duration is kept for metrics.
     pub(super) fn step_ended(&mut self, step: &'static str) {
         if let Some(at) = self.step_started.remove(step) {
@@ -909,11 +866,6 @@ impl Agent {
     }
 
     fn send(&mut self, to: NodeIdx, message: &Message) {
-        self.counter += 1;
-        let bytes = self.codec.encode(to, self.boot, self.counter, message);
-        let addr = self.peers[usize::from(to)];
-        // Never wait for the socket: a full buffer or an unreachable peer is a lost datagram,
-        // which the protocol tolerates.
         if matches!(
             message,
             Message::Ack(_) | Message::Vote(Vote { granted: true, .. })
@@ -922,12 +874,8 @@ impl Agent {
             self.first_grant
                 .get_or_insert_with(|| clock::now().saturating_since(self.started));
         }
-        match self.socket.try_send_to(&bytes, addr) {
-            Ok(_) => self.sent += 1,
-            Err(e) => {
-                self.send_errors += 1;
-                tracing::debug!("sending to {}: {e}", self.id(to));
-            }
+        if let Err(e) = self.net.send(to, message) {
+            tracing::debug!("sending to {}: {e}", self.id(to));
         }
     }
 
@@ -1053,7 +1001,7 @@ impl Agent {
         Status {
             node: self.id(self.me).to_string(),
             cluster: self.config.cluster.name.clone(),
-            boot: self.boot,
+            boot: self.net.boot(),
             role: role.to_string(),
             term: self.core.term(),
             owner: self.core.owner(now).map(|o| self.id(o).to_string()),
@@ -1090,8 +1038,8 @@ impl Agent {
             takeover_blocked: self.takeover_flags().0,
             takeover_blocked_reason: self.takeover_block(),
             peers,
-            sent: self.sent,
-            received: self.received,
+            sent: self.net.sent(),
+            received: self.net.received(),
             grants_sent: self.grants_sent,
             first_grant_after_start_ms: self.first_grant.map(ms),
             dropped,
@@ -1151,7 +1099,7 @@ impl Agent {
             position: view.position,
             priority: view.priority,
             region: node.region.clone(),
-            rtt_us: self.rtt_us[usize::from(i)],
+            rtt_us: self.net.rtt_us(i),
             database: self
                 .gate
                 .peer(i)
@@ -1162,13 +1110,13 @@ impl Agent {
     /// Datagrams dropped, by reason (and sends that failed).
     fn drop_counts(&self) -> BTreeMap<String, u64> {
         let mut dropped: BTreeMap<String, u64> = self
-            .receiver
+            .net
             .drops()
             .iter()
             .map(|(r, n)| (r.as_str().to_string(), n))
             .collect();
-        if self.send_errors > 0 {
-            dropped.insert("send failed".into(), self.send_errors);
+        if self.net.send_errors() > 0 {
+            dropped.insert("send failed".into(), self.net.send_errors());
         }
         dropped
     }

@@ -23,7 +23,7 @@ impl Agent {
         }
         // The secret file is the same path; its contents must be the same key too.
         let secret = new.read_secret().map_err(|e| format!("not reloaded: {e}"))?;
-        if !self.codec.keyed_with(secret.bytes()) {
+        if !self.net.keyed_with(secret.bytes()) {
             return Err(
                 "not reloaded: the cluster secret changed; every agent must restart with the new key".into(),
             );
