@@ -24,7 +24,7 @@ use crate::core::{
     Action, Core, DbReport, Event, FinalData, Instant, Message, NodeIdx, RoleKind, Term, Vote,
 };
 use crate::mysql::DbStatus;
-use crate::net::{Codec, Transport};
+use crate::net::Transport;
 use crate::vip::{self, Command, Report};
 use state::StateFile;
 use std::collections::BTreeMap;
@@ -199,6 +199,22 @@ struct Agent {
     dns_counters: Option<Arc<crate::dns::Counters>>,
 }
 
+/// What `Agent::start` set running, for `Agent::assemble`.
+struct Effects {
+    net: Transport,
+    bind: SocketAddr,
+    vips: Option<vip::Vips>,
+    vip_reports: mpsc::UnboundedReceiver<Report>,
+    database: start::Database,
+    db_outcomes: (
+        mpsc::UnboundedSender<database::Outcome>,
+        mpsc::UnboundedReceiver<database::Outcome>,
+    ),
+    dns: start::DnsParts,
+    dns_push: Option<Arc<crate::dns::update::Updater>>,
+    control: mpsc::Receiver<Request>,
+}
+
 /// Resolves when the database status changes; never if there is no database gate.
 async fn db_changed(db: &mut Option<watch::Receiver<DbStatus>>) -> Result<(), watch::error::RecvError> {
     match db {
@@ -211,115 +227,89 @@ impl Agent {
     async fn start(config: Config, me: NodeIdx) -> Result<Agent, String> {
         start::check_capabilities(&config)?;
         start::check_descriptors(&config, me);
-        let secret = config.read_secret().map_err(|e| e.to_string())?;
+        let secrets = start::Secrets::read(&config, me)?;
         let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();
-        let mut state = StateFile::open(&config.cluster.state_dir, ids.clone()).map_err(|e| e.to_string())?;
+        let mut state = StateFile::open(&config.cluster.state_dir, ids).map_err(|e| e.to_string())?;
         let unix = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let boot = state.next_boot(unix).map_err(|e| e.to_string())?;
-        let node = &config.nodes[usize::from(me)];
         let (socket, bind) = start::bind(&config, me).await?;
         // Before anything else this run does — but only once the bind proved that this is the
         // one agent of this node, on its host.
         database::fence_at_start(&config, me).await?;
-        let peers = config
-            .nodes
-            .iter()
-            .map(|n| SocketAddr::new(n.address, config.cluster.port))
-            .collect();
-        let codec = Codec::new(
-            &config.cluster.name,
-            secret.bytes(),
-            config.fingerprint(),
-            config.core_settings(me, 0).timing(),
-            ids.clone(),
-            me,
-        );
-        let net = Transport::new(socket, peers, codec, me, boot);
-
+        let net = start::transport(&config, me, &secrets, socket, boot);
         let (vips, vip_reports) = start::vips(&config, me).await?;
-
-        let (db, db_settings, mysql) = match (&config.mysql, node.witness) {
-            (Some(mysql), false) => {
-                let password = config.read_mysql_password().map_err(|e| e.to_string())?;
-                let (db, settings) = crate::mysql::start(mysql.clone(), password.clone());
-                (Some(db), Some(settings), Some((mysql.clone(), password)))
-            }
-            _ => (None, None, None),
-        };
         let (db_outcomes_tx, db_outcomes) = mpsc::unbounded_channel();
-        let maintenance = state.maintenance();
-        let failover_block_until = state.failover_block_until_ms();
-        let last_holder = state.last_holder();
-        let now = clock::now();
-        let gate = crate::gate::Gate::new(
-            database::gate_settings(&config, me),
-            state.diverged().map(str::to_string),
-            now,
-        );
-        let replication_password = config.read_replication_password().map_err(|e| e.to_string())?;
-
-        let (dns_view, dns_zone, dns_counters) = start::dns(&config, me).await?;
-
-        let dns_push = match (config.dns.as_ref().and_then(|d| d.update.as_ref()), node.witness) {
-            (Some(update), false) => {
-                let key = config.read_update_key().map_err(|e| e.to_string())?;
-                let key = key.as_ref().map(|k| k.bytes()).unwrap_or_default();
-                Some(Arc::new(crate::dns::update::Updater::new(update, key)?))
-            }
-            _ => None,
-        };
-
-        let hook_runs = hooks::Counts::default();
+        let database = start::database(&config, me, &secrets, &db_outcomes_tx);
+        let dns = start::dns(&config, me).await?;
+        let dns_push = start::dns_push(&config, me, &secrets)?;
         let (control_tx, control) = mpsc::channel(16);
         if let Some(addr) = config.control.http {
             control::http::serve(addr, control_tx.clone()).await?;
         }
         let status_group = config.control.status_group.as_ref().map(|(_, gid)| *gid);
         control::serve(&config.control.socket, status_group, control_tx)?;
+        let effects = Effects {
+            net,
+            bind,
+            vips,
+            vip_reports,
+            database,
+            db_outcomes: (db_outcomes_tx, db_outcomes),
+            dns,
+            dns_push,
+            control,
+        };
+        Ok(Agent::assemble(config, me, state, effects))
+    }
 
+    /// The agent in its first state, over effects that are running.
+    fn assemble(config: Config, me: NodeIdx, state: StateFile, e: Effects) -> Agent {
+        let now = clock::now();
+        let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();
+        let gate = crate::gate::Gate::new(
+            database::gate_settings(&config, me),
+            state.diverged().map(str::to_string),
+            now,
+        );
+        let boot = e.net.boot();
         let seed = boot ^ u64::from(std::process::id()).rotate_left(32) ^ now.as_micros();
         let core = Core::new(config.core_settings(me, seed), state.persistent(), now);
         tracing::info!(
-            node = %node.id,
+            node = %config.nodes[usize::from(me)].id,
             boot,
             term = core.term(),
-            listen = %bind,
+            listen = %e.bind,
             "agent started; not voting for one lease ({} ms) after the restart",
             config.cluster.lease.as_millis()
         );
-        Ok(Agent {
+        let hook_runs = hooks::Counts::default();
+        Agent {
             me,
             ids,
             core,
-            state,
             started: now,
-            net,
+            net: e.net,
             grants_sent: 0,
             first_grant: None,
-            vips,
-            vip_reports,
+            vips: e.vips,
+            vip_reports: e.vip_reports,
             links_down: None,
             vip_fault: None,
-            control,
+            control: e.control,
             stopping: None,
-            maintenance,
+            maintenance: state.maintenance(),
             drop_seq: 0,
             release_by: None,
             pending_release: None,
             lease: None,
             gate,
-            db_jobs: mysql
-                .as_ref()
-                .filter(|(m, _)| m.mode == crate::config::MysqlMode::Promote)
-                .map(|(m, p)| {
-                    database::start_worker(m.clone(), p.clone(), replication_password, db_outcomes_tx.clone())
-                }),
+            db_jobs: e.database.jobs,
             promotion_cancel: None,
             rejoin_cancel: None,
-            owners: crate::gate::Owners::new(last_holder),
-            failover_block_until,
+            owners: crate::gate::Owners::new(state.last_holder()),
+            failover_block_until: state.failover_block_until_ms(),
             transitions: BTreeMap::new(),
             step_ms: BTreeMap::new(),
             step_started: BTreeMap::new(),
@@ -329,20 +319,21 @@ impl Agent {
             service: service::Service::new(now),
             region_override: None,
             behind_override: None,
-            mysql,
-            db_outcomes_tx,
-            db_outcomes,
-            db,
+            mysql: e.database.mysql,
+            db_outcomes_tx: e.db_outcomes.0,
+            db_outcomes: e.db_outcomes.1,
+            db: e.database.status,
             last_report: None,
-            dns_view,
-            dns_zone,
-            dns_counters,
-            db_settings,
-            dns_push,
+            dns_view: e.dns.0,
+            dns_zone: e.dns.1,
+            dns_counters: e.dns.2,
+            db_settings: e.database.settings,
+            dns_push: e.dns_push,
             push_term: None,
             push_status: Arc::new(Mutex::new(None)),
+            state,
             config,
-        })
+        }
     }
 
     /// The name server's part of `status`.

@@ -102,7 +102,7 @@ pub(super) async fn vips(
     Ok((Some(vips), rx))
 }
 
-type DnsParts = (
+pub(super) type DnsParts = (
     Option<watch::Sender<crate::dns::View>>,
     Option<watch::Sender<Arc<crate::dns::zone::Zone>>>,
     Option<Arc<crate::dns::Counters>>,
@@ -120,5 +120,114 @@ pub(super) async fn dns(config: &Config, me: NodeIdx) -> Result<DnsParts, String
             Ok((Some(tx), Some(zone_tx), Some(counters)))
         }
         _ => Ok((None, None, None)),
+    }
+}
+
+/// The socket with the codec keyed with the cluster secret.
+pub(super) fn transport(
+    config: &Config,
+    me: NodeIdx,
+    secrets: &Secrets,
+    socket: UdpSocket,
+    boot: u64,
+) -> crate::net::Transport {
+    let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();
+    let peers = (config.nodes.iter())
+        .map(|n| SocketAddr::new(n.address, config.cluster.port))
+        .collect();
+    let codec = crate::net::Codec::new(
+        &config.cluster.name,
+        secrets.cluster.bytes(),
+        config.fingerprint(),
+        config.core_settings(me, 0).timing(),
+        ids,
+        me,
+    );
+    crate::net::Transport::new(socket, peers, codec, me, boot)
+}
+
+/// Every secret the agent needs, read once before it starts (a file that cannot be read stops
+/// the start with the file's name and the fix, instead of a failure at the first failover).
+pub(super) struct Secrets {
+    pub cluster: crate::config::Secret,
+    pub mysql: Option<crate::config::Secret>,
+    pub replication: Option<crate::config::Secret>,
+    pub update_key: Option<crate::config::Secret>,
+}
+
+impl Secrets {
+    pub(super) fn read(config: &Config, me: NodeIdx) -> Result<Secrets, String> {
+        let database = !config.nodes[usize::from(me)].witness;
+        let text = |e: crate::config::ConfigErrors| e.to_string();
+        Ok(Secrets {
+            cluster: config.read_secret().map_err(text)?,
+            mysql: if database && config.mysql.is_some() {
+                config.read_mysql_password().map_err(text)?
+            } else {
+                None
+            },
+            replication: config.read_replication_password().map_err(text)?,
+            update_key: if database {
+                config.read_update_key().map_err(text)?
+            } else {
+                None
+            },
+        })
+    }
+}
+
+/// The local database's probe, its settings channel, the settings with the password, and (in
+/// promote mode) the queue of database jobs; nothing on a witness or without `[mysql]`.
+pub(super) struct Database {
+    pub status: Option<watch::Receiver<crate::mysql::DbStatus>>,
+    pub settings: Option<watch::Sender<crate::config::Mysql>>,
+    pub mysql: Option<(crate::config::Mysql, Option<crate::config::Secret>)>,
+    pub jobs: Option<mpsc::UnboundedSender<super::database::Job>>,
+}
+
+pub(super) fn database(
+    config: &Config,
+    me: NodeIdx,
+    secrets: &Secrets,
+    outcomes: &mpsc::UnboundedSender<super::database::Outcome>,
+) -> Database {
+    let mysql = config
+        .mysql
+        .as_ref()
+        .filter(|_| !config.nodes[usize::from(me)].witness);
+    let Some(mysql) = mysql else {
+        return Database {
+            status: None,
+            settings: None,
+            mysql: None,
+            jobs: None,
+        };
+    };
+    let (status, settings) = crate::mysql::start(mysql.clone(), secrets.mysql.clone());
+    let jobs = (mysql.mode == crate::config::MysqlMode::Promote).then(|| {
+        let (replication, outcomes) = (secrets.replication.clone(), outcomes.clone());
+        super::database::start_worker(mysql.clone(), secrets.mysql.clone(), replication, outcomes)
+    });
+    Database {
+        status: Some(status),
+        settings: Some(settings),
+        mysql: Some((mysql.clone(), secrets.mysql.clone())),
+        jobs,
+    }
+}
+
+/// The `[dns.update]` pusher, on a database node that has one.
+pub(super) fn dns_push(
+    config: &Config,
+    me: NodeIdx,
+    secrets: &Secrets,
+) -> Result<Option<Arc<crate::dns::update::Updater>>, String> {
+    let update = config.dns.as_ref().and_then(|d| d.update.as_ref());
+    match (update, config.nodes[usize::from(me)].witness) {
+        (Some(update), false) => {
+            let key = secrets.update_key.as_ref().map(|k| k.bytes()).unwrap_or_default();
+            Ok(Some(Arc::new(crate::dns::update::Updater::new(update, key)?)))
+        }
+        _ => Ok(None),
     }
 }
