@@ -36,54 +36,18 @@ impl Sim {
         let n = n.unwrap_or(drawn);
         let sources: Vec<String> = (0..n).map(|i| format!("192.0.2.{}", 11 + i)).collect();
         let now = Instant::from_micros(1_000_000);
-        let settings = |me: NodeIdx| Settings {
-            mode: MysqlMode::Promote,
-            me,
-            sources: sources.clone(),
-            replication: true,
-            lease: LEASE,
-            fence_settle: STEP * CHECK_EVERY as u32 * 2 + INTERVAL,
-            fence_budget: Duration::from_secs(1),
-            kill_grace: Duration::from_millis(200),
-        };
-        let nodes = (0..n)
-            .map(|i| Node {
-                priority: rng.range(1, 255) as u8,
-                db: if i == 0 {
-                    Mysqld::primary()
-                } else {
-                    Mysqld::replica_of(0)
-                },
-                gate: Gate::new(settings(i as NodeIdx), None, now),
-                status: DbStatus::default(),
-                jobs: Default::default(),
-                cancel_promotion: false,
-                cancel_rejoin: false,
-                vip: (i == 0).then_some(1),
-                isolated: false,
-                announced_fenced: false,
-                heal_at: None,
-                heard: vec![None; n],
-                told_eligible: false,
-                last_owner: 0,
-                last_primary: 0,
-                floor: 0,
-                view: CoreView {
-                    role: RoleKind::Follower,
-                    term: 0,
-                    owner: None,
-                    grant_term: None,
-                    last_owner: None,
-                },
-            })
+        let nodes = (0..n as NodeIdx)
+            .map(|i| Node::new(i, n, rng.range(1, 255) as u8, &sources, now))
             .collect();
         let chaos = Duration::from_millis(rng.range(8_000, 16_000));
-        let window = if rng.chance(500) {
-            Duration::from_secs(3)
-        } else {
-            Duration::ZERO
-        };
+        let window = Duration::from_secs(3) * u32::from(rng.chance(500));
         let overlap = rng.chance(500);
+        let lease = Lease {
+            node: 0,
+            term: 1,
+            end: now + LEASE,
+            release: None,
+        };
         let mut sim = Sim {
             seed,
             rng,
@@ -93,12 +57,7 @@ impl Sim {
             step: 0,
             nodes,
             sources,
-            lease: Some(Lease {
-                node: 0,
-                term: 1,
-                end: now + LEASE,
-                release: None,
-            }),
+            lease: Some(lease),
             term: 1,
             primary: 0,
             elect_at: now,
@@ -115,27 +74,30 @@ impl Sim {
             end: now + chaos + Duration::from_secs(5),
             outcome: Outcome::default(),
         };
-        sim.views();
-        sim.gate(
-            0,
-            Event::Acquired {
-                term: 1,
-                takeover: None,
-            },
-        );
-        sim.gate(
+        sim.start_primary();
+        sim
+    }
+
+    /// db1 owns term 1 with its database promoted, and every node has had a first check.
+    fn start_primary(&mut self) {
+        self.views();
+        let acquired = Event::Acquired {
+            term: 1,
+            takeover: None,
+        };
+        self.gate(0, acquired);
+        self.gate(
             0,
             Event::Promoted {
                 term: 1,
                 result: Ok(()),
             },
         );
-        // db1 starts as the primary: the promotion it was asked for is done already.
-        sim.nodes[0].jobs.clear();
-        for i in 0..n as NodeIdx {
-            sim.probe(i);
+        // The promotion it was asked for is done already.
+        self.nodes[0].jobs.clear();
+        for i in 0..self.nodes.len() as NodeIdx {
+            self.probe(i);
         }
-        sim
     }
 
     pub fn run(self) -> Result<Outcome, Violation> {
@@ -648,5 +610,51 @@ impl Sim {
         });
         self.views();
         self.gate(node, Event::Releasing { term, by });
+    }
+}
+
+impl Node {
+    /// Node `i` of `n`: db1 the primary (serving the VIP of term 1), the others its replicas.
+    fn new(i: NodeIdx, n: usize, priority: u8, sources: &[String], now: Instant) -> Node {
+        let settings = Settings {
+            mode: MysqlMode::Promote,
+            me: i,
+            sources: sources.to_vec(),
+            replication: true,
+            lease: LEASE,
+            fence_settle: STEP * CHECK_EVERY as u32 * 2 + INTERVAL,
+            fence_budget: Duration::from_secs(1),
+            kill_grace: Duration::from_millis(200),
+        };
+        let view = CoreView {
+            role: RoleKind::Follower,
+            term: 0,
+            owner: None,
+            grant_term: None,
+            last_owner: None,
+        };
+        Node {
+            priority,
+            db: if i == 0 {
+                Mysqld::primary()
+            } else {
+                Mysqld::replica_of(0)
+            },
+            gate: Gate::new(settings, None, now),
+            status: DbStatus::default(),
+            jobs: Default::default(),
+            cancel_promotion: false,
+            cancel_rejoin: false,
+            vip: (i == 0).then_some(1),
+            isolated: false,
+            announced_fenced: false,
+            heal_at: None,
+            heard: vec![None; n],
+            told_eligible: false,
+            last_owner: 0,
+            last_primary: 0,
+            floor: 0,
+            view,
+        }
     }
 }
