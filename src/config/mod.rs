@@ -560,16 +560,7 @@ fn validate_nodes(raw: &[RawNode], p: &mut Problems<'_>) -> Vec<Node> {
         );
         return Vec::new();
     }
-    if raw.len() > MAX_MEMBERS {
-        p.add(
-            &[Seg::Key("node")],
-            format!(
-                "{} nodes configured; at most {MAX_MEMBERS} are supported",
-                raw.len()
-            ),
-            "remove nodes",
-        );
-    }
+    check_membership(raw, p);
     let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
     let mut addresses: BTreeMap<IpAddr, usize> = BTreeMap::new();
     let mut nodes = Vec::new();
@@ -588,33 +579,7 @@ fn validate_nodes(raw: &[RawNode], p: &mut Problems<'_>) -> Vec<Node> {
                 "give every node its own id",
             );
         }
-        let address = match n.address.parse::<IpAddr>() {
-            Ok(a) => {
-                if let Some(first) = addresses.insert(a, i) {
-                    p.add(
-                        &at("address"),
-                        format!("{a} is also the address of node[{first}] ({:?})", raw[first].id),
-                        "give every node its own address",
-                    );
-                }
-                if a.is_unspecified() || a.is_multicast() {
-                    p.add(
-                        &at("address"),
-                        format!("{a} cannot be a node's address"),
-                        "use the host's unicast address",
-                    );
-                }
-                Some(a)
-            }
-            Err(_) => {
-                p.add(
-                    &at("address"),
-                    format!("{:?} is not an IPv4 or IPv6 address", n.address),
-                    "write the address the node's agent listens on, e.g. \"192.0.2.11\" or \"2001:db8::11\" (no port, no host name)",
-                );
-                None
-            }
-        };
+        let address = node_address(raw, i, &mut addresses, p);
         let priority = u8::try_from(n.priority).ok().filter(|&v| v >= 1);
         if priority.is_none() {
             p.add(
@@ -634,8 +599,55 @@ fn validate_nodes(raw: &[RawNode], p: &mut Problems<'_>) -> Vec<Node> {
             });
         }
     }
-    let databases = raw.iter().filter(|n| !n.witness).count();
-    if databases == 0 {
+    nodes
+}
+
+/// Node `i`'s address: an IP address, unicast, and no other node's.
+fn node_address(
+    raw: &[RawNode],
+    i: usize,
+    seen: &mut BTreeMap<IpAddr, usize>,
+    p: &mut Problems<'_>,
+) -> Option<IpAddr> {
+    let at = [Seg::Key("node"), Seg::Index(i), Seg::Key("address")];
+    let Ok(a) = raw[i].address.parse::<IpAddr>() else {
+        p.add(
+            &at,
+            format!("{:?} is not an IPv4 or IPv6 address", raw[i].address),
+            "write the address the node's agent listens on, e.g. \"192.0.2.11\" or \"2001:db8::11\" (no port, no host name)",
+        );
+        return None;
+    };
+    if let Some(first) = seen.insert(a, i) {
+        p.add(
+            &at,
+            format!("{a} is also the address of node[{first}] ({:?})", raw[first].id),
+            "give every node its own address",
+        );
+    }
+    if a.is_unspecified() || a.is_multicast() {
+        p.add(
+            &at,
+            format!("{a} cannot be a node's address"),
+            "use the host's unicast address",
+        );
+    }
+    Some(a)
+}
+
+/// How many members, and of which kind: one that can own, and enough voters to fail over.
+fn check_membership(raw: &[RawNode], p: &mut Problems<'_>) {
+    if raw.len() > MAX_MEMBERS {
+        p.add(
+            &[Seg::Key("node")],
+            format!(
+                "{} nodes configured; at most {MAX_MEMBERS} are supported",
+                raw.len()
+            ),
+            "remove nodes",
+        );
+    }
+    if raw.iter().all(|n| n.witness) {
         p.add(
             &[Seg::Key("node")],
             "every node is a witness, so none can own the VIP".into(),
@@ -651,7 +663,6 @@ fn validate_nodes(raw: &[RawNode], p: &mut Problems<'_>) -> Vec<Node> {
             "add a witness ([[node]] with witness = true) on a third host: automatic failover needs three voters",
         );
     }
-    nodes
 }
 
 /// `[[node]] dns_listen`, with `[dns]` present: the addresses each node serves DNS on. Nodes
