@@ -456,19 +456,7 @@ impl Agent {
         loop {
             let now = clock::now();
             let tick_at = self.core.next_deadline(now);
-            let mut deadline = tick_at;
-            if let Some((_, until)) = self.vip_fault {
-                deadline = deadline.min(until.max(now));
-            }
-            if let Some(stop) = self.stopping {
-                deadline = deadline.min(stop);
-            }
-            if let Some(due) = self.gate.next_deadline() {
-                deadline = deadline.min(due.max(now));
-            }
-            if let Some(due) = self.service.next_due(self.ready_at()) {
-                deadline = deadline.min(due.max(now));
-            }
+            let deadline = self.next_wake(now, tick_at);
             tokio::select! {
                 received = self.net.recv(&mut buf) => {
                     match received {
@@ -480,13 +468,7 @@ impl Agent {
                     let now = clock::now();
                     self.on_report(now, report)?;
                 }
-                Ok(()) = db_changed(&mut self.db) => {
-                    let now = clock::now();
-                    let status = self.db.as_ref().map(|db| db.borrow().clone()).unwrap_or_default();
-                    self.gate_step(now, database::GateEvent::Probed(status))?;
-                    let health = self.health(now);
-                    self.step(now, health)?;
-                }
+                Ok(()) = db_changed(&mut self.db) => self.on_probe(clock::now())?,
                 Some(outcome) = self.db_outcomes.recv() => {
                     let now = clock::now();
                     self.on_db_outcome(now, outcome)?;
@@ -508,37 +490,69 @@ impl Agent {
                     if now < deadline {
                         continue;
                     }
-                    if let Some((error, until)) = &self.vip_fault
-                        && now >= *until
-                    {
-                        tracing::info!("retrying after the VIP failure ({error})");
-                        self.vip_fault = None;
-                        let health = self.health(now);
-                        self.step(now, health)?;
-                    }
-                    if now >= tick_at {
-                        self.step(now, Event::Tick)?;
-                    }
-                    if self.gate.next_deadline().is_some_and(|due| now >= due) {
-                        self.gate_step(now, database::GateEvent::Tick)?;
-                    }
+                    self.on_timers(now, tick_at)?;
                 }
             }
             self.notify_service(clock::now());
-            if let Some(stop) = self.stopping {
-                let busy = matches!(self.core.role(), RoleKind::Owner | RoleKind::Releasing);
-                if !busy {
-                    tracing::info!("stopped");
-                    return Ok(());
-                }
-                if clock::now() >= stop {
-                    return Err(
-                        "the release was not confirmed before the lease deadline; the kernel fence stops serving the VIPs"
-                            .into(),
-                    );
-                }
+            if let Some(done) = self.stopped() {
+                return done;
             }
         }
+    }
+
+    /// When the loop must wake at the latest: the core's next deadline, the end of a VIP
+    /// fault's back-off, the stop deadline, the gate's next timer, the service watchdog.
+    fn next_wake(&self, now: Instant, tick_at: Instant) -> Instant {
+        let later = [
+            self.vip_fault.as_ref().map(|(_, until)| (*until).max(now)),
+            self.stopping,
+            self.gate.next_deadline().map(|due| due.max(now)),
+            self.service.next_due(self.ready_at()).map(|due| due.max(now)),
+        ];
+        later.into_iter().flatten().fold(tick_at, Instant::min)
+    }
+
+    /// A new probe result: to the gate, then the core hears how this node stands.
+    fn on_probe(&mut self, now: Instant) -> Result<(), String> {
+        let status = self.db.as_ref().map(|db| db.borrow().clone()).unwrap_or_default();
+        self.gate_step(now, database::GateEvent::Probed(status))?;
+        let health = self.health(now);
+        self.step(now, health)
+    }
+
+    /// The timers that are due: a VIP fault's back-off over, the core's tick, the gate's.
+    fn on_timers(&mut self, now: Instant, tick_at: Instant) -> Result<(), String> {
+        if let Some((error, until)) = &self.vip_fault
+            && now >= *until
+        {
+            tracing::info!("retrying after the VIP failure ({error})");
+            self.vip_fault = None;
+            let health = self.health(now);
+            self.step(now, health)?;
+        }
+        if now >= tick_at {
+            self.step(now, Event::Tick)?;
+        }
+        if self.gate.next_deadline().is_some_and(|due| now >= due) {
+            self.gate_step(now, database::GateEvent::Tick)?;
+        }
+        Ok(())
+    }
+
+    /// Stopping: done once ownership is handed over, an error once the stop deadline passed
+    /// without a confirmed release; `None` while it goes on (or no stop was asked for).
+    fn stopped(&self) -> Option<Result<(), String>> {
+        let stop = self.stopping?;
+        if !matches!(self.core.role(), RoleKind::Owner | RoleKind::Releasing) {
+            tracing::info!("stopped");
+            return Some(Ok(()));
+        }
+        (clock::now() >= stop).then(|| {
+            Err(
+                "the release was not confirmed before the lease deadline; the kernel fence stops serving the VIPs"
+                    .into(),
+            )
+        })
     }
 
     /// A datagram arrived: authenticated, de-duplicated messages go to the core (database
