@@ -98,17 +98,30 @@ async fn inspect(config: &Mysql, password: &Option<Secret>, report: &mut Report)
         "server    {} {version}",
         if mariadb { "MariaDB" } else { "MySQL" }
     ));
+    privileges(&mut c, config, mariadb, report).await?;
+    gtid_settings(&mut c, config.mode, mariadb, report).await?;
+    semi_sync(&mut c, report).await?;
+    let read_only = one(&mut c, "SELECT @@global.read_only").await?;
+    let on = probe::flag(read_only.as_deref()) == Some(true);
+    report
+        .lines
+        .push(format!("read_only {}", if on { "ON" } else { "OFF" }));
+    let _ = c.disconnect().await;
+    Ok(())
+}
+
+/// The account's global privileges against what the mode needs.
+async fn privileges(c: &mut Conn, config: &Mysql, mariadb: bool, report: &mut Report) -> Result<(), String> {
     let grants: Vec<String> = c
         .query("SHOW GRANTS FOR CURRENT_USER()")
         .await
         .map_err(|e| format!("SHOW GRANTS: {e}"))?;
     let granted = global_privileges(&grants);
-    let mode = config.mode;
-    let mode_name = match mode {
+    let mode_name = match config.mode {
         MysqlMode::Promote => "promote",
         MysqlMode::Gate => "gate",
     };
-    let missing = missing_privileges(mariadb, mode, &granted);
+    let missing = missing_privileges(mariadb, config.mode, &granted);
     if missing.is_empty() {
         report
             .lines
@@ -121,9 +134,19 @@ async fn inspect(config: &Mysql, password: &Option<Secret>, report: &mut Report)
             missing.join(", ")
         ));
     }
+    Ok(())
+}
+
+/// MariaDB's strict GTID mode, MySQL's `gtid_mode`: promote mode relies on them.
+async fn gtid_settings(
+    c: &mut Conn,
+    mode: MysqlMode,
+    mariadb: bool,
+    report: &mut Report,
+) -> Result<(), String> {
     if mariadb {
-        let strict = one(&mut c, "SELECT @@global.gtid_strict_mode").await?;
-        let pos = one(&mut c, "SELECT @@global.gtid_current_pos")
+        let strict = one(c, "SELECT @@global.gtid_strict_mode").await?;
+        let pos = one(c, "SELECT @@global.gtid_current_pos")
             .await?
             .unwrap_or_default();
         let strict = probe::flag(strict.as_deref()) == Some(true);
@@ -137,22 +160,25 @@ async fn inspect(config: &Mysql, password: &Option<Secret>, report: &mut Report)
                     .into(),
             );
         }
-    } else {
-        let gtid_mode = one(&mut c, "SELECT @@global.gtid_mode")
-            .await?
-            .unwrap_or_default();
-        report.lines.push(format!("gtid      gtid_mode {gtid_mode}"));
-        if mode == MysqlMode::Promote && !gtid_mode.eq_ignore_ascii_case("ON") {
-            report.problems.push(format!(
-                "gtid_mode is {gtid_mode}: promote mode needs GTIDs; set gtid_mode = ON"
-            ));
-        }
+        return Ok(());
     }
-    let semi: Vec<mysql_async::Row> = c
+    let gtid_mode = one(c, "SELECT @@global.gtid_mode").await?.unwrap_or_default();
+    report.lines.push(format!("gtid      gtid_mode {gtid_mode}"));
+    if mode == MysqlMode::Promote && !gtid_mode.eq_ignore_ascii_case("ON") {
+        report.problems.push(format!(
+            "gtid_mode is {gtid_mode}: promote mode needs GTIDs; set gtid_mode = ON"
+        ));
+    }
+    Ok(())
+}
+
+/// The semi-sync plugins' switches, as they are.
+async fn semi_sync(c: &mut Conn, report: &mut Report) -> Result<(), String> {
+    let rows: Vec<mysql_async::Row> = c
         .query("SHOW GLOBAL VARIABLES WHERE Variable_name LIKE 'rpl_semi_sync_%enabled'")
         .await
         .map_err(|e| format!("reading semi-sync settings: {e}"))?;
-    let semi: Vec<String> = semi
+    let semi: Vec<String> = rows
         .iter()
         .map(|r| {
             let row = super::to_row(r);
@@ -161,24 +187,12 @@ async fn inspect(config: &Mysql, password: &Option<Secret>, report: &mut Report)
             format!("{name}={value}")
         })
         .collect();
-    report.lines.push(format!(
-        "semi-sync {}",
-        if semi.is_empty() {
-            "not available".to_string()
-        } else {
-            semi.join(", ")
-        }
-    ));
-    let read_only = one(&mut c, "SELECT @@global.read_only").await?;
-    report.lines.push(format!(
-        "read_only {}",
-        if probe::flag(read_only.as_deref()) == Some(true) {
-            "ON"
-        } else {
-            "OFF"
-        }
-    ));
-    let _ = c.disconnect().await;
+    let semi = if semi.is_empty() {
+        "not available".to_string()
+    } else {
+        semi.join(", ")
+    };
+    report.lines.push(format!("semi-sync {semi}"));
     Ok(())
 }
 
