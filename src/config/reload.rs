@@ -12,37 +12,58 @@ use super::Config;
 /// The fields `new` changes that a running agent cannot take on, each with why; empty when the
 /// reload may go ahead.
 pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut check = |changed: bool, field: &str, why: &str| {
-        if changed {
-            out.push(format!("{field} ({why})"));
-        }
-    };
+    let rules = cluster_rules(old, new).into_iter().chain(member_rules(old, new));
+    rules
+        .filter(|(changed, _, _)| *changed)
+        .map(|(_, field, why)| format!("{field} ({why})"))
+        .collect()
+}
+
+/// (changed, field, why it needs a restart)
+type Rule = (bool, &'static str, &'static str);
+
+/// The cluster's identity, its key, its lease, and where the agent keeps its vote.
+fn cluster_rules(old: &Config, new: &Config) -> Vec<Rule> {
     let (a, b) = (&old.cluster, &new.cluster);
-    check(
-        a.name != b.name,
-        "cluster.name",
-        "peers authenticate the cluster by name",
-    );
-    check(
-        a.secret_file != b.secret_file,
-        "cluster.secret_file",
-        "peers must share one key",
-    );
-    check(a.port != b.port, "cluster.port", "peers send to it");
-    check(
-        a.lease != b.lease || a.clock_drift != b.clock_drift,
-        "cluster.lease_ms / clock_drift",
-        "owners and voters must count the same lease",
-    );
-    check(
-        a.state_dir != b.state_dir,
-        "cluster.state_dir",
-        "it holds the vote and term",
-    );
+    vec![
+        (
+            a.name != b.name,
+            "cluster.name",
+            "peers authenticate the cluster by name",
+        ),
+        (
+            a.secret_file != b.secret_file,
+            "cluster.secret_file",
+            "peers must share one key",
+        ),
+        (a.port != b.port, "cluster.port", "peers send to it"),
+        (
+            a.lease != b.lease || a.clock_drift != b.clock_drift,
+            "cluster.lease_ms / clock_drift",
+            "owners and voters must count the same lease",
+        ),
+        (
+            a.state_dir != b.state_dir,
+            "cluster.state_dir",
+            "it holds the vote and term",
+        ),
+        (
+            old.control.socket != new.control.socket,
+            "control.socket",
+            "the agent listens on it",
+        ),
+        (
+            old.control.status_group != new.control.status_group,
+            "control.status_group",
+            "the socket's group and mode are set when it is created",
+        ),
+    ]
+}
+
+/// The members, the VIPs and fence, the database and the DNS zone.
+fn member_rules(old: &Config, new: &Config) -> Vec<Rule> {
     let members = |c: &Config| {
-        c.nodes
-            .iter()
+        (c.nodes.iter())
             .map(|n| {
                 (
                     n.id.clone(),
@@ -54,54 +75,40 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             })
             .collect::<Vec<_>>()
     };
-    check(
-        members(old) != members(new),
-        "[[node]] id / address / witness / region / dns_listen",
-        "membership and what each node owns and serves are fixed while agents run",
-    );
-    check(
-        old.vips != new.vips,
-        "[[vip]]",
-        "a held VIP must not be dropped or re-added",
-    );
-    check(
-        old.kernel_fence != new.kernel_fence,
-        "fence.kernel",
-        "the fence is installed at start, before the agent may own",
-    );
-    check(
-        old.control.socket != new.control.socket,
-        "control.socket",
-        "the agent listens on it",
-    );
-    check(
-        old.control.status_group != new.control.status_group,
-        "control.status_group",
-        "the socket's group and mode are set when it is created",
-    );
     let fixed_mysql = |c: &Config| {
-        c.mysql.as_ref().map(|m| {
-            (
-                m.mode,
-                m.endpoint.clone(),
-                m.user.clone(),
-                m.password_file.clone(),
-                m.replication.clone(),
-            )
+        (c.mysql.as_ref()).map(|m| {
+            let account = (m.user.clone(), m.password_file.clone(), m.replication.clone());
+            (m.mode, m.endpoint.clone(), account)
         })
     };
-    check(
-        fixed_mysql(old) != fixed_mysql(new),
-        "[mysql] mode / connection / user / password_file / replication_*",
-        "the database the agent manages, and how",
-    );
     let fixed_dns = |c: &Config| c.dns.as_ref().map(|d| (d.zone.clone(), d.port, d.update.clone()));
-    check(
-        fixed_dns(old) != fixed_dns(new),
-        "[dns] zone / port / [dns.update]",
-        "where the agent serves, and the zone and key it updates",
-    );
-    out
+    vec![
+        (
+            members(old) != members(new),
+            "[[node]] id / address / witness / region / dns_listen",
+            "membership and what each node owns and serves are fixed while agents run",
+        ),
+        (
+            old.vips != new.vips,
+            "[[vip]]",
+            "a held VIP must not be dropped or re-added",
+        ),
+        (
+            old.kernel_fence != new.kernel_fence,
+            "fence.kernel",
+            "the fence is installed at start, before the agent may own",
+        ),
+        (
+            fixed_mysql(old) != fixed_mysql(new),
+            "[mysql] mode / connection / user / password_file / replication_*",
+            "the database the agent manages, and how",
+        ),
+        (
+            fixed_dns(old) != fixed_dns(new),
+            "[dns] zone / port / [dns.update]",
+            "where the agent serves, and the zone and key it updates",
+        ),
+    ]
 }
 
 #[cfg(test)]
