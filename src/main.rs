@@ -118,16 +118,42 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Run { .. }) {
         end_quietly_on_a_closed_pipe();
     }
-    let result = match cli.command {
-        Command::CheckConfig { file, node, probe } => check_config(&file, node.as_deref())
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                if probe {
-                    probe_host(&file, node.as_deref())
-                } else {
-                    Ok(())
-                }
-            }),
+    if let Command::Status {
+        config,
+        socket,
+        is_owner: true,
+        ..
+    } = &cli.command
+    {
+        // Exit codes for scripts: 0 owns, 1 does not, 2 cannot tell.
+        return match owns(config, socket.clone()) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Command) -> Result<(), String> {
+    match cli {
+        Command::CheckConfig { file, node, probe } => {
+            check_config(&file, node.as_deref()).map_err(|e| e.to_string())?;
+            if probe {
+                probe_host(&file, node.as_deref())
+            } else {
+                Ok(())
+            }
+        }
         Command::Run {
             config,
             node,
@@ -138,23 +164,11 @@ fn main() -> ExitCode {
             socket,
             json,
             watch,
-            is_owner,
-        } => {
-            if is_owner {
-                return match owns(&config, socket) {
-                    Ok(true) => ExitCode::SUCCESS,
-                    Ok(false) => ExitCode::FAILURE,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        ExitCode::from(2)
-                    }
-                };
-            }
-            match watch {
-                Some(seconds) => watch_status(&config, socket, seconds),
-                None => status(&config, socket, json),
-            }
-        }
+            ..
+        } => match watch {
+            Some(seconds) => watch_status(&config, socket, seconds),
+            None => status(&config, socket, json),
+        },
         Command::Reload { config, socket } => command(&config, socket, "reload").map(|m| println!("{m}")),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -190,13 +204,6 @@ fn main() -> ExitCode {
         Command::FailoverAck { config, socket } => {
             let line = vipgate::control::Command::FailoverAck.to_string();
             command(&config, socket, &line).map(|m| println!("{m}"))
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
         }
     }
 }
