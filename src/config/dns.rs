@@ -217,52 +217,17 @@ pub(super) fn validate(
         );
     }
     let record = validate_record(raw, p);
-    let mut seconds = |key: &'static str, value: i64, max: i64, fix: &str| -> u32 {
-        if (0..=max).contains(&value) {
-            value as u32
-        } else {
-            p.add(&at(key), format!("{value} is outside 0–{max} seconds"), fix);
-            0
-        }
-    };
-    let ttl = seconds(
-        "ttl",
-        raw.ttl,
-        86_400,
-        "use a few seconds (5 is the default): clients follow a failover only after it",
-    );
-    let refresh = seconds("refresh", raw.refresh, i32::MAX.into(), "use seconds, e.g. 3600");
-    let retry = seconds("retry", raw.retry, i32::MAX.into(), "use seconds, e.g. 600");
-    let expire = seconds("expire", raw.expire, i32::MAX.into(), "use seconds, e.g. 86400");
-    let minimum = seconds(
-        "minimum",
-        raw.minimum,
-        MAX_MINIMUM,
-        "keep it small (5 is the default): resolvers cache a negative answer this long",
-    );
+    let [ttl, refresh, retry, expire, minimum] = soa_timers(raw, p);
     let (port, rate_limit) = validate_port_and_rate(raw, p);
     let zone = zone?;
     check_names_fit(raw, &zone, &record, servers, p);
-    let name = |key: &'static str, value: &Option<String>, default: Option<String>, p: &mut Problems<'_>| {
-        match value {
-            Some(v) => absolute_name(v).or_else(|| {
-                p.add(
-                    &at(key),
-                    format!("{v:?} is not a domain name"),
-                    "write an absolute name, e.g. \"hostmaster.example.test.\"",
-                );
-                None
-            }),
-            None => default,
-        }
-    };
-    let mname = name(
+    let mname = soa_name(
+        p,
         "mname",
         &raw.mname,
         first_server.map(|id| format!("{id}.{zone}")),
-        p,
     );
-    let rname = name("rname", &raw.rname, Some(format!("hostmaster.{zone}")), p);
+    let rname = soa_name(p, "rname", &raw.rname, Some(format!("hostmaster.{zone}")));
     let update = match &raw.update {
         Some(u) => Some(validate_update(u, &record, ttl, base, p)?),
         None => None,
@@ -281,6 +246,59 @@ pub(super) fn validate(
         rate_limit,
         update,
     })
+}
+
+/// The record TTL and the SOA's refresh, retry, expire and minimum, in seconds.
+fn soa_timers(raw: &RawDns, p: &mut Problems<'_>) -> [u32; 5] {
+    let mut seconds = |key: &'static str, value: i64, max: i64, fix: &str| -> u32 {
+        if (0..=max).contains(&value) {
+            value as u32
+        } else {
+            p.add(
+                &[Seg::Key("dns"), Seg::Key(key)],
+                format!("{value} is outside 0–{max} seconds"),
+                fix,
+            );
+            0
+        }
+    };
+    let any = i64::from(i32::MAX);
+    [
+        seconds(
+            "ttl",
+            raw.ttl,
+            86_400,
+            "use a few seconds (5 is the default): clients follow a failover only after it",
+        ),
+        seconds("refresh", raw.refresh, any, "use seconds, e.g. 3600"),
+        seconds("retry", raw.retry, any, "use seconds, e.g. 600"),
+        seconds("expire", raw.expire, any, "use seconds, e.g. 86400"),
+        seconds(
+            "minimum",
+            raw.minimum,
+            MAX_MINIMUM,
+            "keep it small (5 is the default): resolvers cache a negative answer this long",
+        ),
+    ]
+}
+
+/// An SOA name (`mname`, `rname`): as configured, or the default.
+fn soa_name(
+    p: &mut Problems<'_>,
+    key: &'static str,
+    value: &Option<String>,
+    default: Option<String>,
+) -> Option<String> {
+    let Some(v) = value else { return default };
+    let name = absolute_name(v);
+    if name.is_none() {
+        p.add(
+            &[Seg::Key("dns"), Seg::Key(key)],
+            format!("{v:?} is not a domain name"),
+            "write an absolute name, e.g. \"hostmaster.example.test.\"",
+        );
+    }
+    name
 }
 
 fn validate_update(
@@ -313,31 +331,7 @@ fn validate_update(
         );
     }
     let zone = zone?;
-    let name = match &raw.record {
-        Some(r) => absolute_name(r),
-        None => absolute_name(&format!("{record}.{zone}")),
-    };
-    let name = name.filter(|n| n.ends_with(&format!(".{zone}")));
-    // The owner's TXT record is `_owner.<record>`: it must fit a DNS name too.
-    if let Some(n) = name.as_ref().filter(|n| n.trim_end_matches('.').len() + 7 > 253) {
-        p.add(
-            &at("record"),
-            format!(
-                "_owner.{n} (the owner record beside it) is longer than a DNS name may be (253 characters)"
-            ),
-            "use a shorter record name",
-        );
-    }
-    if name.is_none() {
-        p.add(
-            &at("record"),
-            format!(
-                "{:?} is not a name inside {zone}",
-                raw.record.as_deref().unwrap_or(record)
-            ),
-            "give an absolute name in the zone, e.g. \"primary.db.example.com.\"",
-        );
-    }
+    let name = update_record(raw, record, &zone, p);
     let key_name = absolute_name(&raw.key_name);
     if key_name.is_none() {
         p.add(
@@ -366,4 +360,36 @@ fn validate_update(
         key_name: key_name?,
         key_file: base.join(&raw.key_file),
     })
+}
+
+/// The record to update: a name inside `zone` (by default `<record>.<zone>`), short enough
+/// for the owner record beside it.
+fn update_record(raw: &RawUpdate, record: &str, zone: &str, p: &mut Problems<'_>) -> Option<String> {
+    let at = [Seg::Key("dns"), Seg::Key("update"), Seg::Key("record")];
+    let name = match &raw.record {
+        Some(r) => absolute_name(r),
+        None => absolute_name(&format!("{record}.{zone}")),
+    };
+    let name = name.filter(|n| n.ends_with(&format!(".{zone}")));
+    // The owner's TXT record is `_owner.<record>`: it must fit a DNS name too.
+    if let Some(n) = name.as_ref().filter(|n| n.trim_end_matches('.').len() + 7 > 253) {
+        p.add(
+            &at,
+            format!(
+                "_owner.{n} (the owner record beside it) is longer than a DNS name may be (253 characters)"
+            ),
+            "use a shorter record name",
+        );
+    }
+    if name.is_none() {
+        p.add(
+            &at,
+            format!(
+                "{:?} is not a name inside {zone}",
+                raw.record.as_deref().unwrap_or(record)
+            ),
+            "give an absolute name in the zone, e.g. \"primary.db.example.com.\"",
+        );
+    }
+    name
 }
