@@ -192,24 +192,8 @@ pub(super) fn start_worker(
                     gtid,
                     cancelled,
                 } => {
-                    let result = match &mysql.replication {
-                        Some(account) => {
-                            let pw = replication_password
-                                .as_ref()
-                                .map(|p| String::from_utf8_lossy(p.bytes()).into_owned())
-                                .unwrap_or_default();
-                            let source = actions::Source {
-                                host,
-                                port: account.port,
-                                user: &account.user,
-                                password: &pw,
-                                gtid: &gtid,
-                            };
-                            let deadline = tokio::time::Instant::now() + REJOIN_TIMEOUT;
-                            actions::rejoin(&mysql, &password, &source, deadline, &cancelled).await
-                        }
-                        None => Err("no replication_user configured".into()),
-                    };
+                    let result =
+                        rejoin(&mysql, &password, &replication_password, host, &gtid, &cancelled).await;
                     Outcome::Rejoined { term, owner, result }
                 }
             };
@@ -219,6 +203,33 @@ pub(super) fn start_worker(
         }
     });
     tx
+}
+
+/// Re-points replication at `host` with the replication account, bounded by
+/// [`REJOIN_TIMEOUT`].
+async fn rejoin(
+    mysql: &Mysql,
+    password: &Option<Secret>,
+    replication_password: &Option<Secret>,
+    host: String,
+    gtid: &str,
+    cancelled: &AtomicBool,
+) -> Result<actions::Rejoin, String> {
+    let Some(account) = &mysql.replication else {
+        return Err("no replication_user configured".into());
+    };
+    let pw = (replication_password.as_ref())
+        .map(|p| String::from_utf8_lossy(p.bytes()).into_owned())
+        .unwrap_or_default();
+    let source = actions::Source {
+        host,
+        port: account.port,
+        user: &account.user,
+        password: &pw,
+        gtid,
+    };
+    let deadline = tokio::time::Instant::now() + REJOIN_TIMEOUT;
+    actions::rejoin(mysql, password, &source, deadline, cancelled).await
 }
 
 /// What a database task reports back.
