@@ -327,7 +327,7 @@ fn forged_and_replayed_datagrams_from_a_rogue_host_change_nothing_and_are_counte
     let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();
     let timing = config.core_settings(1, 0).timing();
     let forger = vipgate::net::Codec::new("lab", &[7u8; 32], config.fingerprint(), timing, ids, 1);
-    let claim = vipgate::core::Message::Heartbeat(vipgate::core::Heartbeat {
+    let claim = vipgate::net::Datagram::Core(vipgate::core::Message::Heartbeat(vipgate::core::Heartbeat {
         term: term + 100,
         seq: 1,
         owner: Some(1),
@@ -337,7 +337,7 @@ fn forged_and_replayed_datagrams_from_a_rogue_host_change_nothing_and_are_counte
         preferred: false,
         position: u64::MAX,
         priority: 255,
-    });
+    }));
     let mut forged = Vec::new();
     for (i, n) in config.nodes.iter().enumerate() {
         if n.id != "db2" {

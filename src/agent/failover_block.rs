@@ -11,7 +11,8 @@
 //! starts an election of its own.
 
 use super::Agent;
-use crate::core::{DbReport, Instant, NodeIdx, Term};
+use crate::core::{Instant, NodeIdx, Term};
+use crate::gate::DbReport;
 use crate::gate::window;
 use std::time::{Duration, SystemTime};
 

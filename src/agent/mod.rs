@@ -20,11 +20,10 @@ pub mod state;
 use crate::clock;
 use crate::config::{Config, Mysql, Secret};
 use crate::control::{self, DnsStatus, GrantStatus, PeerDb, PeerStatus, Request, Status};
-use crate::core::{
-    Action, Core, DbReport, Event, FinalData, Instant, Message, NodeIdx, RoleKind, Term, Vote,
-};
+use crate::core::{Action, Core, Event, FinalData, Instant, Message, NodeIdx, RoleKind, Term, Vote};
+use crate::gate::DbReport;
 use crate::mysql::DbStatus;
-use crate::net::Transport;
+use crate::net::{Datagram, Transport};
 use crate::vip::{self, Command, Report};
 use state::StateFile;
 use std::collections::BTreeMap;
@@ -563,7 +562,7 @@ impl Agent {
             tracing::error!(peer = %notice.peer, "{}", notice.message);
         }
         match accepted {
-            Some((from, Message::DbReport(report))) => {
+            Some((from, Datagram::Db(report))) => {
                 self.follow_failover_block(now, from, &report);
                 let view = self.core.peers()[usize::from(from)];
                 if report.writable && self.core.owner(now) == Some(from) {
@@ -581,7 +580,7 @@ impl Agent {
                 self.update_dns(now);
                 Ok(())
             }
-            Some((from, message)) => {
+            Some((from, Datagram::Core(message))) => {
                 // Whoever wins next waits for the released database's final position (named
                 // successor or not).
                 if let Message::Release(r) = &message
@@ -728,12 +727,13 @@ impl Agent {
     fn execute(&mut self, now: Instant, action: Action) -> Result<(), String> {
         match action {
             Action::Persist(state) => self.state.save(state).map_err(|e| e.to_string())?,
-            Action::Send { to, message } => self.send(to, &message),
+            Action::Send { to, message } => self.send(to, &Datagram::Core(message)),
             Action::Broadcast(message) => {
                 // Acks echo a heartbeat's sequence number: their delay is the round trip.
                 self.net.note_broadcast(now, &message);
-                self.broadcast(&message);
-                if matches!(message, Message::Heartbeat(_)) {
+                let heartbeat = matches!(message, Message::Heartbeat(_));
+                self.broadcast(&Datagram::Core(message));
+                if heartbeat {
                     self.report_db(now);
                 }
             }
@@ -795,7 +795,7 @@ impl Agent {
         Ok(())
     }
 
-    fn broadcast(&mut self, message: &Message) {
+    fn broadcast(&mut self, message: &Datagram) {
         for to in self.net.others() {
             self.send(to, message);
         }
@@ -811,7 +811,7 @@ impl Agent {
             None => true,
         };
         if due {
-            self.broadcast(&Message::DbReport(report.clone()));
+            self.broadcast(&Datagram::Db(report.clone()));
             self.last_report = Some((now, report));
         }
     }
@@ -870,10 +870,10 @@ impl Agent {
         }
     }
 
-    fn send(&mut self, to: NodeIdx, message: &Message) {
+    fn send(&mut self, to: NodeIdx, message: &Datagram) {
         if matches!(
             message,
-            Message::Ack(_) | Message::Vote(Vote { granted: true, .. })
+            Datagram::Core(Message::Ack(_) | Message::Vote(Vote { granted: true, .. }))
         ) {
             self.grants_sent += 1;
             self.first_grant

@@ -23,9 +23,6 @@ pub enum Message {
     VoteRequest(VoteRequest),
     Vote(Vote),
     Release(Release),
-    /// Observability only: the sender's database as its probe sees it. The core ignores it;
-    /// the shell shows it in `vipgate status`.
-    DbReport(DbReport),
 }
 
 /// Sent by every agent every interval: its view, so peers (and operators) see the whole cluster.
@@ -93,28 +90,9 @@ pub struct Release {
     pub final_gtid: String,
 }
 
-/// Longest GTID text a [`DbReport`] carries; longer sets are cut (and end with `…`).
+/// Longest GTID text a release (or a database report) carries; longer sets are cut (and end
+/// with `…`).
 pub const MAX_REPORT_GTID: usize = 200;
-
-/// A database's state as its own agent's probe last saw it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DbReport {
-    pub healthy: bool,
-    /// `read_only = OFF`.
-    pub writable: bool,
-    /// A replica whose I/O and SQL threads both run.
-    pub replicating: bool,
-    /// Seconds behind its source, when replicating and known.
-    pub lag_s: Option<u32>,
-    /// A replica of the last owner's history (its source is the last owner, which has not
-    /// refused its position, and it has not diverged): what it received counts against
-    /// candidates that lack it.
-    pub follows_owner: bool,
-    /// What is left of the sender's anti-flap window (0: none). Peers follow the owner's.
-    pub failover_block_ms: u32,
-    /// Executed GTIDs (at most [`MAX_REPORT_GTID`] bytes).
-    pub gtid: String,
-}
 
 impl Message {
     /// Short name used in logs and drop counters.
@@ -125,7 +103,6 @@ impl Message {
             Message::VoteRequest(_) => "vote-request",
             Message::Vote(_) => "vote",
             Message::Release(_) => "release",
-            Message::DbReport(_) => "db-report",
         }
     }
 }

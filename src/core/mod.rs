@@ -19,7 +19,7 @@ mod rank;
 mod time;
 
 pub use message::{
-    Ack, DbReport, Heartbeat, MAX_REPORT_GTID, Message, NodeIdx, Position, Release, Term, Vote, VoteRequest,
+    Ack, Heartbeat, MAX_REPORT_GTID, Message, NodeIdx, Position, Release, Term, Vote, VoteRequest,
 };
 pub use ownership::{
     Action, Core, Event, FinalData, Grant, MAX_MEMBERS, Member, PeerView, PersistentState, ReleaseReason,

@@ -1273,7 +1273,6 @@ impl Core {
             Message::VoteRequest(req) => self.on_vote_request(now, from, req, out),
             Message::Vote(vote) => self.on_vote(now, from, vote, out),
             Message::Release(rel) => self.on_release(now, from, rel),
-            Message::DbReport(_) => {}
         }
     }
 }

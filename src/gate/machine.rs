@@ -18,8 +18,9 @@
 //! finding (persisted), the old primary's final position from its release, and the kill of the
 //! fenced database's clients, due `kill_grace` after the fence.
 
+use super::DbReport;
 use crate::config::MysqlMode;
-use crate::core::{DbReport, FinalData, Instant, NodeIdx, RoleKind, Term};
+use crate::core::{FinalData, Instant, NodeIdx, RoleKind, Term};
 use crate::mysql::DbStatus;
 use crate::mysql::dialect::code;
 use std::time::Duration;

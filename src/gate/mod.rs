@@ -11,8 +11,10 @@
 pub mod eligibility;
 pub mod machine;
 pub mod owners;
+pub mod report;
 pub mod window;
 
 pub use eligibility::{ColdStart, Facts, Ineligible, ineligible};
 pub use machine::{Gate, Phase};
 pub use owners::{Owner, Owners, Seen};
+pub use report::DbReport;

@@ -10,4 +10,4 @@ pub mod wire;
 
 pub use receiver::{DropCounters, Receiver};
 pub use transport::Transport;
-pub use wire::{Codec, DropReason, Envelope};
+pub use wire::{Codec, Datagram, DropReason, Envelope};

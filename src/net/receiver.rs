@@ -9,8 +9,8 @@
 //! acknowledges during its first lease, votes only in terms above its persisted one, and refuses
 //! lease claims older than the newest it acknowledged (persisted too).
 
-use super::wire::{Codec, DropReason, Envelope, Notice};
-use crate::core::{Message, NodeIdx};
+use super::wire::{Codec, Datagram, DropReason, Envelope, Notice};
+use crate::core::NodeIdx;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Dropped datagrams by reason, for `vipgate status` and metrics.
@@ -64,7 +64,7 @@ impl Receiver {
     }
 
     /// The message in `bytes` and its sender, or `None` (counted) if it must be dropped.
-    pub fn accept(&mut self, bytes: &[u8]) -> Option<(NodeIdx, Message)> {
+    pub fn accept(&mut self, bytes: &[u8]) -> Option<(NodeIdx, Datagram)> {
         match self.check(bytes) {
             Ok(env) => Some((env.sender, env.message)),
             Err(reason) => {
@@ -119,12 +119,13 @@ mod tests {
         )
     }
 
-    fn ack() -> Message {
+    fn ack() -> Datagram {
         Message::Ack(Ack {
             term: 1,
             owner: 1,
             echo_seq: 1,
         })
+        .into()
     }
 
     #[test]

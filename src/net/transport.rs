@@ -3,7 +3,7 @@
 //! (a lease-claiming heartbeat to the ack that echoes it).
 
 use super::wire::Notice;
-use super::{Codec, DropCounters, Receiver};
+use super::{Codec, Datagram, DropCounters, Receiver};
 use crate::core::{Instant, Message, NodeIdx};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -54,11 +54,11 @@ impl Transport {
     /// An authentic, fresh message from a member (an ack also measures that peer's round
     /// trip), or `None` with the datagram counted as dropped; and the notices to log (a peer on
     /// another version or timing, once per reason).
-    pub fn accept(&mut self, now: Instant, bytes: &[u8]) -> (Option<(NodeIdx, Message)>, Vec<Notice>) {
+    pub fn accept(&mut self, now: Instant, bytes: &[u8]) -> (Option<(NodeIdx, Datagram)>, Vec<Notice>) {
         let accepted = self.receiver.accept(bytes);
         if let Some((from, message)) = &accepted {
             self.received += 1;
-            if let Message::Ack(a) = message {
+            if let Datagram::Core(Message::Ack(a)) = message {
                 self.note_rtt(now, *from, a.echo_seq);
             }
         }
@@ -74,7 +74,7 @@ impl Transport {
 
     /// Sends without waiting: a full buffer or an unreachable peer is a lost datagram, which
     /// the protocol tolerates (counted, and the error returned for the log).
-    pub fn send(&mut self, to: NodeIdx, message: &Message) -> std::io::Result<()> {
+    pub fn send(&mut self, to: NodeIdx, message: &Datagram) -> std::io::Result<()> {
         self.counter += 1;
         let bytes = self.codec.encode(to, self.boot, self.counter, message);
         let result = self.socket.try_send_to(&bytes, self.peers[usize::from(to)]);

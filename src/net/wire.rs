@@ -36,9 +36,8 @@
 //! The header is parsed (bounded, unauthenticated) only far enough to tell another cluster
 //! apart; nothing else is trusted before the MAC is verified in constant time.
 
-use crate::core::{
-    Ack, DbReport, Heartbeat, MAX_REPORT_GTID, Message, NodeIdx, Release, Timing, Vote, VoteRequest,
-};
+use crate::core::{Ack, Heartbeat, MAX_REPORT_GTID, Message, NodeIdx, Release, Timing, Vote, VoteRequest};
+use crate::gate::DbReport;
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
@@ -122,6 +121,26 @@ impl DropReason {
     }
 }
 
+/// What travels between agents: a message for the ownership core, or a database report for
+/// the gate (which the core never sees).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Datagram {
+    Core(Message),
+    Db(DbReport),
+}
+
+impl From<Message> for Datagram {
+    fn from(m: Message) -> Datagram {
+        Datagram::Core(m)
+    }
+}
+
+impl From<DbReport> for Datagram {
+    fn from(d: DbReport) -> Datagram {
+        Datagram::Db(d)
+    }
+}
+
 /// A decoded, authenticated datagram.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
@@ -130,7 +149,7 @@ pub struct Envelope {
     pub recipient: NodeIdx,
     pub boot: u64,
     pub counter: u64,
-    pub message: Message,
+    pub message: Datagram,
 }
 
 /// Why a member's datagrams keep being dropped, for the log.
@@ -201,7 +220,7 @@ impl Codec {
     }
 
     /// The datagram carrying `message` to member `to`.
-    pub fn encode(&self, to: NodeIdx, boot: u64, counter: u64, message: &Message) -> Vec<u8> {
+    pub fn encode(&self, to: NodeIdx, boot: u64, counter: u64, message: &Datagram) -> Vec<u8> {
         let mut w = Vec::with_capacity(128);
         w.extend_from_slice(&MAGIC);
         w.push(VERSION);
@@ -332,7 +351,11 @@ impl Codec {
         self.node(r.name()?)?.ok_or(DropReason::Malformed)
     }
 
-    fn put_payload(&self, w: &mut Vec<u8>, message: &Message) {
+    fn put_payload(&self, w: &mut Vec<u8>, datagram: &Datagram) {
+        let message = match datagram {
+            Datagram::Core(m) => m,
+            Datagram::Db(d) => return put_db_report(w, d),
+        };
         match message {
             Message::Heartbeat(h) => {
                 w.extend_from_slice(&h.term.to_be_bytes());
@@ -369,21 +392,17 @@ impl Codec {
                 w.extend_from_slice(&r.final_position.unwrap_or(0).to_be_bytes());
                 put_name(w, cut_gtid(&r.final_gtid).as_bytes());
             }
-            Message::DbReport(d) => {
-                let flags = u8::from(d.healthy)
-                    | (u8::from(d.writable) << 1)
-                    | (u8::from(d.replicating) << 2)
-                    | (u8::from(d.lag_s.is_some()) << 3)
-                    | (u8::from(d.follows_owner) << 4);
-                w.push(flags);
-                w.extend_from_slice(&d.lag_s.unwrap_or(0).to_be_bytes());
-                w.extend_from_slice(&d.failover_block_ms.to_be_bytes());
-                put_name(w, cut_gtid(&d.gtid).as_bytes());
-            }
         }
     }
 
-    fn payload(&self, kind: u8, r: &mut Reader<'_>) -> Result<Message, DropReason> {
+    fn payload(&self, kind: u8, r: &mut Reader<'_>) -> Result<Datagram, DropReason> {
+        Ok(match kind {
+            KIND_DB_REPORT => Datagram::Db(db_report(r)?),
+            _ => Datagram::Core(self.core_payload(kind, r)?),
+        })
+    }
+
+    fn core_payload(&self, kind: u8, r: &mut Reader<'_>) -> Result<Message, DropReason> {
         Ok(match kind {
             KIND_HEARTBEAT => {
                 let term = r.u64()?;
@@ -433,24 +452,6 @@ impl Codec {
                     final_gtid: String::from_utf8(gtid.to_vec()).map_err(|_| DropReason::Malformed)?,
                 })
             }
-            KIND_DB_REPORT => {
-                let flags = r.u8()?;
-                if flags & !0b1_1111 != 0 {
-                    return Err(DropReason::Malformed);
-                }
-                let lag = r.u32()?;
-                let failover_block_ms = r.u32()?;
-                let gtid = r.text(MAX_REPORT_GTID)?;
-                Message::DbReport(DbReport {
-                    healthy: flags & 1 != 0,
-                    writable: flags & 2 != 0,
-                    replicating: flags & 4 != 0,
-                    lag_s: (flags & 8 != 0).then_some(lag),
-                    follows_owner: flags & 16 != 0,
-                    failover_block_ms,
-                    gtid: String::from_utf8(gtid.to_vec()).map_err(|_| DropReason::Malformed)?,
-                })
-            }
             _ => return Err(DropReason::Malformed),
         })
     }
@@ -468,14 +469,48 @@ pub fn cut_gtid(gtid: &str) -> std::borrow::Cow<'_, str> {
     format!("{}…", &gtid[..end]).into()
 }
 
-fn kind_of(message: &Message) -> u8 {
+fn put_db_report(w: &mut Vec<u8>, d: &DbReport) {
+    let flags = u8::from(d.healthy)
+        | (u8::from(d.writable) << 1)
+        | (u8::from(d.replicating) << 2)
+        | (u8::from(d.lag_s.is_some()) << 3)
+        | (u8::from(d.follows_owner) << 4);
+    w.push(flags);
+    w.extend_from_slice(&d.lag_s.unwrap_or(0).to_be_bytes());
+    w.extend_from_slice(&d.failover_block_ms.to_be_bytes());
+    put_name(w, cut_gtid(&d.gtid).as_bytes());
+}
+
+fn db_report(r: &mut Reader<'_>) -> Result<DbReport, DropReason> {
+    let flags = r.u8()?;
+    if flags & !0b1_1111 != 0 {
+        return Err(DropReason::Malformed);
+    }
+    let lag = r.u32()?;
+    let failover_block_ms = r.u32()?;
+    let gtid = r.text(MAX_REPORT_GTID)?;
+    Ok(DbReport {
+        healthy: flags & 1 != 0,
+        writable: flags & 2 != 0,
+        replicating: flags & 4 != 0,
+        lag_s: (flags & 8 != 0).then_some(lag),
+        follows_owner: flags & 16 != 0,
+        failover_block_ms,
+        gtid: String::from_utf8(gtid.to_vec()).map_err(|_| DropReason::Malformed)?,
+    })
+}
+
+fn kind_of(datagram: &Datagram) -> u8 {
+    let message = match datagram {
+        Datagram::Core(m) => m,
+        Datagram::Db(_) => return KIND_DB_REPORT,
+    };
     match message {
         Message::Heartbeat(_) => KIND_HEARTBEAT,
         Message::Ack(_) => KIND_ACK,
         Message::VoteRequest(_) => KIND_VOTE_REQUEST,
         Message::Vote(_) => KIND_VOTE,
         Message::Release(_) => KIND_RELEASE,
-        Message::DbReport(_) => KIND_DB_REPORT,
     }
 }
 
@@ -568,8 +603,8 @@ mod tests {
         )
     }
 
-    fn heartbeat() -> Message {
-        Message::Heartbeat(Heartbeat {
+    fn heartbeat() -> Datagram {
+        Datagram::Core(Message::Heartbeat(Heartbeat {
             term: 7,
             seq: 42,
             owner: Some(0),
@@ -579,7 +614,7 @@ mod tests {
             preferred: false,
             position: 1000,
             priority: 150,
-        })
+        }))
     }
 
     fn hex(b: &[u8]) -> String {
@@ -632,8 +667,11 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_between_members() {
+        let Datagram::Core(heartbeat) = heartbeat() else {
+            unreachable!()
+        };
         let msgs = [
-            heartbeat(),
+            heartbeat,
             Message::Ack(Ack {
                 term: 1,
                 owner: 0,
@@ -663,7 +701,8 @@ mod tests {
             }),
         ];
         for (i, m) in msgs.iter().enumerate() {
-            let env = codec(1).decode(&codec(0).encode(1, 11, i as u64, m)).unwrap();
+            let m = Datagram::Core(m.clone());
+            let env = codec(1).decode(&codec(0).encode(1, 11, i as u64, &m)).unwrap();
             assert_eq!(
                 env,
                 Envelope {
@@ -671,7 +710,7 @@ mod tests {
                     recipient: 1,
                     boot: 11,
                     counter: i as u64,
-                    message: m.clone()
+                    message: m
                 }
             );
         }
@@ -793,11 +832,11 @@ mod tests {
             1,
             1,
             1,
-            &Message::Vote(Vote {
+            &Datagram::Core(Message::Vote(Vote {
                 term: 1,
                 candidate: 1,
                 granted: true,
-            }),
+            })),
         );
         body.truncate(body.len() - MAC_LEN);
         let seal = |mut b: Vec<u8>| {
@@ -826,7 +865,7 @@ mod tests {
         let ids = vec![format!("a{}", &long[1..]), format!("b{}", &long[1..])];
         let tx = Codec::new(&long, b"k", 7, TIMING, ids.clone(), 0);
         let gtid = "0-1-1,".repeat(100);
-        let report = Message::DbReport(DbReport {
+        let report = Datagram::Db(DbReport {
             healthy: true,
             writable: false,
             replicating: true,
@@ -839,7 +878,7 @@ mod tests {
         assert_eq!(bytes.len(), 4 + 3 * 65 + 32 + 10 + MAX_REPORT_GTID + MAC_LEN);
         assert!(bytes.len() <= MAX_DATAGRAM);
         let rx = Codec::new(&long, b"k", 7, TIMING, ids, 1);
-        let Message::DbReport(got) = rx.decode(&bytes).unwrap().message else {
+        let Datagram::Db(got) = rx.decode(&bytes).unwrap().message else {
             panic!("not a db report")
         };
         assert_eq!(got.gtid.len(), MAX_REPORT_GTID);
@@ -851,8 +890,8 @@ mod tests {
         proptest::option::of(0u8..3)
     }
 
-    fn message() -> impl Strategy<Value = Message> {
-        prop_oneof![
+    fn message() -> impl Strategy<Value = Datagram> {
+        let core = prop_oneof![
             (
                 any::<u64>(),
                 any::<u64>(),
@@ -909,26 +948,27 @@ mod tests {
                         final_gtid
                     })
                 ),
-            (
-                any::<[bool; 4]>(),
-                proptest::option::of(any::<u32>()),
-                any::<u32>(),
-                "[0-9a-f:,-]{0,200}"
-            )
-                .prop_map(
-                    |([healthy, writable, replicating, follows_owner], lag_s, failover_block_ms, gtid)| {
-                        Message::DbReport(DbReport {
-                            healthy,
-                            writable,
-                            replicating,
-                            lag_s,
-                            follows_owner,
-                            failover_block_ms,
-                            gtid,
-                        })
+        ];
+        let db = (
+            any::<[bool; 4]>(),
+            proptest::option::of(any::<u32>()),
+            any::<u32>(),
+            "[0-9a-f:,-]{0,200}",
+        )
+            .prop_map(
+                |([healthy, writable, replicating, follows_owner], lag_s, failover_block_ms, gtid)| {
+                    DbReport {
+                        healthy,
+                        writable,
+                        replicating,
+                        lag_s,
+                        follows_owner,
+                        failover_block_ms,
+                        gtid,
                     }
-                ),
-        ]
+                },
+            );
+        prop_oneof![core.prop_map(Datagram::Core), db.prop_map(Datagram::Db)]
     }
 
     proptest! {
@@ -949,7 +989,7 @@ mod tests {
             kind: u8, payload in proptest::collection::vec(any::<u8>(), 0..120)
         ) {
             let tx = codec(0);
-            let mut b = tx.encode(1, 1, 1, &Message::Ack(Ack { term: 0, owner: 1, echo_seq: 0 }));
+            let mut b = tx.encode(1, 1, 1, &Datagram::Core(Message::Ack(Ack { term: 0, owner: 1, echo_seq: 0 })));
             b.truncate(4 + 8 + 4 + 4 + 8 + 8 + 16);
             b[3] = kind;
             b.extend_from_slice(&payload);

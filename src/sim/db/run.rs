@@ -4,7 +4,8 @@
 use super::model::{Io, Mysqld, Run, receive};
 use super::{Client, Job, Lease, Mutation, Node, Outcome, Release, STEP, Sim, Violation};
 use crate::config::MysqlMode;
-use crate::core::{Candidate, DbReport, FinalData, Instant, NodeIdx, RoleKind};
+use crate::core::{Candidate, FinalData, Instant, NodeIdx, RoleKind};
+use crate::gate::DbReport;
 use crate::gate::machine::{Action, CoreView, Event, FenceFailure, Rejoined, Settings};
 use crate::gate::{self, Gate};
 use crate::mysql::DbStatus;
