@@ -325,14 +325,12 @@ async fn observe(c: &mut Conn) -> Result<Observation, mysql_async::Error> {
     let gtid = gtid
         .and_then(|r| to_row(&r).into_iter().next().and_then(|(_, v)| v))
         .unwrap_or_default();
-    let executed = probe::gtid_position(&gtid).map_err(|e| mysql_async::Error::Other(e.into()))?;
     // What this server will have once it applies what it received: a replica that received a
     // transaction has it (the promotion applies it), whether or not applied yet.
-    let received = replication
-        .as_ref()
-        .and_then(|r| probe::gtid_position(&r.received_gtid).ok())
-        .unwrap_or(0);
-    let position = executed.max(received);
+    let received = replication.as_ref().map_or("", |r| r.received_gtid.as_str());
+    let position = probe::union_position(&gtid, received)
+        .or_else(|_| probe::gtid_position(&gtid))
+        .map_err(|e| mysql_async::Error::Other(e.into()))?;
     let semi: Vec<mysql_async::Row> = c
         .query("SHOW GLOBAL STATUS WHERE Variable_name IN ('Rpl_semi_sync_master_status', 'Rpl_semi_sync_source_status')")
         .await?;

@@ -2,6 +2,7 @@
 //! and MariaDB) are tested over recorded rows without a server.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// One result row as (column name, value) pairs; `None` is SQL NULL.
 pub type Row = Vec<(String, Option<String>)>;
@@ -87,31 +88,72 @@ pub fn replication(row: &Row) -> Result<Replication, String> {
 /// sequence numbers; MySQL sets (`uuid:1-42:50-60,…`) the transactions in their intervals. Only
 /// comparable between servers replicating the same history, which is what ranking needs.
 pub fn gtid_position(gtid: &str) -> Result<u64, String> {
-    let gtid: String = gtid.chars().filter(|c| !c.is_whitespace()).collect();
-    let bad = || format!("cannot read GTID position {gtid:?}");
-    let mut total: u64 = 0;
-    for part in gtid.split(',').filter(|p| !p.is_empty()) {
-        if let Some((_uuid, intervals)) = part.split_once(':') {
-            for interval in intervals.split(':') {
-                // A tagged GTID (MySQL 8.4) "tag:1-5" puts a name where an interval would be.
-                let is_tag = interval.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                    && interval.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if is_tag {
-                    continue;
-                }
-                let (a, b) = interval.split_once('-').unwrap_or((interval, interval));
-                let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-                total += b.checked_sub(a).ok_or_else(bad)? + 1;
-            }
-        } else {
-            let seq = part.rsplit('-').next().ok_or_else(bad)?;
-            if part.split('-').count() != 3 {
-                return Err(bad());
-            }
-            total += seq.parse::<u64>().map_err(|_| bad())?;
+    union_position(gtid, "")
+}
+
+/// The position of what a server has executed *or* received: the union of two GTID sets,
+/// counted as [`gtid_position`] counts one. MariaDB: per domain the higher sequence number;
+/// MySQL: per source (and tag) the merged intervals. A replica's received set may be partial
+/// (MySQL empties it when replication is re-pointed), so the union is never below either.
+pub fn union_position(a: &str, b: &str) -> Result<u64, String> {
+    let mut domains: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sources: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for gtid in [a, b] {
+        let gtid: String = gtid.chars().filter(|c| !c.is_whitespace()).collect();
+        for part in gtid.split(',').filter(|p| !p.is_empty()) {
+            add_part(part, &mut domains, &mut sources)
+                .map_err(|()| format!("cannot read GTID position {gtid:?}"))?;
         }
     }
-    Ok(total)
+    let intervals = sources.into_values().map(|mut v| {
+        v.sort_unstable();
+        let mut count = 0;
+        let mut reach = 0; // everything below is counted
+        for (a, b) in v {
+            let from = a.max(reach);
+            if b >= from {
+                count += b - from + 1;
+            }
+            reach = reach.max(b.saturating_add(1));
+        }
+        count
+    });
+    Ok(domains.into_values().sum::<u64>() + intervals.sum::<u64>())
+}
+
+/// One element of a GTID set: MariaDB `domain-server-seq`, or MySQL `uuid[:tag]:intervals`.
+fn add_part(
+    part: &str,
+    domains: &mut BTreeMap<String, u64>,
+    sources: &mut BTreeMap<String, Vec<(u64, u64)>>,
+) -> Result<(), ()> {
+    let Some((uuid, intervals)) = part.split_once(':') else {
+        let fields: Vec<&str> = part.split('-').collect();
+        let [domain, _server, seq] = fields[..] else {
+            return Err(());
+        };
+        let seq: u64 = seq.parse().map_err(|_| ())?;
+        let best = domains.entry(domain.to_string()).or_default();
+        *best = (*best).max(seq);
+        return Ok(());
+    };
+    let mut key = uuid.to_string();
+    for interval in intervals.split(':') {
+        // A tagged GTID (MySQL 8.4) "tag:1-5" puts a name where an interval would be.
+        let is_tag = interval.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && interval.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if is_tag {
+            key = format!("{uuid}:{interval}");
+            continue;
+        }
+        let (a, b) = interval.split_once('-').unwrap_or((interval, interval));
+        let (a, b): (u64, u64) = (a.parse().map_err(|_| ())?, b.parse().map_err(|_| ())?);
+        if b < a {
+            return Err(());
+        }
+        sources.entry(key.clone()).or_default().push((a, b));
+    }
+    Ok(())
 }
 
 /// Whether a server is MariaDB, from `@@version`.
@@ -281,6 +323,29 @@ mod tests {
         let mut r = mysql_84_replica();
         r[8].1 = Some("Connecting".into());
         assert!(!replication(&r).unwrap().io_running);
+    }
+
+    #[test]
+    fn positions_count_what_was_executed_or_received_once() {
+        // MariaDB: per domain the higher sequence number.
+        assert_eq!(union_position("0-1-40,1-2-7", "0-1-45").unwrap(), 52);
+        assert_eq!(union_position("0-1-40", "").unwrap(), 40);
+        // MySQL: a re-pointed replica's received set holds only the new source's part.
+        let executed =
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-1000,aaaaaaaa-0000-0000-0000-000000000001:1-20";
+        let received = "3e11fa47-71ca-11e1-9e33-c80aa9429562:995-1010";
+        assert_eq!(union_position(executed, received).unwrap(), 1030);
+        assert_eq!(union_position(received, "").unwrap(), 16);
+        // Tags are sources of their own.
+        assert_eq!(
+            union_position(
+                "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:etl:1-2",
+                "3e11fa47-71ca-11e1-9e33-c80aa9429562:etl:2-4"
+            )
+            .unwrap(),
+            9
+        );
+        assert!(union_position("0-1-40", "nonsense").is_err());
     }
 
     #[test]
