@@ -355,6 +355,11 @@ impl Agent {
         gate::ineligible(&facts)
     }
 
+    /// (follows the last primary's history, its database may own), for the database report.
+    pub(super) fn database_flags(&self, now: Instant) -> (bool, bool) {
+        (self.follows_owner(), self.database_why(now).is_none())
+    }
+
     /// Whether the local database replicates the last primary's history (`Owners::history`): a
     /// read_only replica of it whose position it has not refused, and not diverged.
     pub(super) fn follows_owner(&self) -> bool {
@@ -373,10 +378,12 @@ impl Agent {
     }
 
     /// The most advanced peer that replicates the last owner's history, as it last reported,
-    /// and cannot stand itself — silent or down since, or not eligible (lagging, say): what it
-    /// received may be nowhere else. A live, eligible peer is left to the ranking, which puts
-    /// the most advanced first. None once an operator let this node stand anyway (`vipgate
-    /// failover-ack`, for this term).
+    /// and whose database cannot stand — silent or down since, or its database not eligible
+    /// (lagging, say) —, or that may not take over (a window, a region): what it received may
+    /// be nowhere else. A live peer whose database may own is left to the ranking, which puts
+    /// the most advanced first — also one out for other reasons (maintenance, a stop, a link
+    /// down): the operator took it out, and waiting for it could mean no failover at all. None
+    /// once an operator let this node stand anyway (`vipgate failover-ack`, for this term).
     pub(super) fn ahead(&self, now: Instant) -> Option<(u64, NodeIdx)> {
         let last_owner = self.owners.history();
         if self.behind_override.is_some() && self.behind_override == last_owner.map(|(t, _)| t) {
@@ -385,13 +392,14 @@ impl Agent {
         let peers = self.core.peers();
         (0..self.config.nodes.len() as NodeIdx)
             .filter(|i| *i != self.me && Some(*i) != last_owner.map(|(_, o)| o))
-            .filter(|i| self.gate.peer(*i).is_some_and(|(_, r)| r.follows_owner))
             .filter(|i| {
                 let p = &peers[usize::from(*i)];
                 let live = p
                     .last_heard
                     .is_some_and(|t| now.saturating_since(t) < self.config.cluster.lease);
-                !(live && p.eligible)
+                let report = self.gate.peer(*i).map(|(_, r)| r);
+                let stands = live && report.is_some_and(|r| r.database_eligible) && !p.blocked;
+                report.is_some_and(|r| r.follows_owner) && !stands
             })
             .map(|i| (peers[usize::from(i)].position, i))
             .max()

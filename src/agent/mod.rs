@@ -46,7 +46,12 @@ struct PendingRelease {
 const DB_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// What peers are told about a database status.
-fn db_report(db: &DbStatus, failover_block: Duration, follows_owner: bool) -> DbReport {
+/// `follows_owner`, `database_eligible`: what the gate says of this node's database.
+fn db_report(
+    db: &DbStatus,
+    failover_block: Duration,
+    (follows_owner, database_eligible): (bool, bool),
+) -> DbReport {
     let replicating = db
         .replication
         .as_ref()
@@ -57,6 +62,7 @@ fn db_report(db: &DbStatus, failover_block: Duration, follows_owner: bool) -> Db
         replicating,
         lag_s: db.lag_s.map(|s| u32::try_from(s).unwrap_or(u32::MAX)),
         follows_owner,
+        database_eligible,
         failover_block_ms: u32::try_from(failover_block.as_millis()).unwrap_or(u32::MAX),
         gtid: crate::net::wire::cut_gtid(db.gtid.as_deref().unwrap_or_default()).into_owned(),
     }
@@ -805,7 +811,7 @@ impl Agent {
     /// every [`DB_REPORT_EVERY`].
     fn report_db(&mut self, now: Instant) {
         let Some(db) = &self.db else { return };
-        let report = db_report(&db.borrow(), self.failover_block_left(), self.follows_owner());
+        let report = db_report(&db.borrow(), self.failover_block_left(), self.database_flags(now));
         let due = match &self.last_report {
             Some((at, last)) => *last != report || now.saturating_since(*at) >= DB_REPORT_EVERY,
             None => true,
@@ -1075,7 +1081,7 @@ impl Agent {
                 rtt_us: None,
                 database: self.db.as_ref().map(|db| {
                     peer_db(
-                        &db_report(&db.borrow(), self.failover_block_left(), self.follows_owner()),
+                        &db_report(&db.borrow(), self.failover_block_left(), self.database_flags(now)),
                         Duration::ZERO,
                     )
                 }),

@@ -16,6 +16,9 @@ pub struct DbReport {
     /// refused its position, and it has not diverged): what it received counts against
     /// candidates that lack it.
     pub follows_owner: bool,
+    /// Its database may own (the gate's rules say so, whatever else keeps the node out:
+    /// maintenance, a stop, a link down).
+    pub database_eligible: bool,
     /// What is left of the sender's anti-flap window (0: none). Peers follow the owner's.
     pub failover_block_ms: u32,
     /// Executed GTIDs (at most [`crate::core::MAX_REPORT_GTID`] bytes).

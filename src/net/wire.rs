@@ -22,7 +22,7 @@
 //! vote request `term u64, position u64, priority u8`; vote `term u64, candidate ref, granted
 //! u8`; release `term u64, to ref, has_position u8, position u64, final gtid (length-prefixed,
 //! ≤ 200 bytes)`; db report `flags u8 (1 healthy, 2 writable, 4 replicating, 8 lag known, 16 follows the
-//! last owner), lag_s
+//! last owner, 32 its database may own), lag_s
 //! u32, failover_block_ms u32, gtid (length-prefixed, ≤ 200 bytes of UTF-8)`. Anything left
 //! over, any flag outside its set, or a missing node where one is required makes the datagram
 //! malformed.
@@ -474,7 +474,8 @@ fn put_db_report(w: &mut Vec<u8>, d: &DbReport) {
         | (u8::from(d.writable) << 1)
         | (u8::from(d.replicating) << 2)
         | (u8::from(d.lag_s.is_some()) << 3)
-        | (u8::from(d.follows_owner) << 4);
+        | (u8::from(d.follows_owner) << 4)
+        | (u8::from(d.database_eligible) << 5);
     w.push(flags);
     w.extend_from_slice(&d.lag_s.unwrap_or(0).to_be_bytes());
     w.extend_from_slice(&d.failover_block_ms.to_be_bytes());
@@ -483,7 +484,7 @@ fn put_db_report(w: &mut Vec<u8>, d: &DbReport) {
 
 fn db_report(r: &mut Reader<'_>) -> Result<DbReport, DropReason> {
     let flags = r.u8()?;
-    if flags & !0b1_1111 != 0 {
+    if flags & !0b11_1111 != 0 {
         return Err(DropReason::Malformed);
     }
     let lag = r.u32()?;
@@ -495,6 +496,7 @@ fn db_report(r: &mut Reader<'_>) -> Result<DbReport, DropReason> {
         replicating: flags & 4 != 0,
         lag_s: (flags & 8 != 0).then_some(lag),
         follows_owner: flags & 16 != 0,
+        database_eligible: flags & 32 != 0,
         failover_block_ms,
         gtid: String::from_utf8(gtid.to_vec()).map_err(|_| DropReason::Malformed)?,
     })
@@ -871,6 +873,7 @@ mod tests {
             replicating: true,
             lag_s: Some(3),
             follows_owner: true,
+            database_eligible: true,
             failover_block_ms: 1,
             gtid: gtid.clone(),
         });
@@ -950,19 +953,25 @@ mod tests {
                 ),
         ];
         let db = (
-            any::<[bool; 4]>(),
+            any::<[bool; 5]>(),
             proptest::option::of(any::<u32>()),
             any::<u32>(),
             "[0-9a-f:,-]{0,200}",
         )
             .prop_map(
-                |([healthy, writable, replicating, follows_owner], lag_s, failover_block_ms, gtid)| {
+                |(
+                    [healthy, writable, replicating, follows_owner, database_eligible],
+                    lag_s,
+                    failover_block_ms,
+                    gtid,
+                )| {
                     DbReport {
                         healthy,
                         writable,
                         replicating,
                         lag_s,
                         follows_owner,
+                        database_eligible,
                         failover_block_ms,
                         gtid,
                     }

@@ -90,7 +90,7 @@ impl Sim {
 
     /// Ownership may not come to `i` on its own: an anti-flap window is on and another node
     /// owned last.
-    fn blocked(&self, i: NodeIdx) -> bool {
+    pub(super) fn blocked(&self, i: NodeIdx) -> bool {
         self.now < self.window_until && self.last_owner != i
     }
 

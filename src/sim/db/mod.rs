@@ -157,6 +157,9 @@ pub struct Outcome {
     pub promotions: u64,
     pub acked: u64,
     pub divergences: u64,
+    /// Five seconds after the faults healed, a host serves the VIP (or a failed promotion's
+    /// back-off is still on).
+    pub served_at_end: bool,
     /// Acknowledged writes missing from a new primary after overlapping faults.
     pub lost_to_double_faults: u64,
     /// Promotions, after overlapping faults, of a winner lacking what an eligible candidate

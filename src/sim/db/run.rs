@@ -116,6 +116,10 @@ impl Sim {
         }
         self.outcome.steps = self.step;
         self.outcome.acked = self.client.acked.len() as u64;
+        // Five seconds after the faults healed someone serves — unless a failed promotion's
+        // back-off (10 s) still keeps its node out, and nobody else may own.
+        let backing_off = self.nodes.iter().any(|n| n.gate.fault(self.now).is_some());
+        self.outcome.served_at_end = self.nodes.iter().any(|n| n.vip.is_some()) || backing_off;
         Ok(self)
     }
 
@@ -298,11 +302,14 @@ impl Sim {
     }
 
     /// The most advanced peer of `i` replicating the last owner's history, as `i` last heard
-    /// from it, that cannot stand itself (down, cut off, or not eligible at its last heartbeat).
+    /// from it, that cannot stand itself (down, cut off, not eligible at its last heartbeat, or
+    /// kept from taking over by the anti-flap window).
     fn ahead(&self, i: NodeIdx) -> Option<(u64, String)> {
         let owner = self.node(i).last_primary;
-        let stands =
-            |j: NodeIdx| !self.node(j).isolated && !self.node(i).isolated && self.node(j).told_eligible;
+        let stands = |j: NodeIdx| {
+            let reachable = !self.node(j).isolated && !self.node(i).isolated;
+            reachable && self.node(j).told_eligible && !self.blocked(j)
+        };
         (0..self.nodes.len() as NodeIdx)
             .filter(|j| *j != i && *j != owner && !stands(*j))
             .filter_map(|j| match self.node(i).heard[usize::from(j)] {

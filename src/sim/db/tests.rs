@@ -30,6 +30,14 @@ fn every_seed_keeps_the_data_safe() {
         sum(|o| o.lost_to_double_faults),
         sum(|o| o.behind_after_double_faults)
     );
+    let unserved: Vec<usize> = (outcomes.iter().enumerate())
+        .filter(|(_, o)| !o.served_at_end)
+        .map(|(seed, _)| seed)
+        .collect();
+    assert!(
+        unserved.is_empty(),
+        "no host serves the VIP 5 s after the faults healed, in seeds {unserved:?}"
+    );
     assert!(sum(|o| o.promotions) > count, "the faults should cause failovers");
     assert!(
         sum(|o| o.divergences) > 0,
