@@ -445,6 +445,16 @@ impl Agent {
         Some((grant.term, grant.to))
     }
 
+    /// A primary seen: noted, and persisted when it is news (eligibility is judged against it,
+    /// also after a restart).
+    pub(super) fn note_primary(&mut self, primary: (Term, NodeIdx), position: u64) {
+        if self.owners.note_primary(primary, position)
+            && let Err(e) = self.state.set_last_primary(primary, position)
+        {
+            tracing::error!("{e}");
+        }
+    }
+
     /// The core as the gate sees it, after a step.
     pub(super) fn core_view(&self, now: Instant) -> gate::machine::CoreView {
         gate::machine::CoreView {
@@ -482,7 +492,7 @@ impl Agent {
             GateAction::KillClients { term } => self.kill_now(term),
             GateAction::Serve { term } => {
                 let position = self.gate.position();
-                self.owners.note_primary((term, self.me), position);
+                self.note_primary((term, self.me), position);
                 self.update_dns(now);
                 if let Some((t, until)) = self.lease
                     && t == term

@@ -313,7 +313,7 @@ impl Agent {
             db_jobs: e.database.jobs,
             promotion_cancel: None,
             rejoin_cancel: None,
-            owners: crate::gate::Owners::new(state.last_holder()),
+            owners: crate::gate::Owners::new(state.last_holder(), state.last_primary()),
             failover_block_until: state.failover_block_until_ms(),
             transitions: BTreeMap::new(),
             step_ms: BTreeMap::new(),
@@ -572,7 +572,7 @@ impl Agent {
                 self.follow_failover_block(now, from, &report);
                 let view = self.core.peers()[usize::from(from)];
                 if report.writable && self.core.owner(now) == Some(from) {
-                    self.owners.note_primary((view.term, from), view.position);
+                    self.note_primary((view.term, from), view.position);
                 }
                 let position = view.position;
                 self.gate_step(

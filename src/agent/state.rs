@@ -47,6 +47,10 @@ struct OnDisk {
     /// The newest term whose lease this node saw held, and by whom (node id).
     #[serde(default)]
     last_holder: Option<(Term, String)>,
+    /// The newest owner seen with a writable database (term, node id), and its position when
+    /// first seen so: eligibility is judged against it, also after a restart.
+    #[serde(default)]
+    last_primary: Option<(Term, String, u64)>,
 }
 
 /// The open state file of one agent.
@@ -183,6 +187,21 @@ impl StateFile {
             .inspect_err(|_| self.disk.last_holder = before.clone())
     }
 
+    /// The last primary seen and its position then, if it is still a member.
+    pub fn last_primary(&self) -> Option<((Term, NodeIdx), u64)> {
+        let (term, id, floor) = self.disk.last_primary.as_ref()?;
+        let i = self.ids.iter().position(|i| i == id)?;
+        Some(((*term, i as NodeIdx), *floor))
+    }
+
+    /// Persists the last primary and its position then (unchanged if the write fails).
+    pub fn set_last_primary(&mut self, (term, node): (Term, NodeIdx), floor: u64) -> Result<(), StateError> {
+        let next = Some((term, self.ids[usize::from(node)].clone(), floor));
+        let before = std::mem::replace(&mut self.disk.last_primary, next);
+        self.write()
+            .inspect_err(|_| self.disk.last_primary = before.clone())
+    }
+
     pub fn failover_block_until_ms(&self) -> Option<u64> {
         self.disk.failover_block_until_ms
     }
@@ -281,6 +300,7 @@ mod tests {
         s.set_failover_block_until_ms(Some(5_000)).unwrap();
         assert_eq!(StateFile::peek_diverged(dir.path()).unwrap(), None);
         s.set_last_holder(Some((7, 2))).unwrap();
+        s.set_last_primary((6, 1), 1234).unwrap();
         s.set_diverged(Some("3 transactions".into())).unwrap();
         assert_eq!(
             StateFile::peek_diverged(dir.path()).unwrap().as_deref(),
@@ -291,6 +311,7 @@ mod tests {
         assert!(s.maintenance());
         assert_eq!(s.failover_block_until_ms(), Some(5_000));
         assert_eq!(s.last_holder(), Some((7, 2)));
+        assert_eq!(s.last_primary(), Some(((6, 1), 1234)));
         assert_eq!(s.persistent().term, 7);
         assert!(!dir.path().join("state.toml.tmp").exists());
     }

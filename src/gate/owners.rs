@@ -44,9 +44,12 @@ pub struct Seen {
 }
 
 impl Owners {
-    pub fn new(last_holder: Option<Owner>) -> Owners {
+    /// From what the state file kept: the last holder, and the last primary with its floor.
+    pub fn new(last_holder: Option<Owner>, last_primary: Option<(Owner, Position)>) -> Owners {
         Owners {
             last_holder,
+            last_primary: last_primary.map(|(p, _)| p),
+            primary_floor: last_primary.map_or(0, |(_, floor)| floor),
             ..Owners::default()
         }
     }
@@ -80,12 +83,14 @@ impl Owners {
     }
 
     /// The owner of `term` has a writable database (its own promotion, or its report), at
-    /// `position`.
-    pub fn note_primary(&mut self, owner: Owner, position: Position) {
-        if self.last_primary.is_none_or(|(t, _)| owner.0 > t) {
+    /// `position`. True when that is news, for the agent to persist.
+    pub fn note_primary(&mut self, owner: Owner, position: Position) -> bool {
+        let news = self.last_primary.is_none_or(|(t, _)| owner.0 > t);
+        if news {
             self.last_primary = Some(owner);
             self.primary_floor = position;
         }
+        news
     }
 
     /// Whose history eligibility is judged against: the last primary, else (none seen yet in
@@ -145,7 +150,7 @@ mod tests {
 
     #[test]
     fn older_terms_never_replace_newer_ones_and_silence_forgets_nothing() {
-        let mut o = Owners::new(Some((5, 2)));
+        let mut o = Owners::new(Some((5, 2)), None);
         let seen = Seen {
             claims: vec![(4, 0)],
             ..Seen::default()
@@ -184,7 +189,7 @@ mod tests {
             },
         );
         assert_eq!(o.history(), Some((3, 0)), "no primary seen yet: the last owner");
-        o.note_primary((3, 0), 40);
+        assert!(o.note_primary((3, 0), 40), "news, to persist");
         // Node 2 wins term 4 but never reports a writable database (its promotion failed).
         o.observe(
             ME,
@@ -195,11 +200,17 @@ mod tests {
         );
         assert_eq!(o.last_owner, Some((4, 2)));
         assert_eq!(o.history(), Some((3, 0)));
-        o.note_primary((2, 1), 50);
+        assert!(!o.note_primary((2, 1), 50));
         assert_eq!(o.history(), Some((3, 0)), "an older term changes nothing");
         assert_eq!(o.primary_floor, 40);
-        o.note_primary((4, 2), 60);
-        o.note_primary((4, 2), 70);
+        assert!(o.note_primary((4, 2), 60));
+        assert!(!o.note_primary((4, 2), 70));
+        let kept = Owners::new(None, Some(((4, 2), 60)));
+        assert_eq!(
+            (kept.history(), kept.primary_floor),
+            (Some((4, 2)), 60),
+            "from the state file"
+        );
         assert_eq!(
             (o.history(), o.primary_floor),
             (Some((4, 2)), 60),
