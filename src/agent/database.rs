@@ -304,10 +304,7 @@ impl Agent {
         // must also have said it may own: its heartbeat can come a moment after its database
         // report, and standing in between would let this node win before it.
         let peers = self.core.peers();
-        let mine = (
-            self.db.as_ref().map_or(0, |db| db.borrow().position),
-            self.my_priority(),
-        );
+        let mine = (self.probed().map_or(0, |db| db.position), self.my_priority());
         let waits_for = |i: usize| {
             let healthy = self.gate.peer(i as NodeIdx).is_some_and(|(_, r)| r.healthy);
             let outranks = (peers[i].position, peers[i].priority) > mine;
@@ -321,6 +318,13 @@ impl Agent {
         (!missing.is_empty()).then_some(gate::ColdStart { missing, left })
     }
 
+    /// The probe's latest result, copied out of its watch at once: two borrows of the watch
+    /// alive together deadlock the agent when the probe sends in between (the lock lets a
+    /// waiting writer go first), so none is ever held across a call.
+    pub(super) fn probed(&self) -> Option<crate::mysql::DbStatus> {
+        self.db.as_ref().map(|db| db.borrow().clone())
+    }
+
     /// Why the database keeps this node from owning, if it does.
     pub(super) fn database_ineligible(&self, now: Instant) -> Option<String> {
         self.database_why(now).map(|why| why.to_string())
@@ -329,7 +333,7 @@ impl Agent {
     /// The same, typed (`gate::ineligible`).
     pub(super) fn database_why(&self, now: Instant) -> Option<gate::Ineligible> {
         let (mysql, _) = self.mysql.as_ref()?;
-        let status = self.db.as_ref()?.borrow();
+        let status = self.probed()?;
         let owner = self.owners.history().map(|(_, o)| o);
         let owner_address = owner.map(|o| self.config.nodes[usize::from(o)].address.to_string());
         let facts = gate::Facts {

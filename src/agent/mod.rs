@@ -519,7 +519,7 @@ impl Agent {
 
     /// A new probe result: to the gate, then the core hears how this node stands.
     fn on_probe(&mut self, now: Instant) -> Result<(), String> {
-        let status = self.db.as_ref().map(|db| db.borrow().clone()).unwrap_or_default();
+        let status = self.probed().unwrap_or_default();
         self.gate_step(now, database::GateEvent::Probed(status))?;
         let health = self.health(now);
         self.step(now, health)
@@ -810,8 +810,8 @@ impl Agent {
     /// Tells peers about the local database: with a heartbeat, when it changed or at least
     /// every [`DB_REPORT_EVERY`].
     fn report_db(&mut self, now: Instant) {
-        let Some(db) = &self.db else { return };
-        let report = db_report(&db.borrow(), self.failover_block_left(), self.database_flags(now));
+        let Some(status) = self.probed() else { return };
+        let report = db_report(&status, self.failover_block_left(), self.database_flags(now));
         let due = match &self.last_report {
             Some((at, last)) => *last != report || now.saturating_since(*at) >= DB_REPORT_EVERY,
             None => true,
@@ -1041,7 +1041,7 @@ impl Agent {
                 .as_ref()
                 .map(|v| v.status.lock().expect("status lock").clone())
                 .unwrap_or_default(),
-            database: self.db.as_ref().map(|db| db.borrow().clone()),
+            database: self.probed(),
             diverged: self.gate.diverged().map(str::to_string),
             maintenance: self.maintenance,
             dns: (self.dns_view.is_some() || self.dns_push.is_some()).then(|| self.dns_status(now)),
@@ -1075,13 +1075,14 @@ impl Agent {
                 owner: self.core.owner(now).map(|o| self.id(o).to_string()),
                 role: my_role.to_string(),
                 eligible: self.core.eligible(),
-                position: self.db.as_ref().map_or(0, |db| db.borrow().position),
+                position: self.probed().map_or(0, |db| db.position),
                 priority: node.priority,
                 region: node.region.clone(),
                 rtt_us: None,
-                database: self.db.as_ref().map(|db| {
+                database: self.probed().map(|status| {
+                    let flags = self.database_flags(now);
                     peer_db(
-                        &db_report(&db.borrow(), self.failover_block_left(), self.database_flags(now)),
+                        &db_report(&status, self.failover_block_left(), flags),
                         Duration::ZERO,
                     )
                 }),
