@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "VG"
-//! 2       1     version (2)
+//! 2       1     version (3)
 //! 3       1     kind: 1 heartbeat, 2 ack, 3 vote request, 4 vote, 5 release, 6 db report
 //! 4       1+n   cluster name (length-prefixed, 1..=64 bytes)
 //! ..      1+n   sender node id (length-prefixed, 1..=64 bytes)
