@@ -252,32 +252,6 @@ pub(super) enum Outcome {
     },
 }
 
-/// The gate's settings, from the configuration (again after a reload).
-pub(super) fn gate_settings(
-    config: &crate::config::Config,
-    me: crate::core::NodeIdx,
-) -> gate::machine::Settings {
-    let mysql = config
-        .mysql
-        .as_ref()
-        .filter(|_| !config.nodes[usize::from(me)].witness);
-    gate::machine::Settings {
-        mode: mysql.map_or(MysqlMode::Gate, |m| m.mode),
-        me,
-        sources: config.nodes.iter().map(|n| n.address.to_string()).collect(),
-        replication: mysql.is_some_and(|m| m.replication.is_some()),
-        lease: config.cluster.lease,
-        // Long enough for every peer's next check to be reported (see `fence_until`).
-        fence_settle: mysql.map_or(Duration::ZERO, |m| {
-            m.check_interval + m.check_timeout + config.cluster.interval
-        }),
-        fence_budget: mysql.map_or(Duration::from_secs(1), |m| {
-            m.check_timeout.max(Duration::from_secs(1))
-        }),
-        kill_grace: mysql.map_or(Duration::ZERO, |m| m.kill_grace),
-    }
-}
-
 impl Agent {
     pub(super) fn promote_mode(&self) -> bool {
         self.mysql

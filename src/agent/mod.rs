@@ -19,7 +19,7 @@ pub mod state;
 
 use crate::clock;
 use crate::config::{Config, Mysql, Secret};
-use crate::control::{self, DnsStatus, GrantStatus, PeerDb, PeerStatus, Request, Status};
+use crate::control::{self, DnsStatus, Request};
 use crate::core::{Action, Core, Event, FinalData, Instant, Message, NodeIdx, RoleKind, Term, Vote};
 use crate::gate::DbReport;
 use crate::mysql::DbStatus;
@@ -65,17 +65,6 @@ fn db_report(
         database_eligible,
         failover_block_ms: u32::try_from(failover_block.as_millis()).unwrap_or(u32::MAX),
         gtid: crate::net::wire::cut_gtid(db.gtid.as_deref().unwrap_or_default()).into_owned(),
-    }
-}
-
-fn peer_db(report: &DbReport, age: Duration) -> PeerDb {
-    PeerDb {
-        healthy: report.healthy,
-        writable: report.writable,
-        replicating: report.replicating,
-        lag_s: report.lag_s,
-        gtid: report.gtid.clone(),
-        age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
     }
 }
 
@@ -274,7 +263,7 @@ impl Agent {
         let now = clock::now();
         let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();
         let gate = crate::gate::Gate::new(
-            database::gate_settings(&config, me),
+            config.gate_settings(me),
             state.diverged().map(str::to_string),
             now,
         );
@@ -902,8 +891,10 @@ impl Agent {
             Err(e) => return Ok(reply(Err(e))),
         };
         Ok(match command {
-            control::Command::Status => serde_json::to_string(&self.status(now)).expect("status serialises"),
-            control::Command::Metrics => control::metrics::render(&self.status(now)),
+            control::Command::Status => {
+                serde_json::to_string(&self.view(now).status(now)).expect("status serialises")
+            }
+            control::Command::Metrics => control::metrics::render(&self.view(now).status(now)),
             control::Command::Maintenance(on) => reply(self.set_maintenance(now, on)?),
             control::Command::Switchover(to) => reply(self.switchover(now, to.as_deref())),
             control::Command::Reload => reply(self.reload()),
@@ -994,142 +985,53 @@ impl Agent {
         ))
     }
 
-    fn status(&self, now: Instant) -> Status {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let role = match self.core.role() {
-            RoleKind::Follower if self.witness() => "witness",
-            RoleKind::Follower => "follower",
-            RoleKind::Candidate => "candidate",
-            RoleKind::Owner => "owner",
-            RoleKind::Releasing => "releasing",
-        };
-        let lease = self.config.cluster.lease;
-        let peers = (0..self.config.nodes.len() as NodeIdx)
-            .map(|i| self.peer_status(now, i, role))
-            .collect();
-        let dropped = self.drop_counts();
-        let grant = self.core.grant().filter(|g| now < g.until && g.to != self.me);
-        Status {
-            node: self.id(self.me).to_string(),
-            cluster: self.config.cluster.name.clone(),
-            boot: self.net.boot(),
-            role: role.to_string(),
-            term: self.core.term(),
-            owner: self.core.owner(now).map(|o| self.id(o).to_string()),
-            lease_remaining_ms: self
-                .core
-                .lease_end()
-                .filter(|&end| now < end)
-                .map(|end| ms(end.saturating_since(now))),
-            grant: grant.map(|g| GrantStatus {
-                to: self.id(g.to).to_string(),
-                term: g.term,
-                remaining_ms: ms(g.until.saturating_since(now)),
-            }),
-            eligible: self.core.eligible(),
-            ineligible_reason: self.ineligible_reason(now),
-            quiet_remaining_ms: ms((self.started + lease).saturating_since(now)),
-            vips: self
-                .config
-                .vips_of(self.me)
-                .iter()
-                .filter(|_| !self.witness())
-                .map(|v| v.to_string())
-                .collect(),
-            vip: self
-                .vips
-                .as_ref()
-                .map(|v| v.status.lock().expect("status lock").clone())
-                .unwrap_or_default(),
-            database: self.probed(),
-            diverged: self.gate.diverged().map(str::to_string),
-            maintenance: self.maintenance,
-            dns: (self.dns_view.is_some() || self.dns_push.is_some()).then(|| self.dns_status(now)),
-            failover_block_remaining_ms: Some(ms(self.failover_block_left())).filter(|&m| m > 0),
-            takeover_blocked: self.takeover_flags().0,
-            takeover_blocked_reason: self.takeover_block(),
-            peers,
-            sent: self.net.sent(),
-            received: self.net.received(),
-            grants_sent: self.grants_sent,
-            first_grant_after_start_ms: self.first_grant.map(ms),
-            dropped,
-            transitions: self.transitions.clone(),
-            step_ms: self.step_ms.clone(),
-            hook_runs: self.hook_runs.lock().expect("hook counts").clone(),
+    /// What `status` is built from (`control::view`).
+    fn view(&self, now: Instant) -> control::view::View<'_> {
+        let report = self
+            .probed()
+            .map(|db| db_report(&db, self.failover_block_left(), self.database_flags(now)));
+        control::view::View {
+            config: &self.config,
+            me: self.me,
+            core: &self.core,
+            gate: &self.gate,
+            started: self.started,
+            net: control::view::Net {
+                boot: self.net.boot(),
+                sent: self.net.sent(),
+                received: self.net.received(),
+                send_errors: self.net.send_errors(),
+                dropped: self
+                    .net
+                    .drops()
+                    .iter()
+                    .map(|(r, n)| (r.as_str().to_string(), n))
+                    .collect(),
+                rtt_us: (0..self.ids.len() as NodeIdx)
+                    .map(|i| self.net.rtt_us(i))
+                    .collect(),
+            },
+            local: control::view::Local {
+                database: self.probed(),
+                report,
+                ineligible_reason: self.ineligible_reason(now),
+                maintenance: self.maintenance,
+                vip: self
+                    .vips
+                    .as_ref()
+                    .map(|v| v.status.lock().expect("status lock").clone())
+                    .unwrap_or_default(),
+                dns: (self.dns_view.is_some() || self.dns_push.is_some()).then(|| self.dns_status(now)),
+                failover_block_left: self.failover_block_left(),
+                takeover_block: self.takeover_block(),
+            },
+            counters: control::view::Counters {
+                grants_sent: self.grants_sent,
+                first_grant: self.first_grant,
+                transitions: self.transitions.clone(),
+                step_ms: self.step_ms.clone(),
+                hook_runs: self.hook_runs.lock().expect("hook counts").clone(),
+            },
         }
-    }
-
-    /// One line of the status's peer table: this node as it knows itself, or a peer as last
-    /// heard.
-    fn peer_status(&self, now: Instant, i: NodeIdx, my_role: &str) -> PeerStatus {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let node = &self.config.nodes[usize::from(i)];
-        if i == self.me {
-            return PeerStatus {
-                id: node.id.clone(),
-                address: node.address.to_string(),
-                witness: node.witness,
-                last_heard_ms: Some(0),
-                term: self.core.term(),
-                owner: self.core.owner(now).map(|o| self.id(o).to_string()),
-                role: my_role.to_string(),
-                eligible: self.core.eligible(),
-                position: self.probed().map_or(0, |db| db.position),
-                priority: node.priority,
-                region: node.region.clone(),
-                rtt_us: None,
-                database: self.probed().map(|status| {
-                    let flags = self.database_flags(now);
-                    peer_db(
-                        &db_report(&status, self.failover_block_left(), flags),
-                        Duration::ZERO,
-                    )
-                }),
-            };
-        }
-        let view = self.core.peers()[usize::from(i)];
-        let since = view.last_heard.map(|t| now.saturating_since(t));
-        let role = if since.is_none_or(|d| d > self.config.cluster.lease) {
-            "silent"
-        } else if node.witness {
-            "witness"
-        } else if view.lease_claim && view.owner == Some(i) {
-            "owner"
-        } else {
-            "follower"
-        };
-        PeerStatus {
-            id: node.id.clone(),
-            address: node.address.to_string(),
-            witness: node.witness,
-            last_heard_ms: since.map(ms),
-            term: view.term,
-            owner: view.owner.map(|o| self.id(o).to_string()),
-            role: role.to_string(),
-            eligible: view.eligible,
-            position: view.position,
-            priority: view.priority,
-            region: node.region.clone(),
-            rtt_us: self.net.rtt_us(i),
-            database: self
-                .gate
-                .peer(i)
-                .map(|(at, report)| peer_db(report, now.saturating_since(*at))),
-        }
-    }
-
-    /// Datagrams dropped, by reason (and sends that failed).
-    fn drop_counts(&self) -> BTreeMap<String, u64> {
-        let mut dropped: BTreeMap<String, u64> = self
-            .net
-            .drops()
-            .iter()
-            .map(|(r, n)| (r.as_str().to_string(), n))
-            .collect();
-        if self.net.send_errors() > 0 {
-            dropped.insert("send failed".into(), self.net.send_errors());
-        }
-        dropped
     }
 }

@@ -39,7 +39,7 @@ impl Agent {
         if let (Some((mysql, _)), Some(m)) = (&mut self.mysql, &new.mysql) {
             *mysql = m.clone();
         }
-        self.gate.configure(super::database::gate_settings(&new, self.me));
+        self.gate.configure(new.gate_settings(self.me));
         if let (Some(tx), Some(zone)) = (&self.dns_zone, crate::dns::zone::Zone::new(&new)) {
             let _ = tx.send(Arc::new(zone));
         }

@@ -212,6 +212,49 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// A three-node lab (db1, db2 and the witness w1) in promote mode with a VIP and DNS, for tests.
+#[cfg(test)]
+pub(crate) const TEST_LAB: &str = r#"
+[cluster]
+name = "lab"
+secret_file = "secret"
+[[node]]
+id = "db1"
+address = "192.0.2.11"
+priority = 150
+[[node]]
+id = "db2"
+address = "192.0.2.12"
+[[node]]
+id = "w1"
+address = "192.0.2.13"
+witness = true
+[[vip]]
+address = "192.0.2.50/24"
+interface = "eth0"
+[mysql]
+mode = "promote"
+user = "vipgate"
+max_lag_ms = 10000
+[dns]
+zone = "db.example.test."
+ttl = 5
+"#;
+
+/// A file TOML cannot read into the configuration's shape, with the line and what to do.
+fn syntax_error(file: &Path, src: &str, e: &toml::de::Error) -> ConfigErrors {
+    let line = e.span().map(|s| error::line_of(src, s.start));
+    let message = e.message().to_string();
+    let fix = if message.contains("unknown field") {
+        "remove or correct the key; config/vipgate.toml lists every key with its meaning"
+    } else if message.contains("missing field") {
+        "add the field; config/vipgate.toml shows an example"
+    } else {
+        "correct the value's syntax or type (see config/vipgate.toml)"
+    };
+    ConfigErrors::one(file, line, "", message, fix)
+}
+
 impl Config {
     /// Reads and validates `file` (the secret is checked separately by [`Config::read_secret`]).
     pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
@@ -229,18 +272,7 @@ impl Config {
 
     /// Validates configuration text; `file` is used for error messages and relative paths.
     pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(src).map_err(|e| {
-            let line = e.span().map(|s| error::line_of(src, s.start));
-            let message = e.message().to_string();
-            let fix = if message.contains("unknown field") {
-                "remove or correct the key; config/vipgate.toml lists every key with its meaning"
-            } else if message.contains("missing field") {
-                "add the field; config/vipgate.toml shows an example"
-            } else {
-                "correct the value's syntax or type (see config/vipgate.toml)"
-            };
-            ConfigErrors::one(file, line, "", message, fix)
-        })?;
+        let raw: RawConfig = toml::from_str(src).map_err(|e| syntax_error(file, src, &e))?;
         let mut p = Problems {
             file,
             src,
@@ -462,6 +494,29 @@ impl Config {
             release_budget: self.cluster.interval,
             preempt_delay: self.cluster.preempt_delay,
             seed,
+        }
+    }
+
+    /// The database gate's settings for node `me` (again after a reload).
+    pub fn gate_settings(&self, me: NodeIdx) -> crate::gate::machine::Settings {
+        let mysql = self
+            .mysql
+            .as_ref()
+            .filter(|_| !self.nodes[usize::from(me)].witness);
+        crate::gate::machine::Settings {
+            mode: mysql.map_or(MysqlMode::Gate, |m| m.mode),
+            me,
+            sources: self.nodes.iter().map(|n| n.address.to_string()).collect(),
+            replication: mysql.is_some_and(|m| m.replication.is_some()),
+            lease: self.cluster.lease,
+            // Long enough for every peer's next check to be reported (see `fence_until`).
+            fence_settle: mysql.map_or(Duration::ZERO, |m| {
+                m.check_interval + m.check_timeout + self.cluster.interval
+            }),
+            fence_budget: mysql.map_or(Duration::from_secs(1), |m| {
+                m.check_timeout.max(Duration::from_secs(1))
+            }),
+            kill_grace: mysql.map_or(Duration::ZERO, |m| m.kill_grace),
         }
     }
 

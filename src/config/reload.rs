@@ -116,32 +116,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    const BASE: &str = r#"
-[cluster]
-name = "lab"
-secret_file = "secret"
-[[node]]
-id = "db1"
-address = "192.0.2.11"
-priority = 150
-[[node]]
-id = "db2"
-address = "192.0.2.12"
-[[node]]
-id = "w1"
-address = "192.0.2.13"
-witness = true
-[[vip]]
-address = "192.0.2.50/24"
-interface = "eth0"
-[mysql]
-mode = "promote"
-user = "vipgate"
-max_lag_ms = 10000
-[dns]
-zone = "db.example.test."
-ttl = 5
-"#;
+    use crate::config::TEST_LAB as BASE;
 
     fn parse(text: &str) -> Config {
         Config::parse(Path::new("/etc/vipgate/vipgate.toml"), text).unwrap()

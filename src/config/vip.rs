@@ -159,31 +159,7 @@ pub(super) fn validate_vips(raw: &[RawVip], node_addresses: &[IpAddr], p: &mut P
                 "a VIP must be an address no host has permanently",
             );
         }
-        if v.interface.is_empty() || v.interface.len() > IFNAMSIZ || v.interface.contains(['/', ' ']) {
-            p.add(
-                &at("interface"),
-                format!("{:?} is not an interface name", v.interface),
-                "name the interface the VIP goes on, e.g. \"eth0\" (at most 15 characters)",
-            );
-        }
-        if let Some(label) = &v.label {
-            if address.is_ipv6() {
-                p.add(
-                    &at("label"),
-                    "address labels exist for IPv4 only".into(),
-                    "remove label from this IPv6 VIP",
-                );
-            } else if label.len() > IFNAMSIZ || !label.starts_with(&format!("{}:", v.interface)) {
-                p.add(
-                    &at("label"),
-                    format!("{label:?} is not a label for {}", v.interface),
-                    format!(
-                        "use the interface name, a colon and a suffix, at most 15 characters (e.g. \"{}:vip\")",
-                        v.interface
-                    ),
-                );
-            }
-        }
+        check_names(i, v, address, p);
         vips.push(Vip {
             address,
             prefix,
@@ -193,6 +169,36 @@ pub(super) fn validate_vips(raw: &[RawVip], node_addresses: &[IpAddr], p: &mut P
         });
     }
     vips
+}
+
+/// The interface and label of VIP number `i`.
+fn check_names(i: usize, v: &RawVip, address: IpAddr, p: &mut Problems<'_>) {
+    let at = |k| [Seg::Key("vip"), Seg::Index(i), Seg::Key(k)];
+    if v.interface.is_empty() || v.interface.len() > IFNAMSIZ || v.interface.contains(['/', ' ']) {
+        p.add(
+            &at("interface"),
+            format!("{:?} is not an interface name", v.interface),
+            "name the interface the VIP goes on, e.g. \"eth0\" (at most 15 characters)",
+        );
+    }
+    if let Some(label) = &v.label {
+        if address.is_ipv6() {
+            p.add(
+                &at("label"),
+                "address labels exist for IPv4 only".into(),
+                "remove label from this IPv6 VIP",
+            );
+        } else if label.len() > IFNAMSIZ || !label.starts_with(&format!("{}:", v.interface)) {
+            p.add(
+                &at("label"),
+                format!("{label:?} is not a label for {}", v.interface),
+                format!(
+                    "use the interface name, a colon and a suffix, at most 15 characters (e.g. \"{}:vip\")",
+                    v.interface
+                ),
+            );
+        }
+    }
 }
 
 pub(super) fn validate_announce(raw: &RawAnnounce, p: &mut Problems<'_>) -> Announce {

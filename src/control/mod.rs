@@ -8,6 +8,7 @@
 pub mod command;
 pub mod http;
 pub mod metrics;
+pub mod view;
 
 pub use command::Command;
 

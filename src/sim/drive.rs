@@ -477,41 +477,8 @@ impl Sim {
                 self.check_durable_before_send(agent, Some(to), &message)?;
                 self.send(agent, to, message);
             }
-            Action::Broadcast(message) => {
-                self.check_durable_before_send(agent, None, &message)?;
-                if let Message::Release(r) = &message {
-                    // From now on its own grant, and any voter it reaches, may go elsewhere.
-                    let mark = &mut self.agents[usize::from(agent)].lease_mark;
-                    if let Some(m) = mark.as_mut().filter(|m| r.term >= m.term) {
-                        m.released = true;
-                    }
-                }
-                for to in 0..self.agents.len() as NodeIdx {
-                    if to != agent {
-                        self.send(agent, to, message.clone());
-                    }
-                }
-            }
-            Action::Acquire { term, lease_end, .. } => {
-                self.check_acquire(agent, term)?;
-                let a = &mut self.agents[usize::from(agent)];
-                a.lease_mark = Some(LeaseMark {
-                    term,
-                    end: lease_end,
-                    released: false,
-                });
-                // A new lease is judged afresh, unless a request of an earlier one is still
-                // on its way into the kernel.
-                a.exempt = a.fifo.iter().flatten().any(|&f| f > self.now);
-                self.outcome.ownership_changes += 1;
-                self.command(
-                    agent,
-                    Cmd::Hold {
-                        term,
-                        until: lease_end,
-                    },
-                );
-            }
+            Action::Broadcast(message) => self.broadcast(agent, message)?,
+            Action::Acquire { term, lease_end, .. } => self.acquire(agent, term, lease_end)?,
             Action::Renewed { term, lease_end } => {
                 if let Some(m) = self.agents[usize::from(agent)].lease_mark.as_mut() {
                     m.end = m.end.max(lease_end);
@@ -541,6 +508,45 @@ impl Sim {
                 );
             }
         }
+        Ok(())
+    }
+
+    fn broadcast(&mut self, agent: NodeIdx, message: Message) -> Result<(), Violation> {
+        self.check_durable_before_send(agent, None, &message)?;
+        if let Message::Release(r) = &message {
+            // From now on its own grant, and any voter it reaches, may go elsewhere.
+            let mark = &mut self.agents[usize::from(agent)].lease_mark;
+            if let Some(m) = mark.as_mut().filter(|m| r.term >= m.term) {
+                m.released = true;
+            }
+        }
+        for to in 0..self.agents.len() as NodeIdx {
+            if to != agent {
+                self.send(agent, to, message.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn acquire(&mut self, agent: NodeIdx, term: Term, lease_end: Instant) -> Result<(), Violation> {
+        self.check_acquire(agent, term)?;
+        let a = &mut self.agents[usize::from(agent)];
+        a.lease_mark = Some(LeaseMark {
+            term,
+            end: lease_end,
+            released: false,
+        });
+        // A new lease is judged afresh, unless a request of an earlier one is still on its way
+        // into the kernel.
+        a.exempt = a.fifo.iter().flatten().any(|&f| f > self.now);
+        self.outcome.ownership_changes += 1;
+        self.command(
+            agent,
+            Cmd::Hold {
+                term,
+                until: lease_end,
+            },
+        );
         Ok(())
     }
 
