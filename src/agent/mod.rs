@@ -16,6 +16,8 @@ mod reload;
 mod service;
 mod start;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 use crate::clock;
 use crate::config::{Config, Mysql, Secret};
@@ -232,7 +234,13 @@ impl Agent {
         // Before anything else this run does — but only once the bind proved that this is the
         // one agent of this node, on its host.
         database::fence_at_start(&config, me).await?;
-        let net = start::transport(&config, me, &secrets, socket, boot);
+        let net = start::transport(
+            &config,
+            me,
+            &secrets,
+            crate::net::transport::Socket::Udp(socket),
+            boot,
+        );
         let (vips, vip_reports) = start::vips(&config, me).await?;
         let (db_outcomes_tx, db_outcomes) = mpsc::unbounded_channel();
         let database = start::database(&config, me, &secrets, &db_outcomes_tx);

@@ -128,7 +128,7 @@ pub(super) fn transport(
     config: &Config,
     me: NodeIdx,
     secrets: &Secrets,
-    socket: UdpSocket,
+    socket: crate::net::transport::Socket,
     boot: u64,
 ) -> crate::net::Transport {
     let ids: Vec<String> = config.nodes.iter().map(|n| n.id.clone()).collect();

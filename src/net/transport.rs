@@ -12,8 +12,51 @@ use tokio::net::UdpSocket;
 /// Heartbeats remembered for matching acks.
 const RTT_WINDOW: usize = 32;
 
+/// Where datagrams go to and come from: the node's UDP socket, or, in tests of the agent,
+/// channels through which a test plays the peers.
+pub enum Socket {
+    Udp(UdpSocket),
+    #[cfg(test)]
+    Memory(Pipe),
+}
+
+/// The test's side of [`Socket::Memory`] is the other end of these channels.
+#[cfg(test)]
+pub struct Pipe {
+    /// What the agent sent, and to which address.
+    pub out: tokio::sync::mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>,
+    /// What it receives.
+    pub inbox: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+}
+
+impl Socket {
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Socket::Udp(socket) => socket.recv_from(buf).await.map(|(n, _)| n),
+            #[cfg(test)]
+            Socket::Memory(pipe) => {
+                let bytes = pipe.inbox.lock().await.recv().await;
+                let bytes = bytes.ok_or_else(|| std::io::Error::other("the test's end is gone"))?;
+                let n = bytes.len().min(buf.len());
+                buf[..n].copy_from_slice(&bytes[..n]);
+                Ok(n)
+            }
+        }
+    }
+
+    fn try_send_to(&self, bytes: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        match self {
+            Socket::Udp(socket) => socket.try_send_to(bytes, to),
+            #[cfg(test)]
+            Socket::Memory(pipe) => (pipe.out.send((to, bytes.to_vec())))
+                .map(|()| bytes.len())
+                .map_err(|_| std::io::Error::other("the test's end is gone")),
+        }
+    }
+}
+
 pub struct Transport {
-    socket: UdpSocket,
+    socket: Socket,
     peers: Vec<SocketAddr>,
     codec: Codec,
     receiver: Receiver,
@@ -29,7 +72,7 @@ pub struct Transport {
 
 impl Transport {
     /// `peers`: every member's address, this node's included (by index).
-    pub fn new(socket: UdpSocket, peers: Vec<SocketAddr>, codec: Codec, me: NodeIdx, boot: u64) -> Transport {
+    pub fn new(socket: Socket, peers: Vec<SocketAddr>, codec: Codec, me: NodeIdx, boot: u64) -> Transport {
         let members = peers.len();
         Transport {
             socket,
@@ -48,7 +91,7 @@ impl Transport {
     }
 
     pub async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.socket.recv_from(buf).await.map(|(n, _)| n)
+        self.socket.recv(buf).await
     }
 
     /// An authentic, fresh message from a member (an ack also measures that peer's round

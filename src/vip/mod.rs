@@ -152,6 +152,19 @@ impl Vips {
         });
     }
 
+    /// A handle with no task behind it: a test receives the commands and answers with reports
+    /// itself.
+    #[cfg(test)]
+    pub fn detached(release_budget: Duration) -> (Vips, mpsc::UnboundedReceiver<Command>) {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let vips = Vips {
+            commands,
+            lease: Arc::new(Mutex::new(Lease::new(release_budget))),
+            status: Arc::default(),
+        };
+        (vips, rx)
+    }
+
     /// Removes every VIP (the agent is exiting), waiting at most `limit` for the kernel.
     pub async fn shutdown(&self, limit: Duration) -> Result<(), String> {
         let (done, wait) = oneshot::channel();
