@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Vagrant lab's client (installed as /usr/local/bin/lab-writes on the client machine):
 # inserts a row through the VIP every 0.1 s and prints, once a second, how many were
-# acknowledged and by which server. Ctrl-C stops it and checks that every acknowledged row is
-# on the server now behind the VIP.   Usage: lab-writes [VIP]   (default 192.0.2.50)
+# acknowledged and by which server. Ctrl-C (or SIGTERM) stops it and checks that every
+# acknowledged row is on the server now behind the VIP.
+# Usage: lab-writes [VIP]   (default 192.0.2.50)
 set -uo pipefail
 vip=${1:-192.0.2.50}
 MYSQL_PWD=$(cat ~/.lab-app-password) || exit 1

@@ -485,13 +485,15 @@ impl ClientScript {
         std::fs::read_to_string(&self.output).unwrap_or_default()
     }
 
-    /// Interrupts the script (SIGINT to it alone, as a terminal's Ctrl-C would reach it once
-    /// what it runs returns), waits at most `limit` for it to end, and returns its exit code
-    /// and output.
+    /// Stops the script with SIGTERM to it alone, which it traps like Ctrl-C, waits at most
+    /// `limit` for it to end, and returns its exit code and output. Not SIGINT: bash drops a
+    /// trapped SIGINT that arrives while it waits for a command that does not itself die of it
+    /// (a terminal's Ctrl-C reaches the whole group; a lone SIGINT to bash can be lost), while
+    /// a trapped SIGTERM always runs once the command in progress returns.
     pub fn interrupt(mut self, limit: Duration) -> (Option<i32>, String) {
         let mut child = self.child.take().unwrap();
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let mut code = None;
         let ended = wait_for(limit, || match child.try_wait() {
             Ok(Some(status)) => {
