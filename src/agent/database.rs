@@ -329,8 +329,26 @@ impl Agent {
             catching_up: self.gate.catching_up(),
             owner_live: self.core.owner(now).is_some(),
             floor: self.owners.primary_floor,
+            newer_owner: self.unseen_newer_owner(now).map(|(term, o)| (self.id(o), term)),
         };
         gate::ineligible(&facts)
+    }
+
+    /// A newer term's owner this node — the last primary it knows of — never saw writable
+    /// (`gate::Owners::unseen_newer_owner`). Cleared when that owner is heard saying it is a
+    /// read_only replica of the last primary's history: it wrote nothing of its own (a
+    /// promotion that never took). Or by an operator (`vipgate failover-ack`, for this term).
+    fn unseen_newer_owner(&self, now: Instant) -> Option<(Term, NodeIdx)> {
+        let newer = self.owners.unseen_newer_owner(self.me)?;
+        if self.behind_override.is_some() && self.behind_override == self.owners.history().map(|(t, _)| t) {
+            return None;
+        }
+        let lease = self.config.cluster.lease;
+        let replica = self
+            .gate
+            .peer(newer.1)
+            .is_some_and(|(at, r)| now.saturating_since(*at) < lease && r.follows_owner && !r.writable);
+        (!replica).then_some(newer)
     }
 
     /// (follows the last primary's history, its database may own), for the database report.

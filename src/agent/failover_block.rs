@@ -117,13 +117,14 @@ impl Agent {
     /// Also lifts, on a node while no node owns, the cross-region block for the last owner's
     /// term: the operator decides that the primary may move to this region.
     /// And, on a node while no node owns, a peer replica that received more but is down (or
-    /// lagging): the operator accepts losing what only that peer has.
+    /// lagging), or a newer owner never seen writable: the operator accepts losing what only
+    /// that peer may have.
     pub(super) fn failover_ack(&mut self, now: Instant) -> Result<String, String> {
         let window = !self.failover_block_left().is_zero();
         let region = self.region_blocked();
         let behind = matches!(
             self.database_why(now),
-            Some(crate::gate::Ineligible::BehindPeer { .. })
+            Some(crate::gate::Ineligible::BehindPeer { .. } | crate::gate::Ineligible::NewerOwner { .. })
         );
         if !window && !region && !behind {
             return Ok("no failover block is in effect".into());
@@ -155,10 +156,12 @@ impl Agent {
         if behind {
             self.behind_override = self.owners.history().map(|(t, _)| t);
             tracing::warn!(
-                "an operator lets this node stand although a peer replica received more: what only that peer \
+                "an operator lets this node stand although a peer received or wrote more: what only that peer \
                  has is lost"
             );
-            done.push("this node may stand although a peer replica received more (what only it has is lost)");
+            done.push(
+                "this node may stand although a peer received or wrote more (what only it has is lost)",
+            );
         }
         Ok(done.join("; "))
     }

@@ -92,6 +92,26 @@ fn fake_database(
     (database, probe, jobs_rx)
 }
 
+/// db2 and w1, fresh.
+fn peers(config: &Config) -> Vec<Peer> {
+    let now = clock::now();
+    (1..3)
+        .map(|me| Peer {
+            me,
+            core: Core::new(
+                config.core_settings(me, u64::from(me)),
+                PersistentState::default(),
+                now,
+            ),
+            codec: codec(config, me),
+            receiver: Receiver::new(codec(config, me), 3),
+            counter: 0,
+            acquired: Vec::new(),
+            report: None,
+        })
+        .collect()
+}
+
 /// Agent db1 assembled over fake effects, with its state in `dir`, and the harness around it;
 /// in promote mode when given its database's first check.
 fn agent(dir: &Path, database: Option<DbStatus>) -> (Agent, Harness) {
@@ -140,22 +160,7 @@ fn agent(dir: &Path, database: Option<DbStatus>) -> (Agent, Harness) {
         dns_push: None,
         control: control_rx,
     };
-    let now = clock::now();
-    let peers = (1..3)
-        .map(|me| Peer {
-            me,
-            core: Core::new(
-                config.core_settings(me, u64::from(me)),
-                PersistentState::default(),
-                now,
-            ),
-            codec: codec(&config, me),
-            receiver: Receiver::new(codec(&config, me), 3),
-            counter: 0,
-            acquired: Vec::new(),
-            report: None,
-        })
-        .collect();
+    let peers = peers(&config);
     let state = StateFile::open(dir, ids).expect("a state file in the test's directory");
     let agent = Agent::assemble(config.clone(), 0, state, effects);
     let harness = Harness {
@@ -499,6 +504,38 @@ async fn a_failed_promotion_releases_without_ever_holding_the_vip() {
             .await;
         let reason = status.ineligible_reason.unwrap_or_default();
         assert!(reason.contains("promot"), "{reason}");
+    };
+    tokio::select! {
+        result = agent.run() => panic!("the agent stopped: {result:?}"),
+        () = script => {}
+    }
+}
+
+/// db1 was the last primary it knows of (term 3), but db2 owned term 4 and db1 never saw its
+/// database writable: db2 may have written what db1 lacks, so db1 waits — until db2 is heard
+/// saying it is a read_only replica of db1's history (its promotion never took).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_primary_waits_for_a_newer_owner_it_never_saw_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = vec!["db1".into(), "db2".into(), "w1".into()];
+    let mut state = StateFile::open(dir.path(), ids).unwrap();
+    state.set_last_primary((3, 0), 5).unwrap();
+    state.set_last_holder(Some((4, 1))).unwrap();
+    drop(state);
+    let (status, mut report) = replica();
+    let (mut agent, mut h) = agent(dir.path(), Some(status));
+    let script = async {
+        h.health(0, false);
+        h.health(1, false);
+        let secs = Duration::from_secs;
+        let waiting = h
+            .status_when(secs(5), |s| s.database.as_ref().is_some_and(|d| d.checks > 3))
+            .await;
+        let why = waiting.ineligible_reason.unwrap_or_default();
+        assert!(!waiting.eligible && why.contains("db2 owned term 4"), "{why}");
+        report.follows_owner = true;
+        h.peers[0].report = Some(report);
+        h.status_when(secs(5), |s| s.eligible).await;
     };
     tokio::select! {
         result = agent.run() => panic!("the agent stopped: {result:?}"),

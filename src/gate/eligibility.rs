@@ -46,6 +46,10 @@ pub struct Facts<'a> {
     pub catching_up: Option<u64>,
     /// The last owner's position when it was first seen primary (`Owners::primary_floor`).
     pub floor: u64,
+    /// This node was the last primary, and a newer term's owner (id, term) was never seen
+    /// writable here nor heard since as a replica of this node's history
+    /// (`Owners::unseen_newer_owner`).
+    pub newer_owner: Option<(&'a str, u64)>,
 }
 
 /// A cluster starting: the database hosts not heard healthy yet, and how long the wait lasts.
@@ -96,6 +100,12 @@ pub enum Ineligible {
         position: u64,
         target: u64,
     },
+    /// The last primary itself, but a newer term had another owner that may have written
+    /// what this database lacks.
+    NewerOwner {
+        owner: String,
+        term: u64,
+    },
     /// Not a replica of the last owner (a former primary, a replica of someone else).
     MustRejoin {
         owner: String,
@@ -145,6 +155,12 @@ impl fmt::Display for Ineligible {
             Ineligible::CatchingUp { position, target } => write!(
                 f,
                 "catching up after rejoining the owner: position {position} of at least {target}"
+            ),
+            Ineligible::NewerOwner { owner, term } => write!(
+                f,
+                "{owner} owned term {term} after this database was primary and may have written what it \
+                 lacks: waiting to hear from {owner}, or `vipgate failover-ack` here to let this one stand \
+                 anyway"
             ),
             Ineligible::MustRejoin { owner } => write!(
                 f,
@@ -202,8 +218,12 @@ fn promote_mode(f: &Facts) -> Option<Ineligible> {
         // A replica of the last owner: its lag decides (the last known lag once the source is
         // gone, 0 once everything received is applied).
         Some(r) if owner_is_source(&r.source) && last_owner != Some(f.me) => lagging(f),
-        // This node was the last owner: its database is the newest history.
-        _ if last_owner == Some(f.me) => None,
+        // This node was the last owner: its database is the newest history — unless a newer
+        // owner may have written behind its back.
+        _ if last_owner == Some(f.me) => f.newer_owner.map(|(owner, term)| Ineligible::NewerOwner {
+            owner: owner.to_string(),
+            term,
+        }),
         // Never saw an owner (a cluster starting): the most advanced database wins; one behind
         // a writable peer waits.
         _ if last_owner.is_none() => {
@@ -287,7 +307,36 @@ mod tests {
             owner_live: true,
             catching_up: None,
             floor: 0,
+            newer_owner: None,
         }
+    }
+
+    #[test]
+    fn the_last_primary_waits_for_a_newer_owner_it_never_saw_writable() {
+        let former = DbStatus {
+            healthy: true,
+            read_only: Some(true),
+            position: 40,
+            ..DbStatus::default()
+        };
+        let me = Facts {
+            last_owner: Some((ME, "db2", "192.0.2.12")),
+            owner_live: false,
+            ..facts(&former)
+        };
+        assert_eq!(ineligible(&me), None, "the last primary itself");
+        let f = Facts {
+            newer_owner: Some(("db3", 4)),
+            ..me
+        };
+        assert_eq!(
+            ineligible(&f),
+            Some(Ineligible::NewerOwner {
+                owner: "db3".into(),
+                term: 4
+            })
+        );
+        assert!(ineligible(&f).unwrap().to_string().contains("failover-ack"));
     }
 
     #[test]

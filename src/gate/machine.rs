@@ -208,6 +208,8 @@ pub struct Gate {
     /// The final position of the release fenced last, until the release completes.
     final_position: Option<(Term, u64)>,
     kill_at: Option<(Term, Instant)>,
+    /// Checks in a row that found the owner's promoted database read_only again.
+    read_only_checks: u8,
 }
 
 impl Gate {
@@ -238,6 +240,7 @@ impl Gate {
             takeover: None,
             final_position: None,
             kill_at: None,
+            read_only_checks: 0,
         }
     }
 
@@ -348,6 +351,7 @@ impl Gate {
         if self.fault.as_ref().is_some_and(|(_, until)| now >= *until) {
             self.fault = None;
         }
+        self.check_still_writable(now, out);
         if !self.promote_mode() || self.phase != Phase::Idle && !matches!(self.phase, Phase::Promoted(_)) {
             return;
         }
@@ -365,6 +369,27 @@ impl Gate {
             return;
         }
         self.maybe_rejoin(now, out);
+    }
+
+    /// The owner's promoted database found read_only again (its mysqld restarted, or someone
+    /// set it): it takes no writes, yet the node holds the VIP and would never move it. Two
+    /// checks in a row (the first may have been made before the promotion ended) make it a
+    /// fault: the node releases, and a caught-up replica takes over.
+    fn check_still_writable(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let owns = matches!(self.phase, Phase::Promoted(_)) && self.core.role == RoleKind::Owner;
+        let read_only = (self.db.as_ref()).is_some_and(|db| db.healthy && db.read_only == Some(true));
+        if !(owns && read_only) {
+            self.read_only_checks = 0;
+            return;
+        }
+        self.read_only_checks = self.read_only_checks.saturating_add(1);
+        if self.read_only_checks >= 2 && self.fault.is_none() {
+            let backoff = PROMOTE_FAULT_BACKOFF.max(self.settings.lease);
+            let why = "the owner's database turned read_only (mysqld restarted, or set by hand): it \
+                       takes no writes, so this node releases to a caught-up replica";
+            self.fault = Some((why.into(), now + backoff));
+            out.push(Action::Reconsider);
+        }
     }
 
     /// Seen writable by the last check (a failed check keeps the last value it saw, which
@@ -769,6 +794,34 @@ mod tests {
         assert!(g.fault(at(100)).is_some_and(|f| f.contains("vetoed")));
         assert!(g.fault(at(100) + PROMOTE_FAULT_BACKOFF).is_none());
         assert_eq!(g.phase(), Phase::Idle);
+    }
+
+    #[test]
+    fn an_owners_database_found_read_only_again_is_a_fault_that_releases_it() {
+        let mut g = gate(MysqlMode::Promote);
+        g.handle(at(0), view(RoleKind::Owner, 2, Some(ME)));
+        g.handle(at(0), acquired(2));
+        g.handle(at(10), promoted(2));
+        // A check made before the promotion ended may still say read_only: one is no fault.
+        assert!(moves(g.handle(at(20), Event::Probed(db(true, None)))).is_empty());
+        assert!(g.fault(at(20)).is_none());
+        g.handle(at(30), Event::Probed(db(false, None)));
+        assert!(moves(g.handle(at(40), Event::Probed(db(true, None)))).is_empty());
+        assert_eq!(
+            g.handle(at(50), Event::Probed(db(true, None))),
+            [Action::Reconsider]
+        );
+        assert!(g.fault(at(50)).is_some_and(|f| f.contains("read_only")));
+        assert!(
+            g.handle(at(60), Event::Probed(db(true, None))).is_empty(),
+            "reported once"
+        );
+        // Not the owner's: a read_only database is what a follower's should be.
+        let mut g = gate(MysqlMode::Promote);
+        g.handle(at(0), view(RoleKind::Follower, 2, Some(OWNER)));
+        g.handle(at(0), Event::Probed(db(true, None)));
+        g.handle(at(10), Event::Probed(db(true, None)));
+        assert!(g.fault(at(10)).is_none());
     }
 
     #[test]

@@ -102,6 +102,21 @@ impl Owners {
         }
     }
 
+    /// This node was the last primary it knows of, yet a newer term had another owner, never
+    /// seen writable here (its report did not arrive, or this node restarted meanwhile): that
+    /// owner may have written what this database lacks. The newest such owner.
+    pub fn unseen_newer_owner(&self, me: NodeIdx) -> Option<Owner> {
+        let (primary_term, primary) = self.last_primary?;
+        if primary != me {
+            return None;
+        }
+        [self.last_owner, self.last_holder]
+            .into_iter()
+            .flatten()
+            .filter(|(term, node)| *term > primary_term && *node != me)
+            .max()
+    }
+
     /// A peer whose database is writable (a primary) reported `position`. Replicas are not
     /// counted: one that streams from this node's database is at most as far, give or take
     /// the writes between two checks.
@@ -216,6 +231,31 @@ mod tests {
             (Some((4, 2)), 60),
             "the first report sets the floor"
         );
+    }
+
+    #[test]
+    fn a_newer_owner_never_seen_writable_is_named_to_the_primary_before_it() {
+        // This node was primary in term 3; node 2 won term 4 and was never seen writable.
+        let mut o = Owners::new(Some((3, ME)), Some(((3, ME), 40)));
+        assert_eq!(o.unseen_newer_owner(ME), None);
+        let vote = Seen {
+            vote: Some((4, 2)),
+            ..Seen::default()
+        };
+        o.observe(ME, &vote);
+        assert_eq!(o.history(), Some((3, ME)));
+        assert_eq!(o.unseen_newer_owner(ME), Some((4, 2)));
+        // Known from the persisted last holder alone, after a restart.
+        let restarted = Owners::new(Some((4, 2)), Some(((3, ME), 40)));
+        assert_eq!(restarted.unseen_newer_owner(ME), Some((4, 2)));
+        // Seen writable: it is the history now, and the usual rules apply.
+        assert!(o.note_primary((4, 2), 50));
+        assert_eq!(o.unseen_newer_owner(ME), None);
+        // Nothing of the kind for a node that was not the last primary, nor for its own terms.
+        let replica = Owners::new(Some((4, 2)), Some(((3, 0), 40)));
+        assert_eq!(replica.unseen_newer_owner(ME), None);
+        let mine = Owners::new(Some((5, ME)), Some(((3, ME), 40)));
+        assert_eq!(mine.unseen_newer_owner(ME), None);
     }
 
     #[test]

@@ -288,6 +288,8 @@ impl Sim {
             catching_up: node.gate.catching_up(),
             owner_live: node.view.owner.is_some(),
             floor: node.floor,
+            // Each node is given the true last primary: never one it did not see.
+            newer_owner: None,
         };
         let why = gate::ineligible(&facts);
         self.log(|| {
