@@ -326,9 +326,12 @@ impl Agent {
                 .highest_writable
                 .map_or((0, ""), |(p, n)| (p, self.id(n))),
             ahead: self.ahead(now).map(|(p, n)| (p, self.id(n))),
-            catching_up: self.gate.catching_up(),
+            catching_up: self.gate.catching_up().filter(|_| !self.stands_anyway()),
             owner_live: self.core.owner(now).is_some(),
-            floor: self.owners.primary_floor,
+            floor: match self.stands_anyway() {
+                true => 0,
+                false => self.owners.primary_floor,
+            },
             newer_owner: self.unseen_newer_owner(now).map(|(term, o)| (self.id(o), term)),
         };
         gate::ineligible(&facts)
@@ -340,7 +343,7 @@ impl Agent {
     /// promotion that never took). Or by an operator (`vipgate failover-ack`, for this term).
     fn unseen_newer_owner(&self, now: Instant) -> Option<(Term, NodeIdx)> {
         let newer = self.owners.unseen_newer_owner(self.me)?;
-        if self.behind_override.is_some() && self.behind_override == self.owners.history().map(|(t, _)| t) {
+        if self.stands_anyway() {
             return None;
         }
         let lease = self.config.cluster.lease;
@@ -373,6 +376,12 @@ impl Agent {
                 .is_some_and(|r| r.source == address && r.io_errno != refused)
     }
 
+    /// An operator let this node stand against the current history (`vipgate failover-ack`):
+    /// what only a peer, or the last primary, has and this database lacks is given up.
+    fn stands_anyway(&self) -> bool {
+        self.behind_override.is_some() && self.behind_override == self.owners.history().map(|(t, _)| t)
+    }
+
     /// The most advanced peer that replicates the last owner's history, as it last reported,
     /// and whose database cannot stand — silent or down since, or its database not eligible
     /// (lagging, say) —, or that may not take over (a window, a region): what it received may
@@ -382,7 +391,7 @@ impl Agent {
     /// once an operator let this node stand anyway (`vipgate failover-ack`, for this term).
     pub(super) fn ahead(&self, now: Instant) -> Option<(u64, NodeIdx)> {
         let last_owner = self.owners.history();
-        if self.behind_override.is_some() && self.behind_override == last_owner.map(|(t, _)| t) {
+        if self.stands_anyway() {
             return None;
         }
         let peers = self.core.peers();

@@ -12,8 +12,8 @@
 
 use super::Agent;
 use crate::core::{Instant, NodeIdx, Term};
-use crate::gate::DbReport;
 use crate::gate::window;
+use crate::gate::{DbReport, Ineligible};
 use std::time::{Duration, SystemTime};
 
 fn wall_ms() -> u64 {
@@ -117,14 +117,20 @@ impl Agent {
     /// Also lifts, on a node while no node owns, the cross-region block for the last owner's
     /// term: the operator decides that the primary may move to this region.
     /// And, on a node while no node owns, a peer replica that received more but is down (or
-    /// lagging), or a newer owner never seen writable: the operator accepts losing what only
-    /// that peer may have.
+    /// lagging), a newer owner never seen writable, or a last primary this replica had not
+    /// caught up with (`CatchingUp`, `BelowPrimary`) and that is gone: the operator accepts
+    /// losing what only that peer, or that primary, may have.
     pub(super) fn failover_ack(&mut self, now: Instant) -> Result<String, String> {
         let window = !self.failover_block_left().is_zero();
         let region = self.region_blocked();
         let behind = matches!(
             self.database_why(now),
-            Some(crate::gate::Ineligible::BehindPeer { .. } | crate::gate::Ineligible::NewerOwner { .. })
+            Some(
+                Ineligible::BehindPeer { .. }
+                    | Ineligible::NewerOwner { .. }
+                    | Ineligible::CatchingUp { .. }
+                    | Ineligible::BelowPrimary { .. }
+            )
         );
         if !window && !region && !behind {
             return Ok("no failover block is in effect".into());

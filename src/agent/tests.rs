@@ -542,3 +542,45 @@ async fn a_former_primary_waits_for_a_newer_owner_it_never_saw_writable() {
         () = script => {}
     }
 }
+
+/// db1 is a replica of the last primary db2, below where db2 was when it became primary (it did
+/// not follow it), and db2 is gone: db1 stays out — what db2 had may be nowhere else — until an
+/// operator accepts the loss with `failover-ack`, for this history only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_never_caught_up_stands_only_after_failover_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = vec!["db1".into(), "db2".into(), "w1".into()];
+    let mut state = StateFile::open(dir.path(), ids).unwrap();
+    state.set_last_primary((3, 1), 40).unwrap();
+    state.set_last_holder(Some((3, 1))).unwrap();
+    drop(state);
+    let (mut status, _) = replica();
+    status.replication = Some(crate::mysql::probe::Replication {
+        source: "192.0.2.12".into(),
+        sql_running: true,
+        applied_all_received: true,
+        ..Default::default()
+    });
+    status.lag_s = Some(0);
+    let (mut agent, mut h) = agent(dir.path(), Some(status));
+    let script = async {
+        h.health(0, false);
+        h.health(1, false);
+        let secs = Duration::from_secs;
+        let waiting = h
+            .status_when(secs(5), |s| s.database.as_ref().is_some_and(|d| d.checks > 3))
+            .await;
+        let why = waiting.ineligible_reason.unwrap_or_default();
+        assert!(
+            !waiting.eligible && why.contains("below the last owner's 40"),
+            "{why}"
+        );
+        let answer = h.command("failover-ack").await;
+        assert!(answer.contains("\"ok\":true"), "{answer}");
+        h.status_when(secs(5), |s| s.eligible).await;
+    };
+    tokio::select! {
+        result = agent.run() => panic!("the agent stopped: {result:?}"),
+        () = script => {}
+    }
+}
